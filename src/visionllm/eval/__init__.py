@@ -1,0 +1,1 @@
+"""Metrics through the standard tools, and evaluation runners."""

@@ -1,0 +1,1 @@
+"""Instructions, the output codec and typed results: one grammar for every task."""

@@ -1,0 +1,1 @@
+"""Pure functions on boxes, polygons and masks."""
