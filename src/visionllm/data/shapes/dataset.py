@@ -48,7 +48,7 @@ from visionllm.data.shapes.scene import (
     render_scene,
     sample_scene,
 )
-from visionllm.ops.polygons import mask_to_polygons, mask_to_rle
+from visionllm.ops.polygons import mask_to_polygons, mask_to_rle, polygons_to_mask
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +194,8 @@ def make_image(seed: int, split: str, index: int, config: ShapesWorldConfig) -> 
             "image_id": image_id,
             "category_id": CATEGORY_ID[obj.category],
             "segmentation": [p.reshape(-1).tolist() for p in polygons],
-            "area": float(visible.sum()),
+            # COCO's area is that of the segmentation; a person's outline also covers gaps between limbs.
+            "area": float(polygons_to_mask(polygons, size, size).sum()),
             "bbox": [x1, y1, x2 - x1, y2 - y1],
             "iscrowd": 0,
             "attributes": {"color": obj.color, "size": obj.size},

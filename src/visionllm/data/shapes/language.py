@@ -77,9 +77,8 @@ def parse_phrase(phrase: str) -> Phrase | None:
     """
     color = category = size = None
     shapes_only = False
-    words = phrase.lower().replace("-", " ").split()
-    if words[:1] in (["the"], ["a"], ["an"]):
-        words = words[1:]
+    # Articles and "in" ("person in red") carry no constraint.
+    words = [w for w in phrase.lower().replace("-", " ").split() if w not in ("the", "a", "an", "in")]
     if not words:
         return None
     for word in words:

@@ -220,6 +220,7 @@ def _silhouette(obj: SceneObject, size: int) -> np.ndarray:
         joints = np.asarray(obj.joints_xy)
         for a, b in _LIMBS:
             draw.line([tuple(joints[a]), tuple(joints[b])], fill=1, width=obj.line_width)
+        draw.polygon([tuple(joints[k]) for k in (5, 6, 12, 11)], fill=1)  # a solid torso
         neck = (joints[5] + joints[6]) / 2
         head = (joints[3] + joints[4]) / 2
         draw.line([tuple(neck), tuple(head)], fill=1, width=obj.line_width)
