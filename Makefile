@@ -21,7 +21,6 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/visionllm data shapes --out $(DEMO_DIR)/shapesworld --train 16 --val 8 --size 128 --seed 0 \
 		--contact-sheet $(DEMO_DIR)/contact_sheet.png
-	$(VENV)/bin/visionllm data info $(DEMO_DIR)/shapesworld
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

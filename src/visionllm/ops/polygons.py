@@ -19,7 +19,8 @@ _STEPS = ((1, 0), (0, 1), (-1, 0), (0, -1))
 def signed_area(polygon_xy: np.ndarray) -> float:
     """Shoelace area of a closed polygon (P, 2); positive when clockwise on screen."""
     x, y = polygon_xy[:, 0], polygon_xy[:, 1]
-    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
+    cross = float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1])) + float(x[-1] * y[0] - x[0] * y[-1])
+    return 0.5 * cross
 
 
 def trace_boundaries(mask: np.ndarray) -> list[np.ndarray]:
@@ -34,46 +35,53 @@ def trace_boundaries(mask: np.ndarray) -> list[np.ndarray]:
     Returns:
         Loops as (P, 2) float64 arrays of pixel-corner coordinates, P >= 4.
     """
-    m = np.pad(np.asarray(mask, dtype=bool), 1)
+    mask = np.asarray(mask, dtype=bool)
+    m = np.zeros((mask.shape[0] + 2, mask.shape[1] + 2), dtype=bool)
+    m[1:-1, 1:-1] = mask
     inside = m[1:-1, 1:-1]
-    width1 = m.shape[1] - 1  # vertices per row of the original image: W + 1
-    # Edges keep the inside on their right. Vertex (x, y) is numbered y * (W + 1) + x.
-    starts: dict[int, list[int]] = {}
-    i, j = np.nonzero(inside & ~m[:-2, 1:-1])  # top edges run east from (j, i)
-    for v in (i * width1 + j).tolist():
-        starts.setdefault(v, []).append(0)
-    i, j = np.nonzero(inside & ~m[1:-1, 2:])  # right edges run south from (j + 1, i)
-    for v in (i * width1 + j + 1).tolist():
-        starts.setdefault(v, []).append(1)
-    i, j = np.nonzero(inside & ~m[2:, 1:-1])  # bottom edges run west from (j + 1, i + 1)
-    for v in ((i + 1) * width1 + j + 1).tolist():
-        starts.setdefault(v, []).append(2)
-    i, j = np.nonzero(inside & ~m[1:-1, :-2])  # left edges run north from (j, i + 1)
-    for v in ((i + 1) * width1 + j).tolist():
-        starts.setdefault(v, []).append(3)
-
-    offsets = [dx + dy * width1 for dx, dy in _STEPS]
+    width1 = inside.shape[1] + 1  # vertices per row; vertex (x, y) is numbered y * (W + 1) + x
+    # Boundary edges, each keeping the inside on its right: (start vertex, direction).
+    starts, directions = [], []
+    for direction, (outside, di, dj) in enumerate(
+        (
+            (m[:-2, 1:-1], 0, 0),  # top edges run east from (j, i)
+            (m[1:-1, 2:], 0, 1),  # right edges run south from (j + 1, i)
+            (m[2:, 1:-1], 1, 1),  # bottom edges run west from (j + 1, i + 1)
+            (m[1:-1, :-2], 1, 0),  # left edges run north from (j, i + 1)
+        )
+    ):
+        i, j = np.nonzero(inside & ~outside)
+        starts.append((i + di) * width1 + j + dj)
+        directions.append(np.full(len(i), direction))
+    start = np.concatenate(starts)
+    direction = np.concatenate(directions)
+    if len(start) == 0:
+        return []
+    end = start + np.array([dx + dy * width1 for dx, dy in _STEPS])[direction]
+    # The edge that follows each edge: the one leaving its end vertex, preferring a right turn, then
+    # straight on, then left. Only at a pinch (pixels touching at a corner) is there a choice, and
+    # the right turn splits the two pixels into separate loops.
+    table = np.full((len(inside) + 1) * width1 * 4, -1)
+    table[start * 4 + direction] = np.arange(len(start))
+    right, ahead, left = (table[end * 4 + (direction + turn) % 4] for turn in (1, 0, 3))
+    successor = np.where(right >= 0, right, np.where(ahead >= 0, ahead, left))
+    corner = np.zeros(len(start), dtype=bool)  # whether an edge's start vertex is a corner
+    corner[successor] = direction[successor] != direction
+    follow = successor.tolist()
+    seen = bytearray(len(start))
     loops = []
-    for first in sorted(starts):
-        while starts.get(first):
-            vertex, direction = first, starts[first].pop()
-            corners = [vertex]
-            while True:
-                vertex += offsets[direction]
-                if vertex == first:
-                    break
-                out = starts[vertex]
-                # Prefer the right turn, then straight, then left: pinches split into separate loops.
-                for turn in (1, 0, 3):
-                    candidate = (direction + turn) % 4
-                    if candidate in out:
-                        out.remove(candidate)
-                        if turn:
-                            corners.append(vertex)
-                        direction = candidate
-                        break
-            points = np.array([(v % width1, v // width1) for v in corners], dtype=np.float64)
-            loops.append(points)
+    # Starting each loop at its smallest vertex makes it start at its top-left corner.
+    for first in np.lexsort((direction, start)).tolist():
+        if seen[first]:
+            continue
+        cycle, edge = [], first
+        while not seen[edge]:
+            seen[edge] = 1
+            cycle.append(edge)
+            edge = follow[edge]
+        cycle = np.asarray(cycle)
+        vertices = start[cycle[corner[cycle]]]
+        loops.append(np.stack([vertices % width1, vertices // width1], axis=1).astype(np.float64))
     return loops
 
 

@@ -46,7 +46,7 @@ from visionllm.data.shapes.scene import (
     Scene,
     ShapesWorldConfig,
     render_scene,
-    sample_scene,
+    sample_scene_and_silhouettes,
 )
 from visionllm.ops.polygons import mask_to_polygons, mask_to_rle, polygons_to_mask
 
@@ -176,8 +176,8 @@ def make_image(seed: int, split: str, index: int, config: ShapesWorldConfig) -> 
     image_id = _ID_BASE[split] + index + 1
     rng = np.random.default_rng([seed, _SPLIT_CODE[split], index])
     text_rng = np.random.default_rng([seed, _SPLIT_CODE[split], index, 1])
-    scene = sample_scene(rng, config, train=split == "train")
-    rendered = render_scene(scene)
+    scene, silhouettes = sample_scene_and_silhouettes(rng, config, train=split == "train")
+    rendered = render_scene(scene, silhouettes)
     size = scene.size
     image = {"id": image_id, "file_name": image_file_name(image_id), "width": size, "height": size, "license": 0}
     objects, keypoint_anns, facts = [], [], []
@@ -321,7 +321,7 @@ def _write_json(path: Path, data: Any) -> None:
     """Write JSON atomically: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as f:
-        json.dump(data, f, separators=(",", ":"))
+        f.write(json.dumps(data, separators=(",", ":")))  # dumps uses the C encoder; dump does not
         tmp = f.name
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)

@@ -245,14 +245,20 @@ def _background_pixels(background: Background, size: int) -> np.ndarray:
     return np.clip(a + noise, 0, 255).astype(np.uint8)
 
 
-def render_scene(scene: Scene) -> RenderedScene:
-    """Draw a scene: background, then the objects back to front."""
+def render_scene(scene: Scene, silhouettes: np.ndarray | None = None) -> RenderedScene:
+    """Draw a scene: background, then the objects back to front.
+
+    Args:
+        scene: what to draw.
+        silhouettes: (N, S, S) bool, the objects' silhouettes when already known (sampling draws them).
+    """
     size = scene.size
     image = np.array(_background_pixels(scene.background, size))
     n = len(scene.objects)
-    masks = np.zeros((n, size, size), dtype=bool)
+    masks = np.zeros((n, size, size), dtype=bool) if silhouettes is None else np.asarray(silhouettes, dtype=bool)
     for i, obj in enumerate(scene.objects):
-        masks[i] = _silhouette(obj, size)
+        if silhouettes is None:
+            masks[i] = _silhouette(obj, size)
         image[masks[i]] = obj.rgb
     visible = masks.copy()
     covered = np.zeros((size, size), dtype=bool)
@@ -327,7 +333,8 @@ _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 
 def _pieces_and_holes(mask: np.ndarray) -> tuple[int, int]:
     """Connected parts of a mask and holes in it (background parts that do not reach the border)."""
-    padded = np.pad(mask, 1)
+    padded = np.zeros((mask.shape[0] + 2, mask.shape[1] + 2), dtype=bool)
+    padded[1:-1, 1:-1] = mask
     _, parts = ndimage.label(padded, _FOUR_CONNECTED)
     _, background_parts = ndimage.label(~padded, _FOUR_CONNECTED)
     return parts, background_parts - 1
@@ -339,8 +346,17 @@ def _crop(mask: np.ndarray) -> tuple[slice, slice]:
 
 
 def sample_scene(rng: np.random.Generator, config: ShapesWorldConfig, train: bool = True) -> Scene:
-    """Sample a scene: objects are added one at a time on top of the others, and a placement is
-    redrawn when it would hide too much of an object below it, cut it in two or punch a hole in it.
+    """Sample a scene (see `sample_scene_and_silhouettes`)."""
+    return sample_scene_and_silhouettes(rng, config, train)[0]
+
+
+def sample_scene_and_silhouettes(
+    rng: np.random.Generator, config: ShapesWorldConfig, train: bool = True
+) -> tuple[Scene, np.ndarray]:
+    """Sample a scene and its objects' silhouettes.
+
+    Objects are added one at a time on top of the others, and a placement is redrawn when it would
+    hide too much of an object below it, cut it in two or punch a hole in it.
 
     Args:
         rng: the generator (the scene is a function of its state).
@@ -365,7 +381,8 @@ def sample_scene(rng: np.random.Generator, config: ShapesWorldConfig, train: boo
                 masks.append(mask)
                 visible.append(mask)
                 break
-    return Scene(size, background, tuple(objects))
+    silhouettes = np.stack(masks) if masks else np.zeros((0, size, size), dtype=bool)
+    return Scene(size, background, tuple(objects)), silhouettes
 
 
 def _still_fine(full: np.ndarray, remaining: np.ndarray, config: ShapesWorldConfig) -> bool:
