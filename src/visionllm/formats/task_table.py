@@ -15,14 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from visionllm.formats.codec import CodecError, OutputFormat, OutputKind, bind_classes
+from visionllm.formats.keypoints import COCO_KEYPOINT_NAMES
 from visionllm.formats.tasks import Task
 from visionllm.formats.tokens import IMAGE, CodecConfig
-
-COCO_KEYPOINT_NAMES = (
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
-    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
-    "left_knee", "right_knee", "left_ankle", "right_ankle",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from visionllm.formats.keypoints import COCO_KEYPOINT_NAMES, COCO_SKELETON
+
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
     "green": (40, 170, 60),
@@ -33,16 +35,8 @@ BACKGROUNDS = ("plain", "gradient", "noise")
 SHAPE_EXTENT = {"small": (0.10, 0.17), "medium": (0.17, 0.28), "large": (0.28, 0.42)}
 PERSON_EXTENT = {"small": (0.30, 0.42), "medium": (0.42, 0.56), "large": (0.56, 0.72)}
 
-KEYPOINT_NAMES = (
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
-    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
-    "left_knee", "right_knee", "left_ankle", "right_ankle",
-)  # fmt: skip
-# COCO's skeleton, 1-based as in person_keypoints JSON.
-SKELETON = (
-    (16, 14), (14, 12), (17, 15), (15, 13), (12, 13), (6, 12), (7, 13), (6, 7), (6, 8), (7, 9),
-    (8, 10), (9, 11), (2, 3), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7),
-)  # fmt: skip
+KEYPOINT_NAMES = COCO_KEYPOINT_NAMES
+SKELETON = COCO_SKELETON
 # Limbs drawn as lines (0-based keypoint indices): arms, legs, shoulders, hips, torso sides.
 _LIMBS = ((5, 7), (7, 9), (6, 8), (8, 10), (11, 13), (13, 15), (12, 14), (14, 16), (5, 6), (11, 12), (5, 11), (6, 12))
 

@@ -1,0 +1,40 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from visionllm.formats.results import Detections
+from visionllm.vis import class_color, contact_sheet, draw_detections, draw_text_below
+
+
+def test_draw_detections_marks_boxes_polygons_keypoints_and_masks():
+    image = np.full((32, 32, 3), 128, np.uint8)
+    masks = np.zeros((1, 32, 32), bool)
+    masks[0, 20:30, 20:30] = True
+    det = Detections(
+        [[4, 4, 16, 16]],
+        [0.9],
+        ("red circle",),
+        polygons_xy_px=[np.array([[4, 4], [16, 4], [10, 16]])],
+        keypoints_xyv_px=np.array([[[8, 8, 2], [12, 12, 2], [0, 0, 0]]]),
+        masks=masks,
+    )
+    out = np.asarray(draw_detections(image, det, skeleton=[(1, 2)], scale=2.0))
+    assert out.shape == (64, 64, 3)
+    color = np.array(class_color("red circle"))
+    assert (np.abs(out[8:34, 8] - color).sum(axis=1) == 0).any()  # the box's left edge
+    assert not np.array_equal(out[50, 50], [128, 128, 128])  # the mask overlay
+    assert np.array_equal(out[2, 60], [128, 128, 128])  # untouched background
+
+
+def test_text_band_and_sheet():
+    tile = draw_text_below(Image.new("RGB", (40, 40)), ["a caption that is long enough to wrap around"])
+    assert tile.height > 40
+    sheet = contact_sheet([tile, tile, tile], columns=2)
+    assert sheet.width == 2 * (40 + 4) + 4 and sheet.height == 2 * (tile.height + 4) + 4
+    with pytest.raises(ValueError, match="at least one tile"):
+        contact_sheet([])
+
+
+def test_colors_are_stable():
+    assert class_color("star") == class_color("star")
+    assert class_color("circle", ["circle", "star"]) != class_color("star", ["circle", "star"])
