@@ -320,7 +320,7 @@ def grounding_precision(
     """
     if len(predicted_boxes_xyxy_px) != len(gt_boxes_xyxy_px):
         raise ValueError(f"{len(predicted_boxes_xyxy_px)} predictions for {len(gt_boxes_xyxy_px)} ground-truth boxes")
-    if not gt_boxes_xyxy_px:
+    if len(gt_boxes_xyxy_px) == 0:
         raise ValueError("grounding_precision needs at least one sample")
     if not 0.0 < iou_threshold <= 1.0:
         raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
