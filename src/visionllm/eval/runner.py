@@ -1,0 +1,210 @@
+"""Evaluate a model: on any COCO-format set, or on every task of a ShapesWorld split.
+
+Detection-style tasks use the dataset's category names as the instruction's class set and score
+with pycocotools; grounding scores P@0.5 on the first (best) box; captions BLEU-4 / CIDEr; VQA the
+official accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from tqdm.auto import tqdm
+
+from visionllm.data.shapes import language as lang
+from visionllm.data.shapes.dataset import ShapesWorldLayout
+from visionllm.data.shapes.load import load_split
+from visionllm.eval.metrics import caption_metrics, coco_metrics, grounding_precision, vqa_accuracy
+from visionllm.formats.results import Decoded, Detections, TextAnswer
+from visionllm.formats.task_table import Instruction, build_instruction
+from visionllm.formats.tasks import Task
+from visionllm.formats.tokens import CodecConfig
+
+logger = logging.getLogger(__name__)
+
+COCO_TASKS = {
+    "detect": ("bbox", Task.DETECTION),
+    "segment": ("segm", Task.INSTANCE_SEGMENTATION),
+    "keypoints": ("keypoints", Task.KEYPOINTS),
+}
+
+
+class Predictor(Protocol):
+    """What the runner needs of a model."""
+
+    def predict(
+        self, images: Sequence[Any], instructions: Sequence[str | Instruction], min_score: float = ...
+    ) -> list[Decoded]: ...
+
+
+def _batched(
+    model: Predictor,
+    pairs: Sequence[tuple[Any, Instruction]],
+    batch_size: int,
+    desc: str,
+    progress: bool,
+    min_score: float = 0.05,
+) -> list[Decoded]:
+    out: list[Decoded] = []
+    for start in tqdm(range(0, len(pairs), batch_size), desc=desc, disable=not progress, leave=False):
+        chunk = pairs[start : start + batch_size]
+        out += model.predict([p[0] for p in chunk], [p[1] for p in chunk], min_score=min_score)
+    return out
+
+
+def _codec(model: Any) -> CodecConfig:
+    d = model.config.decoder
+    return CodecConfig(coord_range=d.coord_range, max_points=d.max_points, max_classes=d.max_classes)
+
+
+def evaluate_coco(
+    model: Predictor,
+    annotation_path: str | Path,
+    image_dir: str | Path,
+    task: str = "detect",
+    points: int = 16,
+    limit: int | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+    ground_truth: dict | None = None,
+) -> dict[str, float]:
+    """COCO metrics of `task` ("detect", "segment", "keypoints") on a COCO-format set.
+
+    The instruction binds the file's category names, in id order (keypoints: the keypoint categories).
+    """
+    if task not in COCO_TASKS:
+        raise ValueError(f"task must be one of {sorted(COCO_TASKS)}, got {task!r}")
+    iou_type, kind = COCO_TASKS[task]
+    gt = ground_truth if ground_truth is not None else json.loads(Path(annotation_path).read_text())
+    categories = sorted(gt["categories"], key=lambda c: c["id"])
+    if kind is Task.KEYPOINTS:
+        categories = [c for c in categories if c.get("keypoints")]
+    names = [c["name"] for c in categories]
+    ids = {c["name"]: c["id"] for c in categories}
+    images = sorted(gt["images"], key=lambda im: im["id"])[:limit]
+    codec = _codec(model)
+    if kind is Task.KEYPOINTS:
+        instruction = build_instruction(kind, classes=names, config=codec)
+    elif kind is Task.INSTANCE_SEGMENTATION:
+        instruction = build_instruction(kind, classes=names, num_points=points, config=codec)
+    else:
+        instruction = build_instruction(kind, classes=names, config=codec)
+    pairs = [(Path(image_dir) / im["file_name"], instruction) for im in images]
+    decoded = _batched(model, pairs, batch_size, f"eval {task}", progress, min_score=0.01)
+    results = []
+    for im, d in zip(images, decoded, strict=True):
+        if isinstance(d.prediction, Detections):
+            results += d.prediction.to_coco(im["id"], ids)
+    return coco_metrics(gt, results, iou_type, image_ids=[im["id"] for im in images])
+
+
+def evaluate_shapesworld(
+    model: Predictor,
+    root: str | Path,
+    split: str = "val",
+    tasks: Sequence[str] = ("detection", "instance_segmentation", "keypoints", "grounding", "caption", "vqa"),
+    limit: int | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Every v1 task's metric on a ShapesWorld split (the detection class set: every colour-shape phrase
+    and "person").
+
+    Returns:
+        Flat metrics: box_AP, box_AP50, box_AP75, mask_AP, mask_AP50, keypoint_AP, grounding_P@0.5, BLEU-4,
+        CIDEr, vqa_accuracy (for the tasks asked).
+    """
+    layout = ShapesWorldLayout(Path(root))
+    metrics: dict[str, float] = {}
+    runners: dict[str, Callable[[], dict[str, float]]] = {}
+    phrases = [*lang.all_class_phrases(include_person=False), "person"]
+    instances = json.loads(layout.instances(split).read_text())
+    view = lang.coco_phrase_view(instances, phrases)
+    image_dir = layout.image_dir(split)
+    if limit is not None:
+        keep = {im["id"] for im in sorted(view["images"], key=lambda im: im["id"])[:limit]}
+        view = {
+            **view,
+            "images": [im for im in view["images"] if im["id"] in keep],
+            "annotations": [a for a in view["annotations"] if a["image_id"] in keep],
+        }
+
+    def boxes() -> dict[str, float]:
+        m = evaluate_coco(model, None, image_dir, "detect", batch_size=batch_size, progress=progress, ground_truth=view)
+        return {"box_AP": m["AP"], "box_AP50": m["AP50"], "box_AP75": m["AP75"]}
+
+    def masks() -> dict[str, float]:
+        m = evaluate_coco(
+            model, None, image_dir, "segment", points=16, batch_size=batch_size, progress=progress, ground_truth=view
+        )
+        return {"mask_AP": m["AP"], "mask_AP50": m["AP50"]}
+
+    def people() -> dict[str, float]:
+        gt = json.loads(layout.keypoints(split).read_text())
+        if limit is not None:
+            keep = {im["id"] for im in sorted(gt["images"], key=lambda im: im["id"])[:limit]}
+            gt = {
+                **gt,
+                "images": [im for im in gt["images"] if im["id"] in keep],
+                "annotations": [a for a in gt["annotations"] if a["image_id"] in keep],
+            }
+        with_people = sorted({a["image_id"] for a in gt["annotations"]})
+        gt = {**gt, "images": [im for im in gt["images"] if im["id"] in set(with_people)]}
+        m = evaluate_coco(
+            model, None, image_dir, "keypoints", batch_size=batch_size, progress=progress, ground_truth=gt
+        )
+        return {"keypoint_AP": m["AP"], "keypoint_AP50": m["AP50"]}
+
+    def grounding() -> dict[str, float]:
+        refs = load_split(root, split, Task.GROUNDING)[: limit * 2 if limit else None]
+        codec = _codec(model)
+        pairs = [
+            (r.image_path, build_instruction(Task.GROUNDING, expression=r.expressions[0], config=codec)) for r in refs
+        ]
+        decoded = _batched(model, pairs, batch_size, "eval grounding", progress, min_score=0.0)
+        predicted = [
+            d.prediction.boxes_xyxy_px[0] if isinstance(d.prediction, Detections) and len(d.prediction) else None
+            for d in decoded
+        ]
+        return {"grounding_P@0.5": grounding_precision(predicted, [r.objects[0].box_xyxy_px for r in refs])}
+
+    def captions() -> dict[str, float]:
+        samples = load_split(root, split, Task.CAPTION)[:limit]
+        instruction = build_instruction(Task.CAPTION)
+        decoded = _batched(model, [(s.image_path, instruction) for s in samples], batch_size, "eval caption", progress)
+        predictions = {s.image_id: _text(d) for s, d in zip(samples, decoded, strict=True)}
+        m = caption_metrics(predictions, {s.image_id: list(s.captions) for s in samples})
+        return {"BLEU-4": m["BLEU-4"], "CIDEr": m["CIDEr"]}
+
+    def vqa() -> dict[str, float]:
+        samples = load_split(root, split, Task.VQA)[: limit * 2 if limit else None]
+        pairs = [(s.image_path, build_instruction(Task.VQA, question=s.qa.question)) for s in samples]
+        decoded = _batched(model, pairs, batch_size, "eval vqa", progress)
+        annotations = json.loads(layout.vqa_annotations(split).read_text())["annotations"]
+        wanted = {s.qa.question_id for s in samples}
+        annotations = [a for a in annotations if a["question_id"] in wanted]
+        predictions = {s.qa.question_id: _text(d) for s, d in zip(samples, decoded, strict=True)}
+        return {"vqa_accuracy": vqa_accuracy(predictions, annotations)["accuracy"]}
+
+    runners = {
+        "detection": boxes,
+        "instance_segmentation": masks,
+        "keypoints": people,
+        "grounding": grounding,
+        "caption": captions,
+        "vqa": vqa,
+    }
+    unknown = sorted(set(tasks) - set(runners))
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; choose from {sorted(runners)}")
+    for task in tasks:
+        metrics.update(runners[task]())
+    return metrics
+
+
+def _text(decoded: Decoded) -> str:
+    return decoded.prediction.text if isinstance(decoded.prediction, TextAnswer) else ""

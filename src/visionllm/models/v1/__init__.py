@@ -1,0 +1,1 @@
+"""VisionLLM v1: language-guided image tokenizer + LLM with output-format-as-query decoding."""

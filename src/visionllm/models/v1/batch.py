@@ -1,0 +1,162 @@
+"""Training examples and their collation into one model batch (any mix of tasks)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from visionllm.formats.codec import OutputFormat
+from visionllm.formats.tasks import Task
+from visionllm.models.v1.decoder import PAD, SEQUENCE, SLOT, SlotTargets
+from visionllm.models.v1.processor import ImageInput, VisionLLMProcessor
+
+IGNORE = -100
+
+
+@dataclass
+class Example:
+    """One training sample, in pixels of the original image.
+
+    Attributes:
+        image: the preprocessed image and its original size.
+        instruction: the instruction text, with <image> once.
+        task: the task.
+        fmt: the answer format.
+        class_names: the bound classes (structured formats).
+        answer: the text answer (text formats).
+        class_index: (T,) targets' class indices into class_names.
+        points_xy_px: (T, N, 2) targets' points (box corners, polygon points or keypoints).
+        visible: (T, N) bool, False for keypoints to be answered <p-inv>.
+        token_boxes_xyxy_px: (T', 4) boxes the image tokens should find (the objects the instruction is about).
+    """
+
+    image: ImageInput
+    instruction: str
+    task: Task
+    fmt: OutputFormat
+    class_names: tuple[str, ...] = ()
+    answer: str | None = None
+    class_index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    points_xy_px: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 2)))
+    visible: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=bool))
+    token_boxes_xyxy_px: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+
+
+@dataclass
+class Batch:
+    """Model inputs for B samples (right-padded sequences).
+
+    Attributes:
+        pixel_values: (B, 3, S, S).
+        image_sizes: (B, 2) original (W, H).
+        text_input_ids, text_attention_mask: (B, Lt) the text encoder's input.
+        input_ids: (B, L) LLM ids: prefix with M <image> placeholders, header, then answer text or slot queries.
+        kinds: (B, L) PAD / SEQUENCE / SLOT.
+        groups: (B, L) slot number of slot positions, -1 elsewhere.
+        slot_offsets: (B, L) position of a slot token inside its slot.
+        labels: (B, L) the id each position holds where it is to be predicted (header and text answer), else -100.
+        formats, class_counts: per sample, the answer format and the number of bound classes.
+        slot_targets: per sample, SlotTargets (structured formats) or None.
+        token_targets: per sample, (T, 4) cxcywh boxes in [0, 1] for L_tok.
+    """
+
+    pixel_values: Tensor
+    image_sizes: Tensor
+    text_input_ids: Tensor
+    text_attention_mask: Tensor
+    input_ids: Tensor
+    kinds: Tensor
+    groups: Tensor
+    slot_offsets: Tensor
+    labels: Tensor
+    formats: list[OutputFormat]
+    class_counts: list[int]
+    slot_targets: list[SlotTargets | None]
+    token_targets: list[Tensor]
+
+    def to(self, device: torch.device | str) -> Batch:
+        moved = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in self.__dict__.items()}
+        moved["token_targets"] = [t.to(device) for t in self.token_targets]
+        return Batch(**moved)
+
+    def __len__(self) -> int:
+        return len(self.formats)
+
+
+def collate(examples: Sequence[Example], processor: VisionLLMProcessor) -> Batch:
+    """Build one batch; ids are assembled segment by segment, so labels line up by construction."""
+    rows, kinds, groups, offsets, labels = [], [], [], [], []
+    slot_targets: list[SlotTargets | None] = []
+    token_targets = []
+    for ex in examples:
+        prefix = processor.prefix_ids(ex.instruction)
+        header = processor.header_ids(ex.fmt)
+        w, h = ex.image.size_wh
+        scale = np.array([w, h], dtype=np.float64)
+        if ex.fmt.structured:
+            slot_ids = processor.slot_query_ids(ex.fmt)
+            k, length = processor.num_slots(ex.fmt), ex.fmt.slot_length
+            ids = prefix + header + slot_ids
+            kind = [SEQUENCE] * (len(prefix) + len(header)) + [SLOT] * len(slot_ids)
+            group = [-1] * (len(prefix) + len(header)) + [g for g in range(k) for _ in range(length)]
+            offset = [0] * (len(prefix) + len(header)) + list(range(length)) * k
+            label = [IGNORE] * len(prefix) + header + [IGNORE] * len(slot_ids)
+            points = np.asarray(ex.points_xy_px, dtype=np.float64).reshape(len(ex.class_index), ex.fmt.num_points, 2)
+            slot_targets.append(
+                SlotTargets(
+                    class_index=torch.as_tensor(np.asarray(ex.class_index), dtype=torch.long),
+                    points=torch.as_tensor(points / scale, dtype=torch.float32),
+                    visible=torch.as_tensor(np.asarray(ex.visible, dtype=bool).reshape(len(points), -1)),
+                )
+            )
+        else:
+            if ex.answer is None:
+                raise ValueError(f"a {ex.task.value} example needs an answer text")
+            answer = processor.text_answer_ids(ex.answer)
+            ids = prefix + header + answer
+            kind = [SEQUENCE] * len(ids)
+            group = [-1] * len(ids)
+            offset = [0] * len(ids)
+            label = [IGNORE] * len(prefix) + header + answer
+            slot_targets.append(None)
+        rows.append(ids)
+        kinds.append(kind)
+        groups.append(group)
+        offsets.append(offset)
+        labels.append(label)
+        boxes = np.asarray(ex.token_boxes_xyxy_px, dtype=np.float64).reshape(-1, 4) / np.tile(scale, 2)
+        cxcywh = np.stack(
+            [
+                (boxes[:, 0] + boxes[:, 2]) / 2,
+                (boxes[:, 1] + boxes[:, 3]) / 2,
+                boxes[:, 2] - boxes[:, 0],
+                boxes[:, 3] - boxes[:, 1],
+            ],
+            axis=1,
+        )
+        token_targets.append(torch.as_tensor(np.clip(cxcywh, 0, 1), dtype=torch.float32))
+    width = max(len(r) for r in rows)
+
+    def pad(values: list[list[int]], fill: int) -> Tensor:
+        return torch.tensor([v + [fill] * (width - len(v)) for v in values], dtype=torch.long)
+
+    encoder = processor.encoder_inputs([ex.instruction for ex in examples])
+    return Batch(
+        pixel_values=torch.stack([ex.image.pixels for ex in examples]),
+        image_sizes=torch.tensor([ex.image.size_wh for ex in examples], dtype=torch.float32),
+        text_input_ids=encoder["input_ids"],
+        text_attention_mask=encoder["attention_mask"],
+        input_ids=pad(rows, processor.pad_id),
+        kinds=pad(kinds, PAD),
+        groups=pad(groups, -1),
+        slot_offsets=pad(offsets, 0),
+        labels=pad(labels, IGNORE),
+        formats=[ex.fmt for ex in examples],
+        class_counts=[len(ex.class_names) for ex in examples],
+        slot_targets=slot_targets,
+        token_targets=token_targets,
+    )

@@ -1,0 +1,367 @@
+"""The LLM side of v1: image tokens in, answers out, with output-format-as-query decoding.
+
+Image tokens (embedding e_k, box l_k) are projected into the LLM's embedding space and scattered
+into the M <image> placeholders. Structured answers are decoded by K slot groups appended after
+the format header: a slot's query tokens are the format tokens (<cls> <x1> <y1> ...) plus the
+projection of the image token the slot is anchored at. Each group attends to the prefix (instruction,
+image tokens, header) and causally to its own tokens only, so all groups decode in one forward pass
+and a slot's result does not depend on the other slots. The <cls> position classifies over the
+bound class tokens plus <no-obj>; each coordinate position over the location tokens (plus <p-inv>
+for keypoints). Coordinates are offsets from the slot's anchor (the centre of l_k) in bins of W / R.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+from visionllm.config import DecoderConfig, LLMConfig
+from visionllm.formats import tokens as tk
+from visionllm.formats.codec import OutputFormat, OutputKind
+from visionllm.formats.tokens import CodecVocabulary
+from visionllm.models.common.backbone import sine_embed
+from visionllm.models.common.matcher import hungarian_match
+from visionllm.ops.tensor_boxes import elementwise_generalized_iou, generalized_iou
+
+# Kinds of sequence positions.
+PAD, SEQUENCE, SLOT = 0, 1, 2
+
+
+class ImageTokenMismatch(ValueError):
+    """The number of <image> placeholders differs from the number of image tokens."""
+
+
+@dataclass
+class SlotTargets:
+    """What one sample's slots should produce.
+
+    Attributes:
+        class_index: (T,) index into the bound classes.
+        points: (T, N, 2) target points, (x, y) as fractions of the image width and height.
+        visible: (T, N) bool; invisible keypoints are trained towards <p-inv>.
+    """
+
+    class_index: Tensor
+    points: Tensor
+    visible: Tensor
+
+
+@dataclass
+class SlotOutputs:
+    """Slot logits of one sample.
+
+    Attributes:
+        class_logits: (K, num_bound + 1), the last column is <no-obj>.
+        coord_logits: (K, 2N, 2R + 1 [+ 1]) over location bins (and <p-inv> for keypoints).
+        anchors: (K, 2) anchor points as fractions of the image.
+        token_index: (K,) the image token each slot is anchored at.
+    """
+
+    class_logits: Tensor
+    coord_logits: Tensor
+    anchors: Tensor
+    token_index: Tensor
+
+
+def build_causal_lm(config: LLMConfig, vocab_size: int, load_weights: bool = True) -> PreTrainedModel:
+    """The LLM: a local pretrained causal LM, or a LLaMA built from the config's layout."""
+    if config.pretrained:
+        if load_weights:
+            lm = AutoModelForCausalLM.from_pretrained(config.pretrained, attn_implementation="sdpa")
+        else:
+            lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(config.pretrained))
+    else:
+        llama = LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=config.hidden_size,
+            intermediate_size=config.intermediate_size,
+            num_hidden_layers=config.num_layers,
+            num_attention_heads=config.num_heads,
+            num_key_value_heads=config.num_kv_heads,
+            max_position_embeddings=config.max_positions,
+            tie_word_embeddings=config.tie_embeddings,
+        )
+        llama._attn_implementation = "sdpa"
+        lm = LlamaForCausalLM(llama)
+    return lm
+
+
+class LanguageDecoder(nn.Module):
+    """The LLM with the added vocabulary, the image-token projection and the slot heads.
+
+    Args:
+        llm_config: which LLM.
+        decoder_config: codec sizes and slot settings.
+        vocab: the codec vocabulary (ids of the added tokens in the tokenizer).
+        vocab_size: the tokenizer's length (with the added tokens).
+        token_dim: width of the image tokens.
+        load_weights: load pretrained LLM weights (False when a checkpoint will overwrite them).
+    """
+
+    def __init__(
+        self,
+        llm_config: LLMConfig,
+        decoder_config: DecoderConfig,
+        vocab: CodecVocabulary,
+        vocab_size: int,
+        token_dim: int,
+        load_weights: bool = True,
+    ) -> None:
+        super().__init__()
+        self.config = decoder_config
+        self.vocab = vocab
+        self.lm = build_causal_lm(llm_config, vocab_size, load_weights)
+        base_rows = self.lm.get_input_embeddings().weight.shape[0]
+        if base_rows < vocab_size:
+            self.lm.resize_token_embeddings(vocab_size, mean_resizing=False)
+        self.hidden_size: int = self.lm.config.hidden_size
+        if load_weights or not llm_config.pretrained:
+            self._init_added_rows(first_new=min(base_rows, vocab.offset))
+        d = self.hidden_size
+        self.image_proj = nn.Sequential(nn.Linear(token_dim, d), nn.GELU(), nn.Linear(d, d))
+        self.box_proj = nn.Linear(4 * 32, d)
+        r = decoder_config.coord_range
+        self.location_ids = torch.tensor(vocab.encode(tk.loc_token(v) for v in range(-r, r + 1)))
+        self.class_ids = torch.tensor(vocab.encode(tk.class_token(i) for i in range(decoder_config.max_classes)))
+        self.no_object_id = vocab.token_to_id(tk.NO_OBJECT)
+        self.invisible_id = vocab.token_to_id(tk.INVISIBLE)
+        self.image_id = vocab.token_to_id(tk.IMAGE)
+        if llm_config.freeze:
+            self.lm.requires_grad_(False)
+        if llm_config.lora is not None:
+            from peft import LoraConfig, get_peft_model
+
+            lora = llm_config.lora
+            self.lm = get_peft_model(
+                self.lm,
+                LoraConfig(
+                    r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules
+                ),
+            )
+
+    @torch.no_grad()
+    def _init_added_rows(self, first_new: int) -> None:
+        """New embedding rows: the mean of the old rows plus small noise; location tokens also get a
+        sine code of their value so that neighbouring bins start out similar."""
+        for matrix in {
+            id(m): m for m in (self.lm.get_input_embeddings().weight, self.lm.get_output_embeddings().weight)
+        }.values():
+            old = matrix[:first_new]
+            mean, std = old.mean(0), old.std(0).mean().clamp(min=1e-3)
+            matrix[first_new:] = mean + torch.randn_like(matrix[first_new:]) * std * 0.5
+            r = self.config.coord_range
+            values = torch.arange(-r, r + 1, dtype=torch.float32) / (2 * r) + 0.5
+            code = sine_embed(values[:, None], matrix.shape[1])[:, : matrix.shape[1]]
+            ids = torch.tensor(self.vocab.encode(tk.loc_token(v) for v in range(-r, r + 1)))
+            matrix[ids] = mean + std * code.to(matrix.dtype)
+
+    # -- pieces ---------------------------------------------------------------------------------
+
+    @property
+    def backbone_lm(self) -> PreTrainedModel:
+        """The causal LM without LoRA wrapping."""
+        return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+
+    def embed_image_tokens(self, embeddings: Tensor, boxes: Tensor) -> Tensor:
+        """(B, M, d_tok), (B, M, 4) cxcywh -> (B, M, D): e_k projected plus an encoding of l_k."""
+        return self.image_proj(embeddings) + self.box_proj(sine_embed(boxes, 32).to(embeddings.dtype))
+
+    def input_embeddings(self, input_ids: Tensor, image_tokens: Tensor) -> Tensor:
+        """Token embeddings with the image tokens scattered into the <image> placeholders.
+
+        Raises:
+            ImageTokenMismatch: a sample's placeholder count differs from its number of image tokens.
+        """
+        embeds = self.backbone_lm.get_input_embeddings()(input_ids)
+        placeholders = input_ids == self.image_id
+        counts = placeholders.sum(1)
+        if (counts != image_tokens.shape[1]).any():
+            raise ImageTokenMismatch(
+                f"{counts.tolist()} <image> placeholders per sample but {image_tokens.shape[1]} image tokens each; "
+                "the processor expands <image> into exactly M placeholders"
+            )
+        return embeds.masked_scatter(placeholders.unsqueeze(-1), image_tokens.to(embeds.dtype))
+
+    def run(self, embeds: Tensor, mask4d: Tensor, position_ids: Tensor, cache=None):
+        """The LLM body: (B, L, D) embeddings -> last hidden states (B, L, D) (and the cache)."""
+        model = self.backbone_lm.model
+        out = model(
+            inputs_embeds=embeds,
+            attention_mask=mask4d,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=cache is not None,
+        )
+        return out.last_hidden_state, out.cache
+
+    def head_weight(self) -> Tensor:
+        return self.backbone_lm.get_output_embeddings().weight
+
+    def vocab_logits(self, hidden: Tensor) -> Tensor:
+        return self.backbone_lm.get_output_embeddings()(hidden)
+
+    def slot_logits(self, hidden: Tensor, fmt: OutputFormat, num_bound: int) -> tuple[Tensor, Tensor]:
+        """Class and coordinate logits of slot hidden states (K, slot_length, D)."""
+        weight = self.head_weight()
+        class_rows = torch.cat([self.class_ids[:num_bound], torch.tensor([self.no_object_id])]).to(weight.device)
+        class_logits = hidden[:, 0] @ weight[class_rows].T
+        rows = self.location_ids.to(weight.device)
+        if fmt.kind is OutputKind.KEYPOINTS:
+            rows = torch.cat([rows, torch.tensor([self.invisible_id], device=weight.device)])
+        coord_logits = hidden[:, 1:] @ weight[rows].T
+        return class_logits, coord_logits
+
+    # -- losses ----------------------------------------------------------------------------------
+
+    def slot_loss(self, outputs: SlotOutputs, targets: SlotTargets, fmt: OutputFormat) -> tuple[Tensor, dict]:
+        """Matching loss of one sample's slots (section 1.3a of the spec).
+
+        Matching cost: -p(class) + coord_cost * L1 of expected coordinates (+ giou_cost * -GIoU for boxes).
+        Matched slots: cross-entropy on the class, soft two-bin cross-entropy on each coordinate and L1 on its
+        expected value; unmatched slots: <no-obj> with weight `no_object_weight`.
+        """
+        c = self.config
+        r = c.coord_range
+        num_slots, num_classes = outputs.class_logits.shape[0], outputs.class_logits.shape[1] - 1
+        log_p_class = outputs.class_logits.float().log_softmax(-1)
+        coord_logits = outputs.coord_logits.float()
+        bins = coord_logits[..., : 2 * r + 1].softmax(-1) @ torch.arange(-r, r + 1, device=coord_logits.device).float()
+        expected = outputs.anchors.repeat(1, fmt.num_points).view(num_slots, -1) + bins / r  # (K, 2N) fractions
+        target_points = targets.points.reshape(len(targets.points), -1).to(expected)  # (T, 2N)
+        visible = targets.visible.repeat_interleave(2, dim=1).to(expected.device)  # (T, 2N)
+        t = len(target_points)
+        with torch.no_grad():
+            cost = -log_p_class[:, targets.class_index].exp() if t else expected.new_zeros(num_slots, 0)
+            if t:
+                diff = (expected[:, None, :] - target_points[None]).abs() * visible[None]
+                cost = cost + c.coord_cost * diff.sum(-1) / visible.sum(-1).clamp(min=1)[None]
+                if fmt.kind is OutputKind.BOXES:
+                    cost = cost - c.giou_cost * generalized_iou(_corners(expected), _corners(target_points))
+        rows, cols = hungarian_match(cost)
+        rows, cols = rows.to(expected.device), cols.to(expected.device)
+        class_target = torch.full((num_slots,), num_classes, device=expected.device, dtype=torch.long)
+        class_target[rows] = targets.class_index.to(expected.device)[cols]
+        weights = torch.ones(num_classes + 1, device=expected.device)
+        weights[-1] = c.no_object_weight
+        class_loss = F.nll_loss(log_p_class, class_target, weight=weights)
+        coord_ce = expected.new_zeros(())
+        coord_l1 = expected.new_zeros(())
+        giou = expected.new_zeros(())
+        if len(rows):
+            matched_logits = coord_logits[rows]  # (P, 2N, bins)
+            wanted = target_points[cols]
+            shown = visible[cols]
+            offsets = (wanted - outputs.anchors[rows].repeat(1, fmt.num_points)) * r
+            soft = _two_bin_targets(offsets.clamp(-r, r), r, coord_logits.shape[-1])
+            if fmt.kind is OutputKind.KEYPOINTS:
+                soft[~shown] = 0.0
+                soft[..., -1][~shown] = 1.0
+            coord_ce = -(soft * matched_logits.log_softmax(-1)).sum(-1).mean()
+            if shown.any():
+                coord_l1 = ((expected[rows] - wanted).abs() * shown).sum() / shown.sum()
+            if fmt.kind is OutputKind.BOXES:
+                giou = (1 - elementwise_generalized_iou(_corners(expected[rows]), _corners(wanted))).mean()
+        loss = class_loss + coord_ce + c.coord_l1_weight * coord_l1 + c.giou_cost * giou
+        return loss, {"slot_class": class_loss.detach(), "slot_coord": coord_ce.detach(), "slot_l1": coord_l1.detach()}
+
+
+def _corners(points: Tensor) -> Tensor:
+    """(K, 4) box points (x1, y1, x2, y2) in any order -> proper corners."""
+    return torch.stack(
+        [
+            torch.minimum(points[:, 0], points[:, 2]),
+            torch.minimum(points[:, 1], points[:, 3]),
+            torch.maximum(points[:, 0], points[:, 2]),
+            torch.maximum(points[:, 1], points[:, 3]),
+        ],
+        dim=-1,
+    )
+
+
+def _two_bin_targets(offsets: Tensor, coord_range: int, num_bins: int) -> Tensor:
+    """Soft targets over bins: the two nearest bins of each offset, linearly weighted."""
+    position = offsets + coord_range  # in [0, 2R]
+    low = position.floor().clamp(0, 2 * coord_range)
+    high = (low + 1).clamp(max=2 * coord_range)
+    w_high = (position - low).clamp(0, 1)
+    soft = torch.zeros(*offsets.shape, num_bins, device=offsets.device)
+    soft.scatter_add_(-1, low.long().unsqueeze(-1), (1 - w_high).unsqueeze(-1))
+    soft.scatter_add_(-1, high.long().unsqueeze(-1), w_high.unsqueeze(-1))
+    return soft
+
+
+def block_mask(
+    kinds: Tensor, groups: Tensor, kv_kinds: Tensor | None = None, kv_groups: Tensor | None = None
+) -> Tensor:
+    """Boolean attention mask (B, Q, KV) for sequences of normal tokens followed by slot groups.
+
+    A normal token sees the normal tokens up to itself; a slot token sees every normal token and the
+    tokens of its own group up to itself; padding sees nothing but itself (so softmax stays finite).
+
+    Args:
+        kinds: (B, Q) PAD / SEQUENCE / SLOT of the query positions (the newest positions of the sequence).
+        groups: (B, Q) slot number of slot positions (-1 elsewhere).
+        kv_kinds, kv_groups: the same for all key positions (B, KV) when they extend beyond the queries
+            (cached positions come first); default: the queries themselves.
+    """
+    if kv_kinds is None:
+        kv_kinds, kv_groups = kinds, groups
+    q_len, kv_len = kinds.shape[1], kv_kinds.shape[1]
+    offset = kv_len - q_len
+    q_pos = torch.arange(q_len, device=kinds.device)[:, None] + offset
+    k_pos = torch.arange(kv_len, device=kinds.device)[None, :]
+    causal = (k_pos <= q_pos)[None]
+    key_seq = (kv_kinds == SEQUENCE)[:, None, :]
+    q_seq = (kinds == SEQUENCE)[:, :, None]
+    q_slot = (kinds == SLOT)[:, :, None]
+    same_group = (groups[:, :, None] == kv_groups[:, None, :]) & (kv_kinds == SLOT)[:, None, :]
+    allowed = (q_seq & key_seq & causal) | (q_slot & (key_seq | (same_group & causal)))
+    diagonal = (k_pos == q_pos)[None] & (kinds == PAD)[:, :, None]
+    return allowed | diagonal
+
+
+def additive_mask(allowed: Tensor, dtype: torch.dtype) -> Tensor:
+    """(B, Q, KV) bool -> (B, 1, Q, KV) additive float mask for the LLM."""
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask.unsqueeze(1)
+
+
+def slot_positions(kinds: Tensor, groups: Tensor, slot_offsets: Tensor) -> Tensor:
+    """Position ids: normal tokens count up; slot token j of any group sits at (normal tokens) + j."""
+    normal = (kinds == SEQUENCE).long().cumsum(1) - 1
+    start = (kinds == SEQUENCE).long().sum(1, keepdim=True)
+    return torch.where(kinds == SLOT, start + slot_offsets, normal.clamp(min=0))
+
+
+def select_anchor_tokens(logits: Tensor, num_slots: int) -> Tensor:
+    """(B, M) objectness -> (B, K) indices of the K most object-like image tokens, best first."""
+    return torch.topk(logits, min(num_slots, logits.shape[1]), dim=1).indices
+
+
+def log_bins(coord_range: int) -> float:
+    return math.log(2 * coord_range + 1)
+
+
+def gather_slots(hidden: Tensor, kinds: Tensor, num_slots: int, slot_length: int) -> Tensor:
+    """(L, D) hidden states of one sample -> (K, slot_length, D) in slot order."""
+    return hidden[kinds == SLOT].view(num_slots, slot_length, -1)
+
+
+def image_token_anchor_points(boxes: Tensor) -> Tensor:
+    """(..., 4) cxcywh boxes -> (..., 2) anchor points (the centres)."""
+    return boxes[..., :2]
+
+
+def stack_padded(rows: Sequence[Sequence[int]], pad: int) -> Tensor:
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return out

@@ -1,0 +1,524 @@
+"""VisionLLM v1, composed in one place: backbone -> text encoder -> language-guided tokenizer -> LLM.
+
+    model = VisionLLM.from_pretrained("checkpoints/visionllm-v1-tiny")
+    model.detect("image.png", ["red circle", "star"])          # Detections, pixels of the image
+    model.predict(images, instructions)                         # any mix of tasks in one batch
+
+Training: `model(batch)` returns the losses (L = L_tok + L_dec) of a `Batch` from `batch.collate`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from transformers import DynamicCache, PreTrainedTokenizerBase
+
+from visionllm.config import VisionLLMConfig
+from visionllm.formats import tokens as tk
+from visionllm.formats.codec import OutputFormat, decode_slots, parse_class_binding, parse_format_header
+from visionllm.formats.results import Decoded, Detections, Dropped, TextAnswer
+from visionllm.formats.task_table import Instruction, build_instruction
+from visionllm.formats.tasks import Task
+from visionllm.models.common.backbone import Backbone
+from visionllm.models.common.text_encoder import TextEncoder, load_text_tokenizer
+from visionllm.models.v1.batch import IGNORE, Batch
+from visionllm.models.v1.decoder import (
+    PAD,
+    SEQUENCE,
+    SLOT,
+    LanguageDecoder,
+    SlotOutputs,
+    block_mask,
+    select_anchor_tokens,
+    slot_positions,
+)
+from visionllm.models.v1.processor import ImageInput, VisionLLMProcessor, codec_config, load_tokenizer
+from visionllm.models.v1.tokenizer import LanguageGuidedTokenizer
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+TOKENIZER_DIR = "tokenizer"
+
+ImageLike = Image.Image | np.ndarray | str | Path
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be loaded."""
+
+
+@dataclass
+class Request:
+    """One thing to answer: an image and an instruction (text, or a rendered `Instruction`)."""
+
+    image: ImageLike
+    instruction: str | Instruction
+
+
+class VisionLLM(nn.Module):
+    """VisionLLM v1.
+
+    Args:
+        config: the model config.
+        tokenizer: the LLM tokenizer (the codec tokens are added if missing); None builds it from the config.
+        load_weights: load pretrained component weights named in the config (False when a checkpoint follows).
+    """
+
+    def __init__(
+        self, config: VisionLLMConfig, tokenizer: PreTrainedTokenizerBase | None = None, load_weights: bool = True
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = Backbone(config.backbone, load_weights)
+        self.text_encoder = TextEncoder(config.text_encoder, load_weights)
+        text_tokenizer = load_text_tokenizer(config.text_encoder)
+        if tokenizer is None:
+            source = config.llm.tokenizer or config.llm.pretrained
+            tokenizer = load_tokenizer(source) if source else load_text_tokenizer(config.text_encoder)
+        self.processor = VisionLLMProcessor(config, tokenizer, text_tokenizer)
+        self.tokenizer = LanguageGuidedTokenizer(
+            config.tokenizer, self.backbone.channels, self.text_encoder.hidden_size
+        )
+        self.decoder = LanguageDecoder(
+            config.llm, config.decoder, self.processor.vocab, len(tokenizer), config.tokenizer.d_model, load_weights
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # -- shared front -------------------------------------------------------------------------
+
+    def encode_images(self, pixel_values: Tensor, text_ids: Tensor, text_mask: Tensor):
+        """Image tokens for (image, instruction) pairs: the tokenizer's output and the tokens in LLM space."""
+        features = self.backbone(pixel_values)
+        text = self.text_encoder(text_ids, text_mask)
+        tokens = self.tokenizer(features, text, text_mask)
+        return tokens, self.decoder.embed_image_tokens(tokens.embeddings, tokens.boxes.detach())
+
+    # -- training -----------------------------------------------------------------------------
+
+    def forward(self, batch: Batch, tokenizer_loss_weight: float = 1.0) -> dict[str, Tensor]:
+        """Losses of a batch: `loss` (total) and its parts."""
+        tokens, image_tokens = self.encode_images(batch.pixel_values, batch.text_input_ids, batch.text_attention_mask)
+        l_tok = self.tokenizer.loss(tokens, batch.token_targets)
+        anchors = [
+            select_anchor_tokens(tokens.logits[b : b + 1].detach(), self.processor.num_slots(fmt))[0]
+            if fmt.structured
+            else None
+            for b, fmt in enumerate(batch.formats)
+        ]
+        hidden = self.sequence_hidden(batch, image_tokens, anchors)
+        targets = batch.labels[:, 1:]
+        selected = targets != IGNORE
+        text_loss = hidden.new_zeros(())
+        if selected.any():
+            logits = self.decoder.vocab_logits(hidden[:, :-1][selected])
+            text_loss = F.cross_entropy(logits.float(), targets[selected])
+        slot_losses = []
+        parts: dict[str, Tensor] = {}
+        for b, fmt in enumerate(batch.formats):
+            if anchors[b] is None:
+                continue
+            outputs = self._slot_outputs(
+                hidden[b], batch.kinds[b], fmt, batch.class_counts[b], anchors[b], tokens.boxes[b]
+            )
+            loss, info = self.decoder.slot_loss(outputs, batch.slot_targets[b], fmt)
+            slot_losses.append(loss)
+            for key, value in info.items():
+                parts[key] = parts.get(key, 0) + value / len(batch)
+        slot_loss = torch.stack(slot_losses).mean() if slot_losses else hidden.new_zeros(())
+        total = tokenizer_loss_weight * l_tok + text_loss + slot_loss
+        return {
+            "loss": total,
+            "tokenizer": l_tok.detach(),
+            "text": text_loss.detach(),
+            "slots": slot_loss.detach(),
+            **parts,
+        }
+
+    def sequence_hidden(self, batch: Batch, image_tokens: Tensor, anchors: Sequence[Tensor | None]) -> Tensor:
+        """The LLM's last hidden states (B, L, D) for a batch whose slot groups are anchored at `anchors`
+        (per sample, the image-token index of each slot; None for text answers)."""
+        embeds = self.decoder.input_embeddings(batch.input_ids, image_tokens)
+        slot_add = torch.zeros_like(embeds)
+        for b, index in enumerate(anchors):
+            if index is None:
+                continue
+            length = batch.formats[b].slot_length
+            positions = (batch.kinds[b] == SLOT).nonzero().squeeze(1).view(len(index), length)
+            slot_add[b, positions] = image_tokens[b, index].unsqueeze(1).expand(-1, length, -1).to(slot_add.dtype)
+        mask = block_mask(batch.kinds, batch.groups).unsqueeze(1)
+        positions = slot_positions(batch.kinds, batch.groups, batch.slot_offsets)
+        hidden, _ = self.decoder.run(embeds + slot_add, mask, positions)
+        return hidden
+
+    def _slot_outputs(
+        self, hidden: Tensor, kinds: Tensor, fmt: OutputFormat, num_bound: int, index: Tensor, boxes: Tensor
+    ) -> SlotOutputs:
+        k = len(index)
+        slot_hidden = hidden[kinds == SLOT].view(k, fmt.slot_length, -1)
+        class_logits, coord_logits = self.decoder.slot_logits(slot_hidden, fmt, num_bound)
+        return SlotOutputs(class_logits, coord_logits, boxes[index, :2].detach().float(), index)
+
+    # -- inference ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def predict(
+        self,
+        images: Sequence[ImageLike],
+        instructions: Sequence[str | Instruction],
+        min_score: float = 0.05,
+    ) -> list[Decoded]:
+        """Answer a batch of (image, instruction) pairs; tasks may be mixed freely.
+
+        Args:
+            images: PIL images, uint8 arrays or paths.
+            instructions: instruction texts (class sets are read from their {"name": <c0>, ...} binding), or
+                `Instruction`s from `build_instruction` (which also say which format to expect).
+            min_score: structured results with a lower class probability are left out.
+
+        Returns:
+            One `Decoded` per pair: typed `Detections` (pixels of the input image) or `TextAnswer`, with what
+            decoding dropped.
+        """
+        if len(images) != len(instructions):
+            raise ValueError(f"{len(images)} images but {len(instructions)} instructions")
+        if not images:
+            return []
+        was_training = self.training
+        self.eval()
+        try:
+            return self._predict([self.processor.image(im) for im in images], list(instructions), min_score)
+        finally:
+            self.train(was_training)
+
+    def _predict(self, images: list[ImageInput], requests: list[str | Instruction], min_score: float) -> list[Decoded]:
+        device = self.device
+        texts = [r.text if isinstance(r, Instruction) else r for r in requests]
+        expected = [r.output_format if isinstance(r, Instruction) else None for r in requests]
+        class_sets = [r.class_names if isinstance(r, Instruction) else _bound_classes(r) for r in requests]
+        grounding = [isinstance(r, Instruction) and r.task is Task.GROUNDING for r in requests]
+        prefixes = [self.processor.prefix_ids(t) for t in texts]
+        encoder = self.processor.encoder_inputs(texts)
+        pixels = torch.stack([im.pixels for im in images]).to(device)
+        tokens, image_tokens = self.encode_images(
+            pixels, encoder["input_ids"].to(device), encoder["attention_mask"].to(device)
+        )
+        batch = len(images)
+        width = max(len(p) for p in prefixes)
+        pad = self.processor.pad_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prefixes], device=device)
+        kinds = torch.tensor([[PAD] * (width - len(p)) + [SEQUENCE] * len(p) for p in prefixes], device=device)
+        groups = torch.full_like(kinds, -1)
+        embeds = self.decoder.input_embeddings(input_ids, image_tokens)
+        cache = DynamicCache()
+        positions = slot_positions(kinds, groups, torch.zeros_like(kinds))
+        hidden, cache = self.decoder.run(embeds, block_mask(kinds, groups).unsqueeze(1), positions, cache)
+        kv_kinds, kv_groups = kinds, groups
+        last = hidden[:, -1]
+
+        vocab = self.processor.vocab
+        header_allowed = torch.zeros(len(self.processor.tokenizer), dtype=torch.bool, device=device)
+        header_tokens = [tk.FMT_OPEN, tk.FMT_CLOSE, tk.TEXT, tk.CLS, tk.KPT]
+        header_tokens += [
+            t for i in range(1, self.config.decoder.max_points + 1) for t in (tk.x_token(i), tk.y_token(i))
+        ]
+        header_allowed[vocab.encode(header_tokens)] = True
+        text_allowed = torch.ones_like(header_allowed)
+        text_allowed[vocab.offset : vocab.offset + len(vocab)] = False
+        text_allowed[self.processor.eos_id] = True
+        header_limit = 2 * self.config.decoder.max_points + 4
+        fmt_close = vocab.token_to_id(tk.FMT_CLOSE)
+        fmt_open_only = torch.zeros_like(header_allowed)
+        fmt_open_only[vocab.token_to_id(tk.FMT_OPEN)] = True
+
+        state = ["header"] * batch
+        generated: list[list[int]] = [[] for _ in range(batch)]
+        formats: list[OutputFormat | None] = [None] * batch
+        notes: list[list[Dropped]] = [[] for _ in range(batch)]
+        for _ in range(header_limit + self.config.decoder.max_new_tokens):
+            if all(s in ("slots", "done") for s in state):
+                break
+            logits = self.decoder.vocab_logits(last).float()
+            next_ids, fed = [], []
+            for b in range(batch):
+                token, feeds = pad, state[b] in ("header", "text")
+                if state[b] == "header":
+                    allowed = header_allowed if generated[b] else fmt_open_only
+                    token = int(logits[b].masked_fill(~allowed, -torch.inf).argmax())
+                    generated[b].append(token)
+                    if token == fmt_close or len(generated[b]) >= header_limit:
+                        formats[b] = self._read_header(generated[b], expected[b], notes[b])
+                        generated[b] = []
+                        state[b] = "slots" if formats[b].structured else "text"
+                elif state[b] == "text":
+                    token = int(logits[b].masked_fill(~text_allowed, -torch.inf).argmax())
+                    if token == self.processor.eos_id:
+                        state[b] = "done"
+                    else:
+                        generated[b].append(token)
+                        if len(generated[b]) >= self.config.decoder.max_new_tokens:
+                            state[b] = "done"
+                next_ids.append(token)
+                fed.append(feeds)
+            step_kinds = torch.tensor([[SEQUENCE if f else PAD] for f in fed], device=device)
+            step_groups = torch.full_like(step_kinds, -1)
+            all_kinds = torch.cat([kv_kinds, step_kinds], 1)
+            all_groups = torch.cat([kv_groups, step_groups], 1)
+            step_pos = (all_kinds == SEQUENCE).long().sum(1, keepdim=True) - 1
+            step_embeds = self.decoder.backbone_lm.get_input_embeddings()(
+                torch.tensor(next_ids, device=device)[:, None]
+            )
+            mask = block_mask(step_kinds, step_groups, all_kinds, all_groups).unsqueeze(1)
+            hidden, cache = self.decoder.run(step_embeds, mask, step_pos.clamp(min=0), cache)
+            kv_kinds, kv_groups = all_kinds, all_groups
+            last = hidden[:, -1]
+
+        results: list[Decoded | None] = [None] * batch
+        for b in range(batch):
+            if formats[b] is None:  # never finished its header within the budget
+                formats[b] = self._read_header(generated[b], expected[b], notes[b])
+            if not formats[b].structured:
+                text = self.processor.decode_text(generated[b]) if state[b] != "slots" else ""
+                results[b] = Decoded(TextAnswer(text), tuple(notes[b]))
+        structured = [b for b in range(batch) if formats[b].structured]
+        if structured:
+            decoded = self._decode_slots(
+                structured, formats, class_sets, images, tokens, image_tokens, cache, kv_kinds, kv_groups, min_score
+            )
+            for b, result in decoded.items():
+                if grounding[b] and isinstance(result.prediction, Detections) and len(result.prediction) > 1:
+                    result = Decoded(result.prediction.select([0]), result.dropped)
+                results[b] = Decoded(result.prediction, tuple(notes[b]) + result.dropped)
+        return results  # type: ignore[return-value]
+
+    def _read_header(self, ids: list[int], expected: OutputFormat | None, notes: list[Dropped]) -> OutputFormat:
+        tokens = self.processor.vocab.decode(ids)
+        fmt = parse_format_header(tokens)
+        if fmt is not None and fmt.num_points <= self.config.decoder.max_points:
+            if expected is not None and fmt != expected:
+                notes.append(
+                    Dropped(
+                        None, tuple(tokens), f"the model answered {fmt.kind.value}, not the asked {expected.kind.value}"
+                    )
+                )
+            return fmt
+        fallback = expected or OutputFormat.text()
+        notes.append(Dropped(None, tuple(tokens), f"malformed format header: answered as {fallback.kind.value}"))
+        return fallback
+
+    def _decode_slots(
+        self, samples, formats, class_sets, images, tokens, image_tokens, cache, kv_kinds, kv_groups, min_score
+    ):
+        device = self.device
+        batch = len(formats)
+        rows: list[list[int]] = [[] for _ in range(batch)]
+        index: dict[int, Tensor] = {}
+        for b in samples:
+            fmt = formats[b]
+            k = self.processor.num_slots(fmt)
+            index[b] = select_anchor_tokens(tokens.logits[b : b + 1], k)[0]
+            rows[b] = self.processor.slot_query_ids(fmt)
+        width = max(len(r) for r in rows)
+        pad = self.processor.pad_id
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
+        kinds = torch.tensor([[SLOT] * len(r) + [PAD] * (width - len(r)) for r in rows], device=device)
+        groups = torch.full_like(kinds, -1)
+        offsets = torch.zeros_like(kinds)
+        embeds = self.decoder.backbone_lm.get_input_embeddings()(ids)
+        for b in samples:
+            fmt, k = formats[b], len(index[b])
+            length = fmt.slot_length
+            groups[b, : k * length] = torch.arange(k, device=device).repeat_interleave(length)
+            offsets[b, : k * length] = torch.arange(length, device=device).repeat(k)
+            embeds[b, : k * length] += image_tokens[b, index[b]].repeat_interleave(length, dim=0)
+        all_kinds = torch.cat([kv_kinds, kinds], 1)
+        all_groups = torch.cat([kv_groups, groups], 1)
+        start = (kv_kinds == SEQUENCE).long().sum(1, keepdim=True)
+        positions = start + offsets
+        mask = block_mask(kinds, groups, all_kinds, all_groups).unsqueeze(1)
+        hidden, _ = self.decoder.run(embeds, mask, positions, cache)
+        out = {}
+        for b in samples:
+            fmt = formats[b]
+            classes = class_sets[b]
+            num_bound = min(len(classes), self.config.decoder.max_classes)
+            slot_hidden = hidden[b][kinds[b] == SLOT].view(len(index[b]), fmt.slot_length, -1)
+            class_logits, coord_logits = self.decoder.slot_logits(slot_hidden, fmt, num_bound)
+            out[b] = self._slots_to_result(
+                class_logits, coord_logits, tokens.boxes[b, index[b]], fmt, classes, images[b], min_score
+            )
+        return out
+
+    def _slots_to_result(
+        self, class_logits, coord_logits, anchor_boxes, fmt, classes, image: ImageInput, min_score
+    ) -> Decoded:
+        """Slot logits -> tokens -> the codec's typed result (scores: the best bound class's probability)."""
+        probs = class_logits.float().softmax(-1)
+        if len(classes) == 0:
+            return Decoded(Detections.empty(), (Dropped(None, (), "the instruction binds no classes"),))
+        scores, best = probs[:, :-1].max(-1)
+        r = self.config.decoder.coord_range
+        coord_choice = coord_logits.float().argmax(-1)
+        vocab_tokens = [tk.loc_token(v) for v in range(-r, r + 1)] + [tk.INVISIBLE]
+        slots, kept_scores, anchors = [], [], []
+        w, h = image.size_wh
+        for k in range(len(scores)):
+            if scores[k] < min_score:
+                continue
+            slot = [tk.class_token(int(best[k]))] + [vocab_tokens[int(i)] for i in coord_choice[k]]
+            slots.append(slot)
+            kept_scores.append(float(scores[k]))
+            anchors.append([float(anchor_boxes[k, 0]) * w, float(anchor_boxes[k, 1]) * h])
+        return decode_slots(
+            slots,
+            fmt,
+            classes,
+            (w, h),
+            codec_config(self.config),
+            anchors_xy_px=np.asarray(anchors).reshape(-1, 2),
+            scores=kept_scores,
+        )
+
+    # -- task helpers -------------------------------------------------------------------------
+
+    def _one(self, image: ImageLike, instruction: Instruction, min_score: float = 0.05):
+        return self.predict([image], [instruction], min_score)[0].prediction
+
+    def detect(self, image: ImageLike, classes: Sequence[str], min_score: float = 0.05) -> Detections:
+        """Objects of any class set, as boxes in the image's pixels."""
+        return self._one(
+            image, build_instruction(Task.DETECTION, classes=classes, config=codec_config(self.config)), min_score
+        )
+
+    def segment(
+        self, image: ImageLike, classes: Sequence[str], points: int = 16, min_score: float = 0.05
+    ) -> Detections:
+        """Instance polygons with `points` boundary points each."""
+        instruction = build_instruction(
+            Task.INSTANCE_SEGMENTATION, classes=classes, num_points=points, config=codec_config(self.config)
+        )
+        return self._one(image, instruction, min_score)
+
+    def ground(self, image: ImageLike, expression: str) -> Detections:
+        """The one object a referring expression names (empty if none)."""
+        return self._one(
+            image, build_instruction(Task.GROUNDING, expression=expression, config=codec_config(self.config)), 0.0
+        )
+
+    def keypoints(self, image: ImageLike, min_score: float = 0.05) -> Detections:
+        """People with their 17 COCO keypoints."""
+        return self._one(image, build_instruction(Task.KEYPOINTS, config=codec_config(self.config)), min_score)
+
+    def caption(self, image: ImageLike) -> str:
+        return self._one(image, build_instruction(Task.CAPTION)).text
+
+    def ask(self, image: ImageLike, question: str) -> str:
+        return self._one(image, build_instruction(Task.VQA, question=question)).text
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def referenced_parameters(self) -> set[str]:
+        """Parameters not saved in checkpoints: frozen weights of a text encoder that a package or folder
+        named in the config already provides."""
+        if not self.config.text_encoder.pretrained:
+            return set()
+        return {f"text_encoder.{name}" for name in self.text_encoder.frozen_parameter_names()}
+
+    def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write config.json, model.safetensors and the tokenizer; files are replaced atomically."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        skip = self.referenced_parameters()
+        state = {}
+        for name, tensor in self.state_dict().items():
+            if name in skip:
+                continue
+            tensor = tensor.detach().cpu()
+            if dtype is not None and tensor.is_floating_point():
+                tensor = tensor.to(dtype)
+            state[name] = tensor.contiguous()
+        shared = _shared_names(state)
+        for name in shared:
+            state.pop(name)
+        tmp = folder / (WEIGHTS_NAME + ".tmp")
+        save_file(
+            state,
+            str(tmp),
+            metadata={"format": "pt", "referenced": json.dumps(sorted(skip)), "tied": json.dumps(shared)},
+        )
+        tmp.replace(folder / WEIGHTS_NAME)
+        config_tmp = folder / (CONFIG_NAME + ".tmp")
+        self.config.save(config_tmp)
+        config_tmp.replace(folder / CONFIG_NAME)
+        self.processor.save(folder)
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> VisionLLM:
+        """Rebuild a model from its folder alone (config.json, model.safetensors, tokenizer/)."""
+        folder = Path(folder)
+        for name in (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_DIR):
+            if not (folder / name).exists():
+                raise CheckpointError(f"{folder} is not a VisionLLM checkpoint: {name} is missing")
+        config = VisionLLMConfig.from_dict(json.loads((folder / CONFIG_NAME).read_text()))
+        model = cls(config, tokenizer=load_tokenizer(folder / TOKENIZER_DIR), load_weights=False)
+        # Weights referenced by the config (frozen text-encoder layers) come from their source.
+        if model.referenced_parameters():
+            reference = TextEncoder(config.text_encoder, load_weights=True)
+            model.text_encoder.load_state_dict(reference.state_dict())
+        state = load_file(str(folder / WEIGHTS_NAME))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        allowed_missing = model.referenced_parameters() | set(_tied_names(model))
+        bad_missing = sorted(set(missing) - allowed_missing)
+        if bad_missing or unexpected:
+            raise CheckpointError(
+                f"{folder / WEIGHTS_NAME} does not match its config: "
+                f"missing {bad_missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        model.float()
+        return model.to(device).eval()
+
+
+def _bound_classes(instruction: str) -> tuple[str, ...]:
+    try:
+        return parse_class_binding(instruction)
+    except ValueError:
+        return ()
+
+
+def _shared_names(state: dict[str, Tensor]) -> list[str]:
+    """Names of tensors that share storage with an earlier one (tied weights), to save once."""
+    seen: dict[int, str] = {}
+    shared = []
+    for name, tensor in state.items():
+        key = tensor.data_ptr()
+        if key in seen and tensor.numel():
+            shared.append(name)
+        else:
+            seen[key] = name
+    return shared
+
+
+def _tied_names(model: nn.Module) -> list[str]:
+    seen: dict[int, str] = {}
+    tied = []
+    for name, tensor in model.state_dict().items():
+        key = tensor.data_ptr()
+        if key in seen:
+            tied.append(name)
+        else:
+            seen[key] = name
+    return tied

@@ -1,0 +1,173 @@
+"""Turn images and instructions into model inputs, segment by segment.
+
+The LLM's input for one sample is
+    [bos] instruction-before-<image> [<image>] * M instruction-after-<image> | header | answer
+where the answer is text + [eos] for text formats, or K groups of slot query tokens (<cls> <x1> <y1>
+...) for structured formats. Ids are built piece by piece from the codec's token table, never by
+re-tokenising joined strings, so the label mask cannot drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from visionllm.config import VisionLLMConfig
+from visionllm.formats import tokens as tk
+from visionllm.formats.codec import OutputFormat
+from visionllm.formats.tokens import CodecConfig, CodecVocabulary
+
+
+class ProcessorError(ValueError):
+    """An input the processor cannot turn into model inputs (bad instruction, bad image)."""
+
+
+def codec_config(config: VisionLLMConfig) -> CodecConfig:
+    d = config.decoder
+    return CodecConfig(coord_range=d.coord_range, max_points=d.max_points, max_classes=d.max_classes)
+
+
+def prepare_llm_tokenizer(tokenizer: PreTrainedTokenizerBase, codec: CodecConfig) -> CodecVocabulary:
+    """Add the codec's tokens to a tokenizer (in order, contiguous) and make sure it has bos / eos / pad.
+
+    Returns:
+        The codec vocabulary with the id offset of the added tokens.
+    """
+    wanted = list(tk.special_tokens(codec))
+    missing = [t for t in wanted if t not in tokenizer.get_vocab()]
+    if missing and len(missing) != len(wanted):
+        raise ProcessorError("the tokenizer already has some but not all codec tokens: it was built for another codec")
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": wanted}, replace_extra_special_tokens=False)
+    ids = tokenizer.convert_tokens_to_ids(wanted)
+    if ids != list(range(ids[0], ids[0] + len(wanted))):
+        raise ProcessorError("the codec tokens did not get contiguous ids in the tokenizer")
+    if tokenizer.bos_token is None:
+        tokenizer.bos_token = tokenizer.cls_token or tokenizer.eos_token
+    if tokenizer.eos_token is None:
+        tokenizer.eos_token = tokenizer.sep_token
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.bos_token is None or tokenizer.eos_token is None:
+        raise ProcessorError("the LLM tokenizer needs a beginning and an end token")
+    return CodecVocabulary(codec, offset=ids[0])
+
+
+@dataclass
+class ImageInput:
+    """A preprocessed image: pixels (3, S, S) and the original size (W, H) in pixels."""
+
+    pixels: Tensor
+    size_wh: tuple[int, int]
+
+
+class VisionLLMProcessor:
+    """Text and images -> ids and tensors for `VisionLLM`.
+
+    Args:
+        config: the model config (image size, normalisation, codec sizes, M).
+        tokenizer: the LLM's tokenizer, with the codec tokens added (`prepare_llm_tokenizer`).
+        text_tokenizer: the text encoder's tokenizer.
+    """
+
+    def __init__(
+        self, config: VisionLLMConfig, tokenizer: PreTrainedTokenizerBase, text_tokenizer: PreTrainedTokenizerBase
+    ) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.text_tokenizer = text_tokenizer
+        self.codec = codec_config(config)
+        self.vocab = prepare_llm_tokenizer(tokenizer, self.codec)
+        self.num_image_tokens = config.tokenizer.num_queries
+        self.image_id = self.vocab.token_to_id(tk.IMAGE)
+        self.bos_id = tokenizer.bos_token_id
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id
+        self.mean = torch.tensor(config.image_mean).view(3, 1, 1)
+        self.std = torch.tensor(config.image_std).view(3, 1, 1)
+
+    # -- images -------------------------------------------------------------------------------
+
+    def image(self, image: Image.Image | np.ndarray | str | Path) -> ImageInput:
+        """Load (if a path), convert to RGB, resize to S x S and normalise."""
+        if isinstance(image, str | Path):
+            path = Path(image)
+            if not path.exists():
+                raise FileNotFoundError(f"image {path} not found")
+            try:
+                image = Image.open(path)
+                image.load()
+            except OSError as error:
+                raise ProcessorError(f"{path} is not an image PIL can read: {error}") from None
+        if isinstance(image, np.ndarray):
+            if image.ndim not in (2, 3) or image.dtype != np.uint8:
+                raise ProcessorError(
+                    f"an image array must be (H, W) or (H, W, C) uint8, got {image.shape} {image.dtype}"
+                )
+            image = Image.fromarray(image)
+        if not isinstance(image, Image.Image):
+            raise ProcessorError(f"expected a PIL image, an array or a path, got {type(image).__name__}")
+        size = self.config.image_size
+        rgb = image.convert("RGB")
+        resized = rgb.resize((size, size), Image.BILINEAR) if rgb.size != (size, size) else rgb
+        pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        return ImageInput((pixels - self.mean) / self.std, rgb.size)
+
+    # -- text ---------------------------------------------------------------------------------
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids if text.strip() else []
+
+    def prefix_ids(self, instruction: str) -> list[int]:
+        """[bos] + instruction with its one <image> expanded into M placeholders."""
+        count = instruction.count(tk.IMAGE)
+        if count != 1:
+            raise ProcessorError(f"an instruction must contain {tk.IMAGE} exactly once, found {count}: {instruction!r}")
+        before, after = instruction.split(tk.IMAGE)
+        return [self.bos_id, *self._ids(before), *[self.image_id] * self.num_image_tokens, *self._ids(after)]
+
+    def header_ids(self, fmt: OutputFormat) -> list[int]:
+        return self.vocab.encode(fmt.header_tokens())
+
+    def text_answer_ids(self, text: str) -> list[int]:
+        return [*self._ids(text), self.eos_id]
+
+    def slot_tokens(self, fmt: OutputFormat) -> list[str]:
+        """The query tokens of one slot: <cls> <x1> <y1> ... <xN> <yN>."""
+        return [tk.CLS, *(t for i in range(1, fmt.num_points + 1) for t in (tk.x_token(i), tk.y_token(i)))]
+
+    def num_slots(self, fmt: OutputFormat) -> int:
+        """K: slots per answer, limited by M and by the slot-token budget."""
+        return max(1, min(self.num_image_tokens, self.config.decoder.max_slot_tokens // fmt.slot_length))
+
+    def slot_query_ids(self, fmt: OutputFormat) -> list[int]:
+        return self.vocab.encode(self.slot_tokens(fmt)) * self.num_slots(fmt)
+
+    def encoder_inputs(self, instructions: Sequence[str]) -> dict[str, Tensor]:
+        """The text encoder's inputs: the instructions without <image>, padded."""
+        texts = [" ".join(text.replace(tk.IMAGE, " ").split()) for text in instructions]
+        encoded = self.text_tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.config.text_encoder.max_length,
+            return_tensors="pt",
+        )
+        return {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask}
+
+    def decode_text(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=True).strip()
+
+    def save(self, folder: Path) -> None:
+        self.tokenizer.save_pretrained(folder / "tokenizer")
+
+
+def load_tokenizer(folder: str | Path) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(str(folder))

@@ -1,0 +1,241 @@
+"""The language-guided image tokenizer (VisionLLM section 3.2).
+
+Backbone features at 3 scales are projected to d_model; each scale is made language-aware by a
+cross-attention from every visual position to the instruction's text tokens; a Deformable DETR
+encoder/decoder (transformers' modules, pure PyTorch multi-scale deformable attention) then turns
+them into M image tokens: an embedding e_i (d_model) and a location l_i (a box, cx cy w h in [0, 1]).
+
+The tokenizer is supervised as a detector of the objects the instruction is about (L_tok: matching
+loss with focal objectness, L1 and GIoU). Convergence aids, all from Deformable DETR: two-stage
+query initialisation from the encoder's top proposals and iterative box refinement, each with its
+own loss (aux losses on every decoder layer and on the proposals).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from transformers.models.deformable_detr.configuration_deformable_detr import DeformableDetrConfig
+from transformers.models.deformable_detr.modeling_deformable_detr import (
+    DeformableDetrDecoder,
+    DeformableDetrEncoder,
+    DeformableDetrMLPPredictionHead,
+    inverse_sigmoid,
+)
+
+from visionllm.config import TokenizerConfig
+from visionllm.models.common.backbone import sine_embed, sine_position_2d
+from visionllm.models.common.detr_loss import detection_set_loss
+
+
+@dataclass
+class TokenizerOutput:
+    """Image tokens and what L_tok needs.
+
+    Attributes:
+        embeddings: (B, M, d) token embeddings e_i.
+        boxes: (B, M, 4) token locations l_i, (cx, cy, w, h) in [0, 1] of the image.
+        logits: (B, M) objectness of each token (is it an object the instruction is about).
+        layer_logits, layer_boxes: per decoder layer (for the auxiliary losses), last one = logits / boxes.
+        proposal_logits, proposal_boxes: the encoder proposals the queries started from (two-stage), or None.
+    """
+
+    embeddings: Tensor
+    boxes: Tensor
+    logits: Tensor
+    layer_logits: list[Tensor]
+    layer_boxes: list[Tensor]
+    proposal_logits: Tensor | None = None
+    proposal_boxes: Tensor | None = None
+
+
+class TextFusion(nn.Module):
+    """Cross-attention from visual positions (queries) to text tokens (keys/values), with a residual."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, visual: Tensor, text: Tensor, text_padding: Tensor) -> Tensor:
+        """visual (B, N, d), text (B, L, d), text_padding (B, L) True at padding -> (B, N, d)."""
+        fused, _ = self.attention(visual, text, text, key_padding_mask=text_padding, need_weights=False)
+        return self.norm(visual + fused)
+
+
+class LanguageGuidedTokenizer(nn.Module):
+    """Backbone features + encoded instruction -> M image tokens."""
+
+    num_levels = 3
+
+    def __init__(self, config: TokenizerConfig, backbone_channels: Sequence[int], text_dim: int) -> None:
+        super().__init__()
+        self.config = config
+        d = config.d_model
+        self.input_proj = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, d, kernel_size=1), nn.GroupNorm(min(32, d // 4), d)) for c in backbone_channels
+        )
+        self.text_proj = nn.Linear(text_dim, d)
+        self.fusion = nn.ModuleList(TextFusion(d, config.fusion_heads) for _ in backbone_channels)
+        self.level_embed = nn.Parameter(torch.randn(len(backbone_channels), d) * 0.02)
+        detr_config = DeformableDetrConfig(
+            d_model=d,
+            encoder_layers=config.encoder_layers,
+            decoder_layers=config.decoder_layers,
+            encoder_attention_heads=config.num_heads,
+            decoder_attention_heads=config.num_heads,
+            encoder_ffn_dim=config.ffn_dim,
+            decoder_ffn_dim=config.ffn_dim,
+            encoder_n_points=config.num_points,
+            decoder_n_points=config.num_points,
+            num_feature_levels=len(backbone_channels),
+            num_queries=config.num_queries,
+            dropout=config.dropout,
+            attention_dropout=0.0,
+            activation_dropout=0.0,
+            two_stage=config.two_stage,
+            with_box_refine=config.box_refine,
+            use_pretrained_backbone=False,
+        )
+        self.encoder = DeformableDetrEncoder(detr_config)
+        self.decoder = DeformableDetrDecoder(detr_config)
+        heads = config.decoder_layers + (1 if config.two_stage else 0)
+        self.class_head = nn.ModuleList(nn.Linear(d, 1) for _ in range(heads))
+        self.box_head = nn.ModuleList(DeformableDetrMLPPredictionHead(d, d, 4, 3) for _ in range(heads))
+        for head in self.box_head:
+            nn.init.zeros_(head.layers[-1].weight)
+            nn.init.zeros_(head.layers[-1].bias)
+        for head in self.class_head:
+            nn.init.constant_(head.bias, -4.6)  # prior objectness 0.01, as in (Deformable) DETR with focal loss
+        if config.box_refine:
+            self.decoder.bbox_embed = self.box_head[: config.decoder_layers]
+        if config.two_stage:
+            self.proposal_proj = nn.Sequential(nn.Linear(d, d), nn.LayerNorm(d))
+            self.query_from_proposal = nn.Sequential(nn.Linear(2 * d, 2 * d), nn.LayerNorm(2 * d))
+        else:
+            self.query_embed = nn.Embedding(config.num_queries, 2 * d)
+            self.reference_points = nn.Linear(d, 2)
+
+    def forward(self, features: Sequence[Tensor], text: Tensor, text_mask: Tensor) -> TokenizerOutput:
+        """Tokenize images.
+
+        Args:
+            features: 3 backbone maps (B, C_l, H_l, W_l).
+            text: (B, L, text_dim) encoded instruction.
+            text_mask: (B, L) 1 for real tokens, 0 for padding.
+        """
+        d = self.config.d_model
+        text = self.text_proj(text)
+        padding = text_mask == 0
+        sources, positions, shapes = [], [], []
+        for level, feature in enumerate(features):
+            source = self.input_proj[level](feature)
+            batch, _, height, width = source.shape
+            source = source.flatten(2).transpose(1, 2)  # (B, H*W, d)
+            source = self.fusion[level](source, text, padding)
+            position = sine_position_2d(height, width, d, source.device, source.dtype) + self.level_embed[level]
+            sources.append(source)
+            positions.append(position.unsqueeze(0).expand(batch, -1, -1))
+            shapes.append((height, width))
+        memory_in = torch.cat(sources, 1)
+        position = torch.cat(positions, 1)
+        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=memory_in.device)
+        level_start = torch.cat([spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]])
+        batch = memory_in.shape[0]
+        mask = torch.ones(memory_in.shape[:2], dtype=torch.bool, device=memory_in.device)
+        valid_ratios = torch.ones(batch, len(shapes), 2, device=memory_in.device, dtype=memory_in.dtype)
+        memory = self.encoder(
+            inputs_embeds=memory_in,
+            attention_mask=mask,
+            spatial_position_embeddings=position,
+            spatial_shapes=spatial_shapes,
+            spatial_shapes_list=shapes,
+            level_start_index=level_start,
+            valid_ratios=valid_ratios,
+        ).last_hidden_state
+
+        proposal_logits = proposal_boxes = None
+        if self.config.two_stage:
+            proposals = _grid_proposals(shapes, memory.device, memory.dtype)  # (S, 4) inverse-sigmoid space
+            query_features = self.proposal_proj(memory)
+            all_logits = self.class_head[-1](query_features).squeeze(-1)  # (B, S)
+            all_coords = self.box_head[-1](query_features) + proposals
+            top = torch.topk(all_logits, self.config.num_queries, dim=1).indices
+            proposal_logits = torch.gather(all_logits, 1, top)
+            top_coords = torch.gather(all_coords, 1, top.unsqueeze(-1).expand(-1, -1, 4))
+            proposal_boxes = top_coords.sigmoid()
+            reference = proposal_boxes.detach()
+            query_pos, target = self.query_from_proposal(_box_sine(top_coords.detach(), d // 2)).split(d, dim=-1)
+        else:
+            query_pos, target = self.query_embed.weight.unsqueeze(0).expand(batch, -1, -1).split(d, dim=-1)
+            reference = self.reference_points(query_pos).sigmoid()
+
+        decoded = self.decoder(
+            inputs_embeds=target,
+            encoder_hidden_states=memory,
+            encoder_attention_mask=mask,
+            object_queries_position_embeddings=query_pos,
+            reference_points=reference,
+            spatial_shapes=spatial_shapes,
+            spatial_shapes_list=shapes,
+            level_start_index=level_start,
+            valid_ratios=valid_ratios,
+        )
+        layer_logits, layer_boxes = [], []
+        for layer in range(self.config.decoder_layers):
+            hidden = decoded.intermediate_hidden_states[:, layer]
+            previous = reference if layer == 0 else decoded.intermediate_reference_points[:, layer - 1]
+            delta = self.box_head[layer](hidden)
+            if previous.shape[-1] == 4:
+                boxes = (delta + inverse_sigmoid(previous)).sigmoid()
+            else:
+                boxes = torch.cat([delta[..., :2] + inverse_sigmoid(previous), delta[..., 2:]], -1).sigmoid()
+            layer_boxes.append(boxes)
+            layer_logits.append(self.class_head[layer](hidden).squeeze(-1))
+        return TokenizerOutput(
+            embeddings=decoded.last_hidden_state,
+            boxes=layer_boxes[-1],
+            logits=layer_logits[-1],
+            layer_logits=layer_logits,
+            layer_boxes=layer_boxes,
+            proposal_logits=proposal_logits,
+            proposal_boxes=proposal_boxes,
+        )
+
+    def loss(self, output: TokenizerOutput, targets_cxcywh: Sequence[Tensor]) -> Tensor:
+        """L_tok: the set loss on every decoder layer and on the two-stage proposals.
+
+        Args:
+            output: the tokenizer's output.
+            targets_cxcywh: per image, (T, 4) boxes of the objects the instruction is about, in [0, 1].
+        """
+        c = self.config
+        pairs = list(zip(output.layer_logits, output.layer_boxes, strict=True))
+        if output.proposal_logits is not None:
+            pairs.append((output.proposal_logits, output.proposal_boxes))
+        total = sum(
+            detection_set_loss(logits, boxes, targets_cxcywh, c.class_weight, c.l1_weight, c.giou_weight, c.focal_alpha)
+            for logits, boxes in pairs
+        )
+        return total / len(pairs)
+
+
+def _grid_proposals(shapes: Sequence[tuple[int, int]], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """One proposal per encoder position: its cell centre, size 0.05 * 2^level (inverse-sigmoid space)."""
+    proposals = []
+    for level, (height, width) in enumerate(shapes):
+        y = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height
+        x = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width
+        yy, xx = torch.meshgrid(y, x, indexing="ij")
+        size = torch.full_like(xx, 0.05 * 2.0**level)
+        proposals.append(torch.stack([xx, yy, size, size], -1).reshape(-1, 4))
+    boxes = torch.cat(proposals).clamp(1e-4, 1 - 1e-4)
+    return torch.log(boxes / (1 - boxes)).to(dtype)
+
+
+def _box_sine(coords_logits: Tensor, dim_per_coord: int) -> Tensor:
+    """(B, Q, 4) boxes in inverse-sigmoid space -> (B, Q, 4 * dim_per_coord) sine embedding."""
+    return sine_embed(coords_logits.sigmoid(), dim_per_coord).to(coords_logits.dtype)

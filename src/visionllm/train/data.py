@@ -1,0 +1,191 @@
+"""Training examples from ShapesWorld (or any data read into `Sample`s): a deterministic task mix.
+
+Example i of a stream is a function of (seed, i) alone: the task, the sample, the paraphrased
+template, the class set. A resumed run therefore sees exactly the batches it would have seen.
+
+Class sets for detection and segmentation are open: either colour-shape phrases ("red circle") or
+shape phrases ("circle"), people always "person", with random absent classes as negatives and
+some present classes left out (their objects are then not targets), in random order so that every
+class token <ci> is trained.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from visionllm.data.sample import ObjectAnnotation, Sample
+from visionllm.data.shapes.load import load_split
+from visionllm.data.shapes.scene import COLORS, SHAPES
+from visionllm.formats.task_table import build_instruction
+from visionllm.formats.tasks import Task
+from visionllm.models.v1.batch import Example
+from visionllm.models.v1.processor import VisionLLMProcessor
+from visionllm.ops.polygons import resample_polygon
+
+V1_TASKS = (Task.DETECTION, Task.INSTANCE_SEGMENTATION, Task.GROUNDING, Task.KEYPOINTS, Task.CAPTION, Task.VQA)
+
+
+@dataclass
+class MixConfig:
+    """Which tasks to train and how often, and how class sets are drawn.
+
+    Attributes:
+        tasks: task name -> sampling weight.
+        max_classes: largest class set in a detection / segmentation instruction.
+        polygon_points: boundary point counts to ask for (drawn uniformly).
+        negative_rate: expected share of absent classes in a class set.
+    """
+
+    tasks: dict[str, float] = field(default_factory=lambda: {"detection": 1.0})
+    max_classes: int = 12
+    polygon_points: list[int] = field(default_factory=lambda: [8, 16])
+    negative_rate: float = 0.3
+
+
+def _phrase(obj: ObjectAnnotation, level: str) -> str:
+    if obj.category == "person":
+        return "person"
+    return f"{obj.attributes.get('color', '')} {obj.category}".strip() if level == "pair" else obj.category
+
+
+class TaskMixture(torch.utils.data.Dataset):
+    """Examples of a weighted task mix over one ShapesWorld split.
+
+    Args:
+        root: the ShapesWorld folder.
+        split: "train" or "val".
+        processor: the model's processor (images, codec sizes).
+        mix: task weights and class-set settings.
+        seed: the stream's seed.
+        length: the number of examples the dataset reports (indices beyond wrap around the same stream).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        processor: VisionLLMProcessor,
+        mix: MixConfig,
+        seed: int = 0,
+        length: int = 10**9,
+    ) -> None:
+        self.processor = processor
+        self.mix = mix
+        self.seed = seed
+        self.length = length
+        unknown = sorted(set(mix.tasks) - {t.value for t in V1_TASKS})
+        if unknown:
+            raise ValueError(
+                f"unknown or non-v1 task(s) in the mix: {unknown}; v1 tasks: {[t.value for t in V1_TASKS]}"
+            )
+        self.tasks = [Task(name) for name, weight in mix.tasks.items() if weight > 0]
+        self.weights = [mix.tasks[t.value] for t in self.tasks]
+        self.samples: dict[Task, list[Sample]] = {}
+        needed = set(self.tasks) | {Task.DETECTION}
+        for task in needed:
+            loaded = load_split(root, split, task)
+            if task is Task.DETECTION or task is Task.INSTANCE_SEGMENTATION:
+                loaded = [s for s in loaded if s.objects] or loaded
+            self.samples[task] = loaded
+        self.objects = {s.image_id: s.objects for s in self.samples[Task.DETECTION]}
+        for task in self.tasks:
+            if not self.samples.get(task):
+                raise ValueError(f"the {split} split of {root} has no {task.value} samples")
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> Example:
+        rng = random.Random(self.seed * 1_000_003 + index)
+        task = rng.choices(self.tasks, self.weights)[0]
+        sample = rng.choice(self.samples[task])
+        return self.example(task, sample, rng)
+
+    def example(self, task: Task, sample: Sample, rng: random.Random) -> Example:
+        """The training example of a task for one sample."""
+        image = self.processor.image(sample.image_path)
+        codec = self.processor.codec
+        everything = self.objects.get(sample.image_id, sample.objects)
+        all_boxes = np.array([o.box_xyxy_px for o in everything]).reshape(-1, 4)
+        if task is Task.CAPTION:
+            instruction = build_instruction(task, template=rng)
+            return Example(
+                image,
+                instruction.text,
+                task,
+                instruction.output_format,
+                answer=rng.choice(sample.captions),
+                token_boxes_xyxy_px=all_boxes,
+            )
+        if task is Task.VQA:
+            instruction = build_instruction(task, question=sample.qa.question, template=rng)
+            answer = Counter(sample.qa.answers).most_common(1)[0][0]
+            return Example(
+                image, instruction.text, task, instruction.output_format, answer=answer, token_boxes_xyxy_px=all_boxes
+            )
+        if task is Task.GROUNDING:
+            instruction = build_instruction(task, expression=rng.choice(sample.expressions), template=rng, config=codec)
+            obj = sample.objects[0]
+            corners = np.array([obj.box_xyxy_px], dtype=np.float64).reshape(1, 2, 2)
+            return Example(
+                image, instruction.text, task, instruction.output_format, instruction.class_names,
+                class_index=np.zeros(1, dtype=np.int64), points_xy_px=corners, visible=np.ones((1, 2), bool),
+                token_boxes_xyxy_px=corners.reshape(1, 4),
+            )  # fmt: skip
+        if task is Task.KEYPOINTS:
+            people = [o for o in sample.objects if o.keypoints_xyv is not None]
+            instruction = build_instruction(task, template=rng, config=codec)
+            points = np.stack([o.keypoints_xyv[:, :2] for o in people]) if people else np.zeros((0, 17, 2))
+            visible = np.stack([o.keypoints_xyv[:, 2] > 0 for o in people]) if people else np.zeros((0, 17), bool)
+            boxes = np.array([o.box_xyxy_px for o in people]).reshape(-1, 4)
+            return Example(
+                image, instruction.text, task, instruction.output_format, instruction.class_names,
+                class_index=np.zeros(len(people), dtype=np.int64), points_xy_px=points, visible=visible,
+                token_boxes_xyxy_px=boxes,
+            )  # fmt: skip
+        return self._open_set_example(task, sample, image, rng)
+
+    def _open_set_example(self, task: Task, sample: Sample, image, rng: random.Random) -> Example:
+        level = rng.choice(["pair", "shape"])
+        present = sorted({_phrase(o, level) for o in sample.objects})
+        vocabulary = [f"{c} {s}" for c in COLORS for s in SHAPES] if level == "pair" else list(SHAPES)
+        vocabulary.append("person")
+        absent = [p for p in vocabulary if p not in present]
+        limit = self.mix.max_classes
+        keep = [p for p in present if rng.random() < 0.9] or present[:1]
+        keep = keep[:limit]
+        count_negative = min(
+            len(absent), max(0, round(rng.expovariate(1 / max(len(keep) * self.mix.negative_rate, 0.5))))
+        )
+        classes = keep + rng.sample(absent, min(count_negative, limit - len(keep)))
+        rng.shuffle(classes)
+        index = {name: i for i, name in enumerate(classes)}
+        targets = [o for o in sample.objects if _phrase(o, level) in index]
+        if task is Task.INSTANCE_SEGMENTATION:
+            points_wanted = rng.choice(self.mix.polygon_points)
+            instruction = build_instruction(
+                task, classes=classes, num_points=points_wanted, template=rng, config=self.processor.codec
+            )
+            points = [resample_polygon(max(o.polygons_xy_px, key=len), points_wanted) for o in targets]
+        else:
+            instruction = build_instruction(task, classes=classes, template=rng, config=self.processor.codec)
+            points = [np.array(o.box_xyxy_px).reshape(2, 2) for o in targets]
+        n = instruction.output_format.num_points
+        return Example(
+            image, instruction.text, task, instruction.output_format, instruction.class_names,
+            class_index=np.array([index[_phrase(o, level)] for o in targets], dtype=np.int64),
+            points_xy_px=np.array(points, dtype=np.float64).reshape(len(targets), n, 2),
+            visible=np.ones((len(targets), n), bool),
+            token_boxes_xyxy_px=np.array([o.box_xyxy_px for o in targets]).reshape(-1, 4),
+        )  # fmt: skip
+
+
+def task_weights(mix: Mapping[str, float] | Sequence[str]) -> dict[str, float]:
+    return dict(mix) if isinstance(mix, Mapping) else {name: 1.0 for name in mix}

@@ -1,0 +1,319 @@
+"""The training loop: one explicit loop for both stages, on accelerate.
+
+    visionllm train --config configs/tiny_stage1.yaml [--resume]
+
+Runs as a single CPU process by default and unchanged under `accelerate launch` on many GPUs.
+Checkpoints are written atomically every `save_every` steps (model folder + optimiser, scheduler,
+step and RNG states); `--resume` continues from the newest one and, since example i of the data
+stream is a function of (seed, i), sees exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from visionllm.config import ConfigError, VisionLLMConfig, build, load_yaml
+from visionllm.data.shapes.dataset import ShapesWorldLayout, generate_shapesworld
+from visionllm.data.shapes.scene import ShapesWorldConfig
+from visionllm.eval.runner import evaluate_shapesworld
+from visionllm.models.v1.batch import collate
+from visionllm.models.v1.model import VisionLLM
+from visionllm.train.data import MixConfig, TaskMixture
+
+logger = logging.getLogger(__name__)
+
+FREEZE_GROUPS = ("backbone", "tokenizer_visual", "text_encoder", "llm")
+
+
+@dataclass
+class DataConfig:
+    """Where the training data is; generated there first (ShapesWorld) when missing."""
+
+    root: str = "data/shapesworld"
+    train: int = 10000
+    val: int = 500
+    image_size: int = 128
+    seed: int = 0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    warmup_steps: int = 200
+    grad_clip: float = 1.0
+    min_lr_ratio: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    """One training stage.
+
+    Attributes:
+        output_dir: run folder (checkpoints/, log.jsonl, final/).
+        init_from: a checkpoint folder to start from (stage 2 starts from stage 1's final model).
+        freeze: groups kept fixed: backbone, tokenizer_visual (the tokenizer but its text fusion), text_encoder, llm.
+        tokenizer_loss_weight: weight of L_tok in L = L_tok + L_dec.
+        eval_tasks, eval_images: what the periodic evaluation measures, on how many val images.
+    """
+
+    output_dir: str = "runs/default"
+    data: DataConfig = field(default_factory=DataConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    batch_size: int = 16
+    max_steps: int = 1000
+    log_every: int = 20
+    eval_every: int = 500
+    save_every: int = 200
+    keep_checkpoints: int = 2
+    mixed_precision: str = "bf16"
+    seed: int = 0
+    init_from: str | None = None
+    freeze: list[str] = field(default_factory=list)
+    tokenizer_loss_weight: float = 1.0
+    eval_tasks: list[str] = field(default_factory=lambda: ["detection"])
+    eval_images: int = 100
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.freeze) - set(FREEZE_GROUPS))
+        if unknown:
+            raise ConfigError(f"train.freeze: unknown group(s) {unknown}; groups: {list(FREEZE_GROUPS)}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ConfigError("train.mixed_precision must be 'no', 'bf16' or 'fp16'")
+
+
+_TRAIN_NESTED = {
+    ("TrainConfig", "data"): DataConfig,
+    ("TrainConfig", "mix"): MixConfig,
+    ("TrainConfig", "optim"): OptimConfig,
+}
+
+
+def load_run_config(path: str | Path) -> tuple[VisionLLMConfig, TrainConfig]:
+    """A preset file: `model:` (VisionLLMConfig) and `train:` (TrainConfig); `base:` names a file whose
+    `model:` section is used when this one has none."""
+    data = load_yaml(path)
+    unknown = sorted(set(data) - {"model", "train", "base"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key(s) {unknown}; expected model, train, base")
+    model_data = data.get("model")
+    if model_data is None and data.get("base"):
+        model_data = load_yaml(Path(path).parent / data["base"]).get("model")
+    model_config = VisionLLMConfig.from_dict(model_data or {})
+    train_data = dict(data.get("train") or {})
+    nested = {}
+    for key in ("data", "mix", "optim"):
+        if key in train_data:
+            nested[key] = build(_TRAIN_NESTED[("TrainConfig", key)], train_data.pop(key), f"train.{key}")
+    train_config = build(TrainConfig, train_data, "train")
+    for key, value in nested.items():
+        setattr(train_config, key, value)
+    return model_config, train_config
+
+
+def apply_freeze(model: VisionLLM, groups: list[str]) -> None:
+    if "backbone" in groups:
+        model.backbone.requires_grad_(False)
+    if "text_encoder" in groups:
+        model.text_encoder.requires_grad_(False)
+    if "llm" in groups:
+        model.decoder.lm.requires_grad_(False)
+    if "tokenizer_visual" in groups:
+        for name, module in model.tokenizer.named_children():
+            if name not in ("text_proj", "fusion"):
+                module.requires_grad_(False)
+        model.tokenizer.level_embed.requires_grad_(False)
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "norm" in name or "embed" in name else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _schedule(step: int, config: TrainConfig) -> float:
+    warmup = config.optim.warmup_steps
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, config.max_steps - warmup)
+    floor = config.optim.min_lr_ratio
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def ensure_data(config: DataConfig) -> Path:
+    layout = ShapesWorldLayout(Path(config.root))
+    if not layout.card.exists():
+        logger.info("generating ShapesWorld at %s", layout.root)
+        generate_shapesworld(
+            layout.root, config.train, config.val, ShapesWorldConfig(image_size=config.image_size), seed=config.seed
+        )
+    return layout.root
+
+
+class StepSampler(torch.utils.data.Sampler[int]):
+    """Indices step * batch_size + j from `start_step` on: the data order depends on the step alone."""
+
+    def __init__(self, start_step: int, max_steps: int, batch_size: int) -> None:
+        self.start, self.stop = start_step * batch_size, max_steps * batch_size
+
+    def __iter__(self):
+        return iter(range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+def _checkpoints(output: Path) -> list[Path]:
+    folder = output / "checkpoints"
+    found = [p for p in folder.glob("step-*") if (p / "training_state.pt").exists()] if folder.exists() else []
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def train(config_path: str | Path, resume: bool = False, max_steps: int | None = None) -> Path:
+    """Run (or resume) one training stage; returns the final model folder."""
+    model_config, config = load_run_config(config_path)
+    if max_steps is not None:
+        config.max_steps = max_steps
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    output = Path(config.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    root = ensure_data(config.data)
+
+    model = VisionLLM.from_pretrained(config.init_from) if config.init_from else VisionLLM(model_config)
+    model.train()
+    apply_freeze(model, config.freeze)
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, config.optim.weight_decay), lr=config.optim.lr, betas=tuple(config.optim.betas)
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _schedule(step, config))
+    start_step = 0
+    existing = _checkpoints(output)
+    if resume and existing:
+        start_step = _load_state(existing[-1], model, optimizer, scheduler)
+        logger.info("resumed from %s (step %d)", existing[-1], start_step)
+    elif existing and not resume:
+        raise FileExistsError(
+            f"{output} already has checkpoints; pass --resume to continue, or choose another output_dir"
+        )
+    (output / "train_config.json").write_text(
+        json.dumps({"model": model_config.to_dict(), "train": asdict(config)}, indent=2)
+    )
+
+    dataset = TaskMixture(root, "train", model.processor, config.mix, seed=config.seed)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=StepSampler(start_step, config.max_steps, config.batch_size),
+        collate_fn=lambda examples: collate(examples, model.processor),
+        num_workers=0,
+    )
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    log_path = output / "log.jsonl"
+    step = start_step
+    started = time.perf_counter()
+    bar = tqdm(total=config.max_steps, initial=start_step, desc="train", disable=not accelerator.is_main_process)
+    for batch in loader:
+        with accelerator.autocast():
+            losses = model(batch, tokenizer_loss_weight=config.tokenizer_loss_weight)
+        accelerator.backward(losses["loss"])
+        if config.optim.grad_clip:
+            accelerator.clip_grad_norm_(trainable, config.optim.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+        if step % config.log_every == 0 or step == config.max_steps:
+            record = {
+                "step": step,
+                "lr": scheduler.get_last_lr()[0],
+                "elapsed_s": round(time.perf_counter() - started, 1),
+            }
+            record.update({k: round(float(v), 4) for k, v in losses.items()})
+            bar.set_postfix(loss=record["loss"])
+            _append(log_path, record)
+        if step % config.save_every == 0 or step == config.max_steps:
+            _save_state(output, accelerator.unwrap_model(model), optimizer, scheduler, step, config.keep_checkpoints)
+        if config.eval_every and (step % config.eval_every == 0 or step == config.max_steps):
+            metrics = evaluate_shapesworld(
+                accelerator.unwrap_model(model),
+                root,
+                "val",
+                config.eval_tasks,
+                limit=config.eval_images,
+                progress=False,
+            )
+            model.train()
+            _append(log_path, {"step": step, "eval": metrics})
+            logger.info("step %d: %s", step, metrics)
+            bar.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+    bar.close()
+    final = output / "final"
+    accelerator.unwrap_model(model).save_pretrained(final)
+    return final
+
+
+def _append(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _save_state(output: Path, model: VisionLLM, optimizer, scheduler, step: int, keep: int) -> None:
+    """Write checkpoints/step-N atomically (a temporary folder renamed into place), keep the newest `keep`."""
+    folder = output / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".step-{step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+    }
+    torch.save(state, tmp / "training_state.pt")
+    final = folder / f"step-{step}"
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in _checkpoints(output)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_state(folder: Path, model: VisionLLM, optimizer, scheduler) -> int:
+    from safetensors.torch import load_file
+
+    state = load_file(str(folder / "model.safetensors"))
+    model.load_state_dict(state, strict=False)
+    training = torch.load(folder / "training_state.pt", weights_only=False)
+    optimizer.load_state_dict(training["optimizer"])
+    scheduler.load_state_dict(training["scheduler"])
+    torch.set_rng_state(training["rng"]["torch"])
+    np.random.set_state(training["rng"]["numpy"])
+    random.setstate(training["rng"]["python"])
+    return int(training["step"])

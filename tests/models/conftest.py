@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+import torch
+
+from visionllm.config import (
+    BackboneConfig,
+    DecoderConfig,
+    LLMConfig,
+    TextEncoderConfig,
+    TokenizerConfig,
+    VisionLLMConfig,
+)
+from visionllm.models.v1.model import VisionLLM
+
+
+def micro_config() -> VisionLLMConfig:
+    """Every part at toy size (a randomly initialised BERT instead of MiniLM, to stay fast)."""
+    return VisionLLMConfig(
+        image_size=64,
+        backbone=BackboneConfig(
+            embedding_size=8, hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1], layer_type="basic"
+        ),
+        text_encoder=TextEncoderConfig(
+            pretrained=None, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64
+        ),
+        tokenizer=TokenizerConfig(
+            d_model=32, num_queries=8, encoder_layers=1, decoder_layers=2, num_heads=2, ffn_dim=64, fusion_heads=2
+        ),
+        llm=LLMConfig(
+            hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=2, intermediate_size=128, tie_embeddings=True
+        ),
+        decoder=DecoderConfig(coord_range=32, max_points=20, max_classes=16, max_slot_tokens=120, max_new_tokens=6),
+    )
+
+
+@pytest.fixture(scope="session")
+def micro_model() -> VisionLLM:
+    torch.manual_seed(0)
+    return VisionLLM(micro_config()).eval()
+
+
+@pytest.fixture
+def images():
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 255, (48 + 8 * i, 64, 3), dtype=np.uint8) for i in range(3)]
