@@ -170,6 +170,24 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         picture.save(args.save_vis)
 
 
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from visionllm.demo import run_demo
+
+    if not args.model.exists():
+        raise CliError(f"model folder {args.model} not found (train one with `make train-default`)")
+    print(run_demo(args.model, args.out, images=args.images))
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    import torch
+
+    model = _load_model(args.source)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}[args.dtype]
+    folder = model.save_pretrained(args.target, dtype=dtype)
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    print(f"wrote {folder} ({size / 1e6:.1f} MB)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="visionllm", description="VisionLLM: vision tasks through language.")
     parser.add_argument("--version", action="version", version=f"visionllm {__version__}")
@@ -251,6 +269,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--min-score", type=float, default=0.3, help="leave out weaker detections (default 0.3)")
     predict.add_argument("--save-vis", type=Path, help="write the image with the result drawn on it")
     predict.set_defaults(func=_cmd_predict)
+
+    demo = commands.add_parser("demo", help="run a model on new ShapesWorld images for every v1 task")
+    demo.add_argument("--model", type=Path, default=Path("checkpoints/visionllm-v1-tiny"), help="checkpoint folder")
+    demo.add_argument("--out", type=Path, default=Path("demo-output"), help="folder for the annotated pictures")
+    demo.add_argument("--images", type=int, default=4, help="how many new images (default 4)")
+    demo.set_defaults(func=_cmd_demo)
+
+    export = commands.add_parser("export", help="re-save a checkpoint, e.g. in fp16 for shipping")
+    export.add_argument("source", type=Path, help="checkpoint folder")
+    export.add_argument("target", type=Path, help="folder to write")
+    export.add_argument("--dtype", default="fp16", choices=("fp16", "bf16", "fp32"))
+    export.set_defaults(func=_cmd_export)
     return parser
 
 

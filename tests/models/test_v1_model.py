@@ -163,5 +163,5 @@ def test_save_then_load_gives_identical_outputs(micro_model, images, tmp_path):
 
 
 def test_loading_refuses_incomplete_folders(tmp_path):
-    with pytest.raises(CheckpointError, match="config.json is missing"):
+    with pytest.raises(CheckpointError, match=r"config\.json is missing"):
         VisionLLM.from_pretrained(tmp_path)

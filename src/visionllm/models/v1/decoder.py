@@ -147,18 +147,18 @@ class LanguageDecoder(nn.Module):
 
     @torch.no_grad()
     def _init_added_rows(self, first_new: int) -> None:
-        """New embedding rows: the mean of the old rows plus small noise; location tokens also get a
-        sine code of their value so that neighbouring bins start out similar."""
-        for matrix in {
-            id(m): m for m in (self.lm.get_input_embeddings().weight, self.lm.get_output_embeddings().weight)
-        }.values():
+        """New embedding rows start near the old rows' mean, spread like the old rows so that each is
+        distinct (class tokens must be told apart to be copied from the binding); location tokens also
+        get a sine code of their value so that neighbouring bins start out similar."""
+        matrices = (self.lm.get_input_embeddings().weight, self.lm.get_output_embeddings().weight)
+        r = self.config.coord_range
+        ids = torch.tensor(self.vocab.encode(tk.loc_token(v) for v in range(-r, r + 1)))
+        values = torch.arange(-r, r + 1, dtype=torch.float32) / (2 * r) + 0.5
+        for matrix in {id(m): m for m in matrices}.values():
             old = matrix[:first_new]
             mean, std = old.mean(0), old.std(0).mean().clamp(min=1e-3)
-            matrix[first_new:] = mean + torch.randn_like(matrix[first_new:]) * std * 0.5
-            r = self.config.coord_range
-            values = torch.arange(-r, r + 1, dtype=torch.float32) / (2 * r) + 0.5
+            matrix[first_new:] = mean + torch.randn_like(matrix[first_new:]) * std
             code = sine_embed(values[:, None], matrix.shape[1])[:, : matrix.shape[1]]
-            ids = torch.tensor(self.vocab.encode(tk.loc_token(v) for v in range(-r, r + 1)))
             matrix[ids] = mean + std * code.to(matrix.dtype)
 
     # -- pieces ---------------------------------------------------------------------------------
