@@ -89,7 +89,7 @@ def test_parallel_slot_decoding_equals_decoding_each_slot_alone(micro_model, ima
     model = micro_model
     batch = collate(examples(model, images)[:1], model.processor)
     with torch.no_grad():
-        tokens, image_tokens = model.encode_images(batch.pixel_values, batch.text_input_ids, batch.text_attention_mask)
+        tokens, image_tokens = model.encode_images(batch.pixel_values, batch.encoder_inputs())
         fmt = batch.formats[0]
         index = select_anchor_tokens(tokens.logits, model.processor.num_slots(fmt))[0]
         together = model.sequence_hidden(batch, image_tokens, [index])[0][batch.kinds[0] == SLOT]

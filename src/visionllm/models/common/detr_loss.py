@@ -1,5 +1,5 @@
-"""The DETR set loss for class-agnostic (or binary) detection heads: sigmoid focal + L1 + GIoU,
-after Hungarian matching (Deformable DETR's costs)."""
+"""The DETR set loss for detection heads whose classes are per-image (phrases of the instruction):
+sigmoid focal over the valid classes + L1 + GIoU, after Hungarian matching (Deformable DETR's costs)."""
 
 from __future__ import annotations
 
@@ -14,61 +14,68 @@ from visionllm.ops.tensor_boxes import cxcywh_to_xyxy, elementwise_generalized_i
 
 
 def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
-    """Summed focal loss of logits against 0/1 targets of the same shape."""
+    """Element-wise focal loss of logits against 0/1 targets of the same shape."""
     prob = logits.sigmoid()
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     p_t = prob * targets + (1 - prob) * (1 - targets)
     loss = ce * (1 - p_t) ** gamma
     if alpha >= 0:
         loss = loss * (alpha * targets + (1 - alpha) * (1 - targets))
-    return loss.sum()
+    return loss
 
 
 def detection_set_loss(
     logits: Tensor,
+    valid: Tensor,
     boxes_cxcywh: Tensor,
     targets_cxcywh: Sequence[Tensor],
+    target_classes: Sequence[Tensor],
     class_weight: float,
     l1_weight: float,
     giou_weight: float,
     alpha: float = 0.25,
 ) -> Tensor:
-    """Matched set loss of a binary detector.
+    """Matched set loss.
 
     Args:
-        logits: (B, Q) objectness logits.
+        logits: (B, Q, C) class logits (C: the most classes any image of the batch has).
+        valid: (B, C) which classes exist for each image (the rest are left out of the loss).
         boxes_cxcywh: (B, Q, 4) predicted boxes in [0, 1].
         targets_cxcywh: B tensors (T_b, 4) of target boxes in [0, 1].
+        target_classes: B tensors (T_b,) of target class indices.
         class_weight, l1_weight, giou_weight: loss weights, also used as matching costs.
 
     Returns:
         The weighted loss, normalised by the number of targets in the batch.
     """
     num_targets = max(1, sum(len(t) for t in targets_cxcywh))
-    labels = torch.zeros_like(logits)
-    l1 = logits.new_zeros(())
-    giou = logits.new_zeros(())
+    labels = torch.zeros_like(logits, dtype=torch.float32)
+    l1 = logits.new_zeros((), dtype=torch.float32)
+    giou = logits.new_zeros((), dtype=torch.float32)
     with torch.no_grad():
         prob = logits.float().sigmoid()
-    for b, target in enumerate(targets_cxcywh):
+    for b, (target, classes) in enumerate(zip(targets_cxcywh, target_classes, strict=True)):
         if len(target) == 0:
             continue
-        target = target.to(boxes_cxcywh.dtype)
-        p = prob[b][:, None]
-        # Deformable DETR's focal matching cost.
-        positive = 0.25 * (1 - p) ** 2 * -(p + 1e-8).log()
-        negative = 0.75 * p**2 * -(1 - p + 1e-8).log()
+        target = target.to(boxes_cxcywh.device, torch.float32)
+        classes = classes.to(logits.device)
+        p = prob[b][:, classes]  # (Q, T)
         with torch.no_grad():
+            # Deformable DETR's focal matching cost.
+            positive = 0.25 * (1 - p) ** 2 * -(p + 1e-8).log()
+            negative = 0.75 * p**2 * -(1 - p + 1e-8).log()
+            predicted = boxes_cxcywh[b].float()
             cost = (
                 class_weight * (positive - negative)
-                + l1_weight * torch.cdist(boxes_cxcywh[b].float(), target.float(), p=1)
-                - giou_weight * generalized_iou(cxcywh_to_xyxy(boxes_cxcywh[b].float()), cxcywh_to_xyxy(target.float()))
+                + l1_weight * torch.cdist(predicted, target, p=1)
+                - giou_weight * generalized_iou(cxcywh_to_xyxy(predicted), cxcywh_to_xyxy(target))
             )
         rows, cols = hungarian_match(cost)
         rows, cols = rows.to(logits.device), cols.to(logits.device)
-        labels[b, rows] = 1.0
-        matched, wanted = boxes_cxcywh[b, rows], target[cols]
+        labels[b, rows, classes[cols]] = 1.0
+        matched, wanted = boxes_cxcywh[b, rows].float(), target[cols]
         l1 = l1 + F.l1_loss(matched, wanted, reduction="sum")
         giou = giou + (1 - elementwise_generalized_iou(cxcywh_to_xyxy(matched), cxcywh_to_xyxy(wanted))).sum()
-    focal = sigmoid_focal_loss(logits.float(), labels.float(), alpha) / num_targets
+    focal = sigmoid_focal_loss(logits.float(), labels, alpha)
+    focal = (focal * valid[:, None, :].float()).sum() / num_targets
     return class_weight * focal + l1_weight * l1 / num_targets + giou_weight * giou / num_targets

@@ -54,6 +54,7 @@ class Batch:
         pixel_values: (B, 3, S, S).
         image_sizes: (B, 2) original (W, H).
         text_input_ids, text_attention_mask: (B, Lt) the text encoder's input.
+        phrase_weights, phrase_mask: (B, C, Lt) / (B, C) where each bound class phrase lies in that input.
         input_ids: (B, L) LLM ids: prefix with M <image> placeholders, header, then answer text or slot queries.
         kinds: (B, L) PAD / SEQUENCE / SLOT.
         groups: (B, L) slot number of slot positions, -1 elsewhere.
@@ -62,12 +63,15 @@ class Batch:
         formats, class_counts: per sample, the answer format and the number of bound classes.
         slot_targets: per sample, SlotTargets (structured formats) or None.
         token_targets: per sample, (T, 4) cxcywh boxes in [0, 1] for L_tok.
+        token_classes: per sample, (T,) their class indices (0 for instructions without classes).
     """
 
     pixel_values: Tensor
     image_sizes: Tensor
     text_input_ids: Tensor
     text_attention_mask: Tensor
+    phrase_weights: Tensor
+    phrase_mask: Tensor
     input_ids: Tensor
     kinds: Tensor
     groups: Tensor
@@ -77,21 +81,31 @@ class Batch:
     class_counts: list[int]
     slot_targets: list[SlotTargets | None]
     token_targets: list[Tensor]
+    token_classes: list[Tensor]
 
     def to(self, device: torch.device | str) -> Batch:
         moved = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in self.__dict__.items()}
         moved["token_targets"] = [t.to(device) for t in self.token_targets]
+        moved["token_classes"] = [t.to(device) for t in self.token_classes]
         return Batch(**moved)
 
     def __len__(self) -> int:
         return len(self.formats)
+
+    def encoder_inputs(self) -> dict[str, Tensor]:
+        return {
+            "input_ids": self.text_input_ids,
+            "attention_mask": self.text_attention_mask,
+            "phrase_weights": self.phrase_weights,
+            "phrase_mask": self.phrase_mask,
+        }
 
 
 def collate(examples: Sequence[Example], processor: VisionLLMProcessor) -> Batch:
     """Build one batch; ids are assembled segment by segment, so labels line up by construction."""
     rows, kinds, groups, offsets, labels = [], [], [], [], []
     slot_targets: list[SlotTargets | None] = []
-    token_targets = []
+    token_targets, token_classes = [], []
     for ex in examples:
         prefix = processor.prefix_ids(ex.instruction)
         header = processor.header_ids(ex.fmt)
@@ -139,17 +153,25 @@ def collate(examples: Sequence[Example], processor: VisionLLMProcessor) -> Batch
             axis=1,
         )
         token_targets.append(torch.as_tensor(np.clip(cxcywh, 0, 1), dtype=torch.float32))
+        if ex.fmt.structured and len(boxes) != len(ex.class_index):
+            raise ValueError(
+                f"a {ex.task.value} example needs one token box per target ({len(boxes)} != {len(ex.class_index)})"
+            )
+        classes = np.asarray(ex.class_index) if ex.fmt.structured else np.zeros(len(boxes))
+        token_classes.append(torch.as_tensor(classes, dtype=torch.long))
     width = max(len(r) for r in rows)
 
     def pad(values: list[list[int]], fill: int) -> Tensor:
         return torch.tensor([v + [fill] * (width - len(v)) for v in values], dtype=torch.long)
 
-    encoder = processor.encoder_inputs([ex.instruction for ex in examples])
+    encoder = processor.encoder_inputs([ex.instruction for ex in examples], [ex.class_names for ex in examples])
     return Batch(
         pixel_values=torch.stack([ex.image.pixels for ex in examples]),
         image_sizes=torch.tensor([ex.image.size_wh for ex in examples], dtype=torch.float32),
         text_input_ids=encoder["input_ids"],
         text_attention_mask=encoder["attention_mask"],
+        phrase_weights=encoder["phrase_weights"],
+        phrase_mask=encoder["phrase_mask"],
         input_ids=pad(rows, processor.pad_id),
         kinds=pad(kinds, PAD),
         groups=pad(groups, -1),
@@ -159,4 +181,5 @@ def collate(examples: Sequence[Example], processor: VisionLLMProcessor) -> Batch
         class_counts=[len(ex.class_names) for ex in examples],
         slot_targets=slot_targets,
         token_targets=token_targets,
+        token_classes=token_classes,
     )

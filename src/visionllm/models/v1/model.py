@@ -100,19 +100,26 @@ class VisionLLM(nn.Module):
 
     # -- shared front -------------------------------------------------------------------------
 
-    def encode_images(self, pixel_values: Tensor, text_ids: Tensor, text_mask: Tensor):
-        """Image tokens for (image, instruction) pairs: the tokenizer's output and the tokens in LLM space."""
+    def encode_images(self, pixel_values: Tensor, encoder: dict[str, Tensor]):
+        """Image tokens for (image, instruction) pairs: the tokenizer's output and the tokens in LLM space.
+
+        Args:
+            pixel_values: (B, 3, S, S).
+            encoder: the processor's `encoder_inputs` (ids, mask, class-phrase positions).
+        """
         features = self.backbone(pixel_values)
-        text = self.text_encoder(text_ids, text_mask)
-        tokens = self.tokenizer(features, text, text_mask)
+        text = self.text_encoder(encoder["input_ids"], encoder["attention_mask"])
+        tokens = self.tokenizer(
+            features, text, encoder["attention_mask"], encoder["phrase_weights"], encoder["phrase_mask"]
+        )
         return tokens, self.decoder.embed_image_tokens(tokens.embeddings, tokens.boxes.detach())
 
     # -- training -----------------------------------------------------------------------------
 
     def forward(self, batch: Batch, tokenizer_loss_weight: float = 1.0) -> dict[str, Tensor]:
         """Losses of a batch: `loss` (total) and its parts."""
-        tokens, image_tokens = self.encode_images(batch.pixel_values, batch.text_input_ids, batch.text_attention_mask)
-        l_tok = self.tokenizer.loss(tokens, batch.token_targets)
+        tokens, image_tokens = self.encode_images(batch.pixel_values, batch.encoder_inputs())
+        l_tok = self.tokenizer.loss(tokens, batch.token_targets, batch.token_classes)
         anchors = [
             select_anchor_tokens(tokens.logits[b : b + 1].detach(), self.processor.num_slots(fmt))[0]
             if fmt.structured
@@ -211,11 +218,9 @@ class VisionLLM(nn.Module):
         class_sets = [r.class_names if isinstance(r, Instruction) else _bound_classes(r) for r in requests]
         grounding = [isinstance(r, Instruction) and r.task is Task.GROUNDING for r in requests]
         prefixes = [self.processor.prefix_ids(t) for t in texts]
-        encoder = self.processor.encoder_inputs(texts)
+        encoder = self.processor.encoder_inputs(texts, class_sets)
         pixels = torch.stack([im.pixels for im in images]).to(device)
-        tokens, image_tokens = self.encode_images(
-            pixels, encoder["input_ids"].to(device), encoder["attention_mask"].to(device)
-        )
+        tokens, image_tokens = self.encode_images(pixels, {k: v.to(device) for k, v in encoder.items()})
         batch = len(images)
         width = max(len(p) for p in prefixes)
         pad = self.processor.pad_id

@@ -9,6 +9,7 @@ re-tokenising joined strings, so the label mask cannot drift.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,23 +151,63 @@ class VisionLLMProcessor:
     def slot_query_ids(self, fmt: OutputFormat) -> list[int]:
         return self.vocab.encode(self.slot_tokens(fmt)) * self.num_slots(fmt)
 
-    def encoder_inputs(self, instructions: Sequence[str]) -> dict[str, Tensor]:
-        """The text encoder's inputs: the instructions without <image>, padded."""
+    def encoder_inputs(self, instructions: Sequence[str], class_sets: Sequence[Sequence[str]]) -> dict[str, Tensor]:
+        """The text encoder's inputs: the instructions without <image>, padded, and where each bound class
+        phrase lies in them.
+
+        Returns:
+            input_ids, attention_mask: (B, L).
+            phrase_weights: (B, C, L) averaging weights over each class phrase's tokens (C >= 1).
+            phrase_mask: (B, C) whether the phrase was found (it may be cut off by `max_length`).
+        """
         texts = [" ".join(text.replace(tk.IMAGE, " ").split()) for text in instructions]
         encoded = self.text_tokenizer(
             texts,
             padding=True,
             truncation=True,
             max_length=self.config.text_encoder.max_length,
+            return_offsets_mapping=True,
             return_tensors="pt",
         )
-        return {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask}
+        width = max([1, *(len(c) for c in class_sets)])
+        weights = torch.zeros(len(texts), width, encoded.input_ids.shape[1])
+        found = torch.zeros(len(texts), width, dtype=torch.bool)
+        starts, ends = encoded.offset_mapping[..., 0], encoded.offset_mapping[..., 1]
+        real = (ends > starts) & encoded.attention_mask.bool()
+        for b, (text, classes) in enumerate(zip(texts, class_sets, strict=True)):
+            cursor = 0
+            for c, name in enumerate(classes):
+                span = _phrase_span(text, name, c, cursor)
+                if span is None:
+                    continue
+                cursor = span[1]
+                inside = real[b] & (starts[b] < span[1]) & (ends[b] > span[0])
+                if inside.any():
+                    weights[b, c, inside] = 1.0 / inside.sum()
+                    found[b, c] = True
+        return {
+            "input_ids": encoded.input_ids,
+            "attention_mask": encoded.attention_mask,
+            "phrase_weights": weights,
+            "phrase_mask": found,
+        }
 
     def decode_text(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=True).strip()
 
     def save(self, folder: Path) -> None:
         self.tokenizer.save_pretrained(folder / "tokenizer")
+
+
+def _phrase_span(text: str, name: str, index: int, start: int) -> tuple[int, int] | None:
+    """Character span of class `index`'s name in an instruction: inside its binding entry
+    ("name": <c{index}>) when there is one, else its first occurrence from `start`."""
+    entry = f"{json.dumps(name, ensure_ascii=False)}: {tk.class_token(index)}"
+    at = text.find(entry)
+    if at >= 0:
+        return at + 1, at + 1 + len(json.dumps(name, ensure_ascii=False)) - 2
+    at = text.find(name, start)
+    return (at, at + len(name)) if at >= 0 and name else None
 
 
 def load_tokenizer(folder: str | Path) -> PreTrainedTokenizerBase:

@@ -6,7 +6,10 @@ encoder/decoder (transformers' modules, pure PyTorch multi-scale deformable atte
 them into M image tokens: an embedding e_i (d_model) and a location l_i (a box, cx cy w h in [0, 1]).
 
 The tokenizer is supervised as a detector of the objects the instruction is about (L_tok: matching
-loss with focal objectness, L1 and GIoU). Convergence aids, all from Deformable DETR: two-stage
+loss with focal class, L1 and GIoU). Its classes are the instruction's own: a token's class logits
+are the similarity of its embedding to each bound class phrase, read from the text encoder's states
+over that phrase (as open-vocabulary detectors such as Grounding DINO do); an instruction without a
+class set (captioning, VQA) has one learned "object" class. Convergence aids, all from Deformable DETR: two-stage
 query initialisation from the encoder's top proposals and iterative box refinement, each with its
 own loss (aux losses on every decoder layer and on the proposals).
 """
@@ -38,14 +41,18 @@ class TokenizerOutput:
     Attributes:
         embeddings: (B, M, d) token embeddings e_i.
         boxes: (B, M, 4) token locations l_i, (cx, cy, w, h) in [0, 1] of the image.
-        logits: (B, M) objectness of each token (is it an object the instruction is about).
-        layer_logits, layer_boxes: per decoder layer (for the auxiliary losses), last one = logits / boxes.
+        logits: (B, M) objectness of each token: its best class logit.
+        class_logits: (B, M, C) logits of each token against each class of its instruction.
+        valid: (B, C) which classes exist for each image.
+        layer_logits, layer_boxes: per decoder layer (B, M, C) / (B, M, 4), for the auxiliary losses.
         proposal_logits, proposal_boxes: the encoder proposals the queries started from (two-stage), or None.
     """
 
     embeddings: Tensor
     boxes: Tensor
     logits: Tensor
+    class_logits: Tensor
+    valid: Tensor
     layer_logits: list[Tensor]
     layer_boxes: list[Tensor]
     proposal_logits: Tensor | None = None
@@ -103,13 +110,15 @@ class LanguageGuidedTokenizer(nn.Module):
         self.encoder = DeformableDetrEncoder(detr_config)
         self.decoder = DeformableDetrDecoder(detr_config)
         heads = config.decoder_layers + (1 if config.two_stage else 0)
-        self.class_head = nn.ModuleList(nn.Linear(d, 1) for _ in range(heads))
+        self.class_head = nn.ModuleList(nn.Linear(d, d) for _ in range(heads))
+        # Prior probability 0.01 per class, as in (Deformable) DETR with focal loss.
+        self.class_bias = nn.Parameter(torch.full((heads,), -4.6))
+        self.phrase_norm = nn.LayerNorm(d)
+        self.object_phrase = nn.Parameter(torch.randn(d) * 0.02)  # the class of an instruction without classes
         self.box_head = nn.ModuleList(DeformableDetrMLPPredictionHead(d, d, 4, 3) for _ in range(heads))
         for head in self.box_head:
             nn.init.zeros_(head.layers[-1].weight)
             nn.init.zeros_(head.layers[-1].bias)
-        for head in self.class_head:
-            nn.init.constant_(head.bias, -4.6)  # prior objectness 0.01, as in (Deformable) DETR with focal loss
         if config.box_refine:
             self.decoder.bbox_embed = self.box_head[: config.decoder_layers]
         if config.two_stage:
@@ -119,16 +128,39 @@ class LanguageGuidedTokenizer(nn.Module):
             self.query_embed = nn.Embedding(config.num_queries, 2 * d)
             self.reference_points = nn.Linear(d, 2)
 
-    def forward(self, features: Sequence[Tensor], text: Tensor, text_mask: Tensor) -> TokenizerOutput:
+    def phrases(self, text: Tensor, phrase_weights: Tensor, phrase_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Class features (B, C, d) from the projected text states and which classes exist (B, C).
+
+        An instruction without classes gets the learned "object" class in position 0.
+        """
+        features = self.phrase_norm(phrase_weights.to(text.dtype) @ text)
+        no_classes = ~phrase_mask.any(1)
+        first = torch.where(no_classes[:, None], self.object_phrase.to(features.dtype), features[:, 0])
+        features = torch.cat([first[:, None], features[:, 1:]], 1)
+        valid = phrase_mask.clone()
+        valid[:, 0] |= no_classes
+        return features, valid
+
+    def _class_logits(self, head: int, hidden: Tensor, phrases: Tensor, valid: Tensor) -> Tensor:
+        logits = self.class_head[head](hidden) @ phrases.transpose(1, 2) / self.config.d_model**0.5
+        logits = logits + self.class_bias[head]
+        return logits.masked_fill(~valid[:, None, :], -1e4)
+
+    def forward(
+        self, features: Sequence[Tensor], text: Tensor, text_mask: Tensor, phrase_weights: Tensor, phrase_mask: Tensor
+    ) -> TokenizerOutput:
         """Tokenize images.
 
         Args:
             features: 3 backbone maps (B, C_l, H_l, W_l).
             text: (B, L, text_dim) encoded instruction.
             text_mask: (B, L) 1 for real tokens, 0 for padding.
+            phrase_weights: (B, C, L) averaging weights of each class phrase over the text tokens.
+            phrase_mask: (B, C) which class phrases were found in the encoded text.
         """
         d = self.config.d_model
         text = self.text_proj(text)
+        phrases, valid = self.phrases(text, phrase_weights, phrase_mask)
         padding = text_mask == 0
         sources, positions, shapes = [], [], []
         for level, feature in enumerate(features):
@@ -161,10 +193,10 @@ class LanguageGuidedTokenizer(nn.Module):
         if self.config.two_stage:
             proposals = _grid_proposals(shapes, memory.device, memory.dtype)  # (S, 4) inverse-sigmoid space
             query_features = self.proposal_proj(memory)
-            all_logits = self.class_head[-1](query_features).squeeze(-1)  # (B, S)
+            all_logits = self._class_logits(-1, query_features, phrases, valid)  # (B, S, C)
             all_coords = self.box_head[-1](query_features) + proposals
-            top = torch.topk(all_logits, self.config.num_queries, dim=1).indices
-            proposal_logits = torch.gather(all_logits, 1, top)
+            top = torch.topk(all_logits.max(-1).values, self.config.num_queries, dim=1).indices
+            proposal_logits = torch.gather(all_logits, 1, top.unsqueeze(-1).expand(-1, -1, all_logits.shape[-1]))
             top_coords = torch.gather(all_coords, 1, top.unsqueeze(-1).expand(-1, -1, 4))
             proposal_boxes = top_coords.sigmoid()
             reference = proposal_boxes.detach()
@@ -194,32 +226,39 @@ class LanguageGuidedTokenizer(nn.Module):
             else:
                 boxes = torch.cat([delta[..., :2] + inverse_sigmoid(previous), delta[..., 2:]], -1).sigmoid()
             layer_boxes.append(boxes)
-            layer_logits.append(self.class_head[layer](hidden).squeeze(-1))
+            layer_logits.append(self._class_logits(layer, hidden, phrases, valid))
         return TokenizerOutput(
             embeddings=decoded.last_hidden_state,
             boxes=layer_boxes[-1],
-            logits=layer_logits[-1],
+            logits=layer_logits[-1].max(-1).values,
+            class_logits=layer_logits[-1],
+            valid=valid,
             layer_logits=layer_logits,
             layer_boxes=layer_boxes,
             proposal_logits=proposal_logits,
             proposal_boxes=proposal_boxes,
         )
 
-    def loss(self, output: TokenizerOutput, targets_cxcywh: Sequence[Tensor]) -> Tensor:
+    def loss(
+        self, output: TokenizerOutput, targets_cxcywh: Sequence[Tensor], target_classes: Sequence[Tensor]
+    ) -> Tensor:
         """L_tok: the set loss on every decoder layer and on the two-stage proposals.
 
         Args:
             output: the tokenizer's output.
             targets_cxcywh: per image, (T, 4) boxes of the objects the instruction is about, in [0, 1].
+            target_classes: per image, (T,) their class indices in the instruction's class set (0 without one).
         """
         c = self.config
         pairs = list(zip(output.layer_logits, output.layer_boxes, strict=True))
         if output.proposal_logits is not None:
             pairs.append((output.proposal_logits, output.proposal_boxes))
-        total = sum(
-            detection_set_loss(logits, boxes, targets_cxcywh, c.class_weight, c.l1_weight, c.giou_weight, c.focal_alpha)
+        weights = (c.class_weight, c.l1_weight, c.giou_weight, c.focal_alpha)
+        losses = [
+            detection_set_loss(logits, output.valid, boxes, targets_cxcywh, target_classes, *weights)
             for logits, boxes in pairs
-        )
+        ]
+        total = sum(losses)
         return total / len(pairs)
 
 
