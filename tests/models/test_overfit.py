@@ -84,7 +84,6 @@ def test_overfits_eight_images(tmp_path):
                 "AP50"
             ]
             model.train()
-            print(f"step {step}: AP50 {ap50:.3f}")
             if ap50 >= 0.9:
                 break
     assert ap50 >= 0.9, f"AP50 {ap50:.3f} after {step} steps"
