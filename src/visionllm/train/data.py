@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,7 +184,3 @@ class TaskMixture(torch.utils.data.Dataset):
             visible=np.ones((len(targets), n), bool),
             token_boxes_xyxy_px=np.array([o.box_xyxy_px for o in targets]).reshape(-1, 4),
         )  # fmt: skip
-
-
-def task_weights(mix: Mapping[str, float] | Sequence[str]) -> dict[str, float]:
-    return dict(mix) if isinstance(mix, Mapping) else {name: 1.0 for name in mix}

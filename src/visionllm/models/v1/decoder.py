@@ -12,8 +12,6 @@ for keypoints). Coordinates are offsets from the slot's anchor (the centre of l_
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -326,13 +324,6 @@ def block_mask(
     return allowed | diagonal
 
 
-def additive_mask(allowed: Tensor, dtype: torch.dtype) -> Tensor:
-    """(B, Q, KV) bool -> (B, 1, Q, KV) additive float mask for the LLM."""
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
-    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask.unsqueeze(1)
-
-
 def slot_positions(kinds: Tensor, groups: Tensor, slot_offsets: Tensor) -> Tensor:
     """Position ids: normal tokens count up; slot token j of any group sits at (normal tokens) + j."""
     normal = (kinds == SEQUENCE).long().cumsum(1) - 1
@@ -343,25 +334,3 @@ def slot_positions(kinds: Tensor, groups: Tensor, slot_offsets: Tensor) -> Tenso
 def select_anchor_tokens(logits: Tensor, num_slots: int) -> Tensor:
     """(B, M) objectness -> (B, K) indices of the K most object-like image tokens, best first."""
     return torch.topk(logits, min(num_slots, logits.shape[1]), dim=1).indices
-
-
-def log_bins(coord_range: int) -> float:
-    return math.log(2 * coord_range + 1)
-
-
-def gather_slots(hidden: Tensor, kinds: Tensor, num_slots: int, slot_length: int) -> Tensor:
-    """(L, D) hidden states of one sample -> (K, slot_length, D) in slot order."""
-    return hidden[kinds == SLOT].view(num_slots, slot_length, -1)
-
-
-def image_token_anchor_points(boxes: Tensor) -> Tensor:
-    """(..., 4) cxcywh boxes -> (..., 2) anchor points (the centres)."""
-    return boxes[..., :2]
-
-
-def stack_padded(rows: Sequence[Sequence[int]], pad: int) -> Tensor:
-    width = max(len(r) for r in rows)
-    out = torch.full((len(rows), width), pad, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-    return out

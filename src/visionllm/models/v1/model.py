@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,14 +55,6 @@ ImageLike = Image.Image | np.ndarray | str | Path
 
 class CheckpointError(ValueError):
     """A checkpoint folder that cannot be loaded."""
-
-
-@dataclass
-class Request:
-    """One thing to answer: an image and an instruction (text, or a rendered `Instruction`)."""
-
-    image: ImageLike
-    instruction: str | Instruction
 
 
 class VisionLLM(nn.Module):
@@ -486,7 +477,7 @@ class VisionLLM(nn.Module):
             model.text_encoder.load_state_dict(reference.state_dict())
         state = load_file(str(folder / WEIGHTS_NAME))
         missing, unexpected = model.load_state_dict(state, strict=False)
-        allowed_missing = model.referenced_parameters() | set(_tied_names(model))
+        allowed_missing = model.referenced_parameters() | set(_shared_names(model.state_dict()))
         bad_missing = sorted(set(missing) - allowed_missing)
         if bad_missing or unexpected:
             raise CheckpointError(
@@ -506,24 +497,10 @@ def _bound_classes(instruction: str) -> tuple[str, ...]:
 
 def _shared_names(state: dict[str, Tensor]) -> list[str]:
     """Names of tensors that share storage with an earlier one (tied weights), to save once."""
-    seen: dict[int, str] = {}
+    seen: set[int] = set()
     shared = []
     for name, tensor in state.items():
-        key = tensor.data_ptr()
-        if key in seen and tensor.numel():
+        if tensor.numel() and tensor.data_ptr() in seen:
             shared.append(name)
-        else:
-            seen[key] = name
+        seen.add(tensor.data_ptr())
     return shared
-
-
-def _tied_names(model: nn.Module) -> list[str]:
-    seen: dict[int, str] = {}
-    tied = []
-    for name, tensor in model.state_dict().items():
-        key = tensor.data_ptr()
-        if key in seen:
-            tied.append(name)
-        else:
-            seen[key] = name
-    return tied
