@@ -166,9 +166,28 @@ class LanguageDecoder(nn.Module):
         """The causal LM without LoRA wrapping."""
         return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
 
-    def embed_image_tokens(self, embeddings: Tensor, boxes: Tensor) -> Tensor:
-        """(B, M, d_tok), (B, M, 4) cxcywh -> (B, M, D): e_k projected plus an encoding of l_k."""
-        return self.image_proj(embeddings) + self.box_proj(sine_embed(boxes, 32).to(embeddings.dtype))
+    def embed_image_tokens(
+        self, embeddings: Tensor, boxes: Tensor, class_logits: Tensor | None = None, has_classes: Tensor | None = None
+    ) -> Tensor:
+        """Image tokens in the LLM's embedding space.
+
+        Args:
+            embeddings: (B, M, d_tok) token embeddings e_k.
+            boxes: (B, M, 4) token boxes l_k, cxcywh in [0, 1].
+            class_logits: (B, M, C) the tokenizer's logits against the instruction's classes, or None.
+            has_classes: (B,) whether each instruction binds classes.
+
+        Returns:
+            (B, M, D): MLP(e_k) + Linear(sine(l_k)), plus, for instructions that bind classes, the token's
+            class evidence in the LLM's own vocabulary: sum_c softmax(class_logits)_c * E[<c_c>].
+        """
+        tokens = self.image_proj(embeddings) + self.box_proj(sine_embed(boxes, 32).to(embeddings.dtype))
+        if class_logits is None or has_classes is None or not bool(has_classes.any()):
+            return tokens
+        table = self.backbone_lm.get_input_embeddings().weight
+        rows = table[self.class_ids[: class_logits.shape[-1]].to(table.device)]  # (C, D)
+        evidence = class_logits.float().softmax(-1).to(rows.dtype) @ rows  # (B, M, D)
+        return tokens + evidence.to(tokens.dtype) * has_classes[:, None, None].to(tokens.dtype)
 
     def input_embeddings(self, input_ids: Tensor, image_tokens: Tensor) -> Tensor:
         """Token embeddings with the image tokens scattered into the <image> placeholders.

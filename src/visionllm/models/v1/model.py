@@ -103,7 +103,11 @@ class VisionLLM(nn.Module):
         tokens = self.tokenizer(
             features, text, encoder["attention_mask"], encoder["phrase_weights"], encoder["phrase_mask"]
         )
-        return tokens, self.decoder.embed_image_tokens(tokens.embeddings, tokens.boxes.detach())
+        has_classes = encoder["phrase_mask"].any(1)
+        image_tokens = self.decoder.embed_image_tokens(
+            tokens.embeddings, tokens.boxes.detach(), tokens.class_logits, has_classes
+        )
+        return tokens, image_tokens
 
     # -- training -----------------------------------------------------------------------------
 
