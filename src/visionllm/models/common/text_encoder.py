@@ -36,7 +36,9 @@ class TextEncoder(nn.Module):
         if config.pretrained:
             folder = resolve_pretrained(config.pretrained)
             if load_weights:
-                self.bert = AutoModel.from_pretrained(str(folder), add_pooling_layer=False)
+                # Loaded with its pooler (so every stored weight has a place), which is then dropped: unused.
+                self.bert = AutoModel.from_pretrained(str(folder))
+                self.bert.pooler = None
             else:
                 self.bert = AutoModel.from_config(AutoConfig.from_pretrained(str(folder)), add_pooling_layer=False)
         else:
