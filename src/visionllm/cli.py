@@ -131,19 +131,14 @@ def _cmd_predict(args: argparse.Namespace) -> None:
                 args.instruction if "<image>" in args.instruction else args.instruction + " The image is <image>."
             )
         else:
-            task = Task(args.task)
-            fields = {"classes": classes, "config": codec_config(model.config)}
-            if task is Task.GROUNDING:
-                fields = {"expression": args.expression, "config": codec_config(model.config)}
-            elif task is Task.VQA:
-                fields = {"question": args.question}
-            elif task is Task.CAPTION:
-                fields = {}
-            elif task is Task.INSTANCE_SEGMENTATION:
-                fields["num_points"] = args.points
-            elif task is Task.KEYPOINTS:
-                fields = {"config": codec_config(model.config)}
-            instruction = build_instruction(task, **fields)
+            instruction = build_instruction(
+                Task(args.task),
+                classes=classes,
+                expression=args.expression,
+                question=args.question,
+                num_points=args.points,
+                config=codec_config(model.config),
+            )
         decoded = model.predict([args.image], [instruction], min_score=args.min_score)[0]
     except (CodecError, ProcessorError, ValueError) as error:
         raise CliError(str(error)) from None

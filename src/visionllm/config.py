@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -233,23 +234,13 @@ def build(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
         raise ConfigError(f"{where}: {error}") from None
 
 
-_NESTED: dict[tuple[str, str], type] = {}
-
-
 def _nested_type(cls: type, name: str) -> type | None:
-    key = (cls.__name__, name)
-    if not _NESTED:
-        _NESTED.update(
-            {
-                ("VisionLLMConfig", "backbone"): BackboneConfig,
-                ("VisionLLMConfig", "text_encoder"): TextEncoderConfig,
-                ("VisionLLMConfig", "tokenizer"): TokenizerConfig,
-                ("VisionLLMConfig", "llm"): LLMConfig,
-                ("VisionLLMConfig", "decoder"): DecoderConfig,
-                ("LLMConfig", "lora"): LoraSettings,
-            }
-        )
-    return _NESTED.get(key)
+    """The config dataclass a field holds (also through `X | None`), read from the field's annotation."""
+    hint = typing.get_type_hints(cls)[name]
+    for candidate in (hint, *typing.get_args(hint)):
+        if dataclasses.is_dataclass(candidate):
+            return candidate
+    return None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -118,8 +118,6 @@ def evaluate_shapesworld(
         CIDEr, vqa_accuracy (for the tasks asked).
     """
     layout = ShapesWorldLayout(Path(root))
-    metrics: dict[str, float] = {}
-    runners: dict[str, Callable[[], dict[str, float]]] = {}
     # Detection and segmentation bind the file's categories (the five shapes and person), as
     # `visionllm eval --coco-json` does for any COCO set.
     view = json.loads(layout.instances(split).read_text())
@@ -189,7 +187,7 @@ def evaluate_shapesworld(
         predictions = {s.qa.question_id: _text(d) for s, d in zip(samples, decoded, strict=True)}
         return {"vqa_accuracy": vqa_accuracy(predictions, annotations)["accuracy"]}
 
-    runners = {
+    runners: dict[str, Callable[[], dict[str, float]]] = {
         "detection": boxes,
         "instance_segmentation": masks,
         "keypoints": people,
@@ -200,6 +198,7 @@ def evaluate_shapesworld(
     unknown = sorted(set(tasks) - set(runners))
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; choose from {sorted(runners)}")
+    metrics: dict[str, float] = {}
     for task in tasks:
         metrics.update(runners[task]())
     return metrics

@@ -357,7 +357,5 @@ def build_instruction(
     text = chosen.format(**values)
     if text.count(IMAGE) != 1:
         raise CodecError(f"the fields of this instruction must not contain {IMAGE}: the template places it once")
-    bound = tuple(str(c).strip() for c in classes) if fmt is not None and fmt.structured else ()
-    if task is Task.SEMANTIC_SEGMENTATION:
-        bound = tuple(str(c).strip() for c in classes)
-    return Instruction(text, task, fmt, bound)
+    binds = (fmt is not None and fmt.structured) or task is Task.SEMANTIC_SEGMENTATION
+    return Instruction(text, task, fmt, tuple(str(c).strip() for c in classes) if binds else ())

@@ -99,13 +99,6 @@ class TrainConfig:
             raise ConfigError("train.mixed_precision must be 'no', 'bf16' or 'fp16'")
 
 
-_TRAIN_NESTED = {
-    ("TrainConfig", "data"): DataConfig,
-    ("TrainConfig", "mix"): MixConfig,
-    ("TrainConfig", "optim"): OptimConfig,
-}
-
-
 def load_run_config(path: str | Path) -> tuple[VisionLLMConfig, TrainConfig]:
     """A preset file: `model:` (VisionLLMConfig) and `train:` (TrainConfig); `base:` names a file whose
     `model:` section is used when this one has none."""
@@ -117,14 +110,7 @@ def load_run_config(path: str | Path) -> tuple[VisionLLMConfig, TrainConfig]:
     if model_data is None and data.get("base"):
         model_data = load_yaml(Path(path).parent / data["base"]).get("model")
     model_config = VisionLLMConfig.from_dict(model_data or {})
-    train_data = dict(data.get("train") or {})
-    nested = {}
-    for key in ("data", "mix", "optim"):
-        if key in train_data:
-            nested[key] = build(_TRAIN_NESTED[("TrainConfig", key)], train_data.pop(key), f"train.{key}")
-    train_config = build(TrainConfig, train_data, "train")
-    for key, value in nested.items():
-        setattr(train_config, key, value)
+    train_config = build(TrainConfig, data.get("train"), "train")
     return model_config, train_config
 
 

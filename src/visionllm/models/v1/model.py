@@ -355,10 +355,9 @@ class VisionLLM(nn.Module):
             fmt = formats[b]
             classes = class_sets[b]
             num_bound = min(len(classes), self.config.decoder.max_classes)
-            slot_hidden = hidden[b][kinds[b] == SLOT].view(len(index[b]), fmt.slot_length, -1)
-            class_logits, coord_logits = self.decoder.slot_logits(slot_hidden, fmt, num_bound)
+            slots = self._slot_outputs(hidden[b], kinds[b], fmt, num_bound, index[b], tokens.boxes[b])
             out[b] = self._slots_to_result(
-                class_logits, coord_logits, tokens.boxes[b, index[b]], fmt, classes, images[b], min_score
+                slots.class_logits, slots.coord_logits, tokens.boxes[b, index[b]], fmt, classes, images[b], min_score
             )
         return out
 
