@@ -7,7 +7,7 @@ DEMO_DIR ?= demo-output
 
 DEFAULT_MODEL := checkpoints/visionllm-v1-tiny
 
-.PHONY: demo test lint setup bench clean train-default
+.PHONY: demo test lint setup bench clean train-default serve browser
 
 setup: $(STAMP)
 
@@ -38,16 +38,32 @@ train-default: $(STAMP)
 	$(VENV)/bin/visionllm train --config configs/tiny_stage2.yaml --resume
 	$(VENV)/bin/visionllm export runs/tiny-stage2/final $(DEFAULT_MODEL) --dtype fp16
 
+# The web page's test drives Debian's Chromium through Playwright (no browser download): install it when
+# missing (as root, or through sudo).
+CHROMIUM ?= /usr/bin/chromium
+browser: $(CHROMIUM)
+$(CHROMIUM):
+	@command -v apt-get >/dev/null || { echo "install Chromium and set CHROMIUM=/path/to/chromium"; exit 1; }
+	@if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	$$sudo apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+		{ $$sudo apt-get update -q >/dev/null && $$sudo apt-get install -y -q chromium chromium-driver >/dev/null; }
+	@test -x $(CHROMIUM)
+
+# Serves the shipped model: web page and OpenAI-compatible API on http://127.0.0.1:8000/
+serve: $(STAMP)
+	$(VENV)/bin/visionllm serve --model $(DEFAULT_MODEL)
+
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	CHROMIUM=$(CHROMIUM) $(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) bench/shapes_speed.py --out docs/benchmarks/shapes_speed.json
 
 clean:
-	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache
+	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache test-artifacts

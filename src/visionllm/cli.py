@@ -170,7 +170,49 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
     if not args.model.exists():
         raise CliError(f"model folder {args.model} not found (train one with `make train-default`)")
+    if args.web:
+        _serve(args.model, host="127.0.0.1", port=args.port)
+        return
     print(run_demo(args.model, args.out, images=args.images))
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    import os
+
+    from visionllm.serve.images import ImageLimits
+
+    for folder in args.image_dir:
+        if not folder.is_dir():
+            raise CliError(f"--image-dir {folder} is not a folder")
+    if args.max_batch_size < 1 or args.max_wait_ms < 0:
+        raise CliError("--max-batch-size must be >= 1 and --max-wait-ms >= 0")
+    limits = ImageLimits(max_bytes=args.max_image_bytes, max_pixels=args.max_pixels, image_dirs=tuple(args.image_dir))
+    _serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        model_id=args.model_id,
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        max_body_bytes=args.max_body_bytes,
+        limits=limits,
+        api_key=args.api_key or os.environ.get("VISIONLLM_API_KEY") or None,
+    )
+
+
+def _serve(model_dir: Path, host: str, port: int, model_id: str | None = None, **settings) -> None:
+    import uvicorn
+
+    from visionllm.serve.app import ServerSettings, create_app
+
+    if not model_dir.exists():
+        raise CliError(f"model folder {model_dir} not found (train one with `make train-default`)")
+    model = _load_model(model_dir)
+    name = model_id or model_dir.resolve().name
+    app = create_app(model, ServerSettings(model_id=name, **settings))
+    auth = " (API key required on /v1/*)" if settings.get("api_key") else ""
+    print(f"serving {name} at http://{host}:{port}/ : web page at /, OpenAI API at /v1{auth}", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="info")
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
@@ -269,7 +311,38 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", type=Path, default=Path("checkpoints/visionllm-v1-tiny"), help="checkpoint folder")
     demo.add_argument("--out", type=Path, default=Path("demo-output"), help="folder for the annotated pictures")
     demo.add_argument("--images", type=int, default=4, help="how many new images (default 4)")
+    demo.add_argument("--web", action="store_true", help="serve the web page on 127.0.0.1 instead (see serve)")
+    demo.add_argument("--port", type=int, default=8000, help="port for --web (default 8000)")
     demo.set_defaults(func=_cmd_demo)
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve a model over HTTP: OpenAI-compatible API, /v1/predict and the web page",
+        description="Serve a model: POST /v1/chat/completions (OpenAI), POST /v1/predict, GET /v1/models, "
+        "GET /health, and the web page at /. Concurrent requests are batched. See docs/serving.md.",
+    )
+    serve.add_argument("--model", type=Path, default=Path("checkpoints/visionllm-v1-tiny"), help="checkpoint folder")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--model-id", help="the model name clients send (default: the folder's name)")
+    serve.add_argument("--max-batch-size", type=int, default=8, help="most requests per model call (default 8)")
+    serve.add_argument(
+        "--max-wait-ms", type=float, default=10.0, help="how long a request waits to share a batch (default 10)"
+    )
+    serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/* (or set VISIONLLM_API_KEY)")
+    serve.add_argument(
+        "--image-dir",
+        type=Path,
+        action="append",
+        default=[],
+        help="allow requests to name image files inside this folder (repeatable; default: none)",
+    )
+    serve.add_argument("--max-image-bytes", type=int, default=10 * 2**20, help="largest encoded image (default 10 MiB)")
+    serve.add_argument(
+        "--max-pixels", type=int, default=4096 * 4096, help="largest image, width x height (default 4096 x 4096)"
+    )
+    serve.add_argument("--max-body-bytes", type=int, default=16 * 2**20, help="largest request body (default 16 MiB)")
+    serve.set_defaults(func=_cmd_serve)
 
     export = commands.add_parser("export", help="re-save a checkpoint, e.g. in fp16 for shipping")
     export.add_argument("source", type=Path, help="checkpoint folder")

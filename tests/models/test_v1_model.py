@@ -165,3 +165,23 @@ def test_save_then_load_gives_identical_outputs(micro_model, images, tmp_path):
 def test_loading_refuses_incomplete_folders(tmp_path):
     with pytest.raises(CheckpointError, match=r"config\.json is missing"):
         VisionLLM.from_pretrained(tmp_path)
+
+
+def test_streamed_text_adds_up_to_each_answer(micro_model, images):
+    from visionllm.formats.task_table import build_instruction
+    from visionllm.formats.tasks import Task
+    from visionllm.models.v1.processor import codec_config
+
+    codec = codec_config(micro_model.config)
+    instructions = [
+        build_instruction(Task.CAPTION),
+        build_instruction(Task.DETECTION, classes=["circle"], config=codec),
+        build_instruction(Task.VQA, question="what colour is it?"),
+    ]
+    pieces: dict[int, list[str]] = {0: [], 1: [], 2: []}
+    results = micro_model.predict(images, instructions, on_text=lambda i, delta: pieces[i].append(delta))
+    for i, result in enumerate(results):
+        if hasattr(result.prediction, "text"):
+            assert "".join(pieces[i]) == result.prediction.text
+        else:
+            assert pieces[i] == []

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -182,6 +182,7 @@ class VisionLLM(nn.Module):
         images: Sequence[ImageLike],
         instructions: Sequence[str | Instruction],
         min_score: float = 0.05,
+        on_text: Callable[[int, str], None] | None = None,
     ) -> list[Decoded]:
         """Answer a batch of (image, instruction) pairs; tasks may be mixed freely.
 
@@ -190,6 +191,8 @@ class VisionLLM(nn.Module):
             instructions: instruction texts (class sets are read from their {"name": <c0>, ...} binding), or
                 `Instruction`s from `build_instruction` (which also say which format to expect).
             min_score: structured results with a lower class probability are left out.
+            on_text: called as `on_text(i, delta)` while pair i's text answer grows, with the new characters
+                (for streaming); the deltas of a pair add up to its final answer.
 
         Returns:
             One `Decoded` per pair: typed `Detections` (pixels of the input image) or `TextAnswer`, with what
@@ -202,11 +205,17 @@ class VisionLLM(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            return self._predict([self.processor.image(im) for im in images], list(instructions), min_score)
+            return self._predict([self.processor.image(im) for im in images], list(instructions), min_score, on_text)
         finally:
             self.train(was_training)
 
-    def _predict(self, images: list[ImageInput], requests: list[str | Instruction], min_score: float) -> list[Decoded]:
+    def _predict(
+        self,
+        images: list[ImageInput],
+        requests: list[str | Instruction],
+        min_score: float,
+        on_text: Callable[[int, str], None] | None,
+    ) -> list[Decoded]:
         device = self.device
         texts = [r.text if isinstance(r, Instruction) else r for r in requests]
         expected = [r.output_format if isinstance(r, Instruction) else None for r in requests]
@@ -248,6 +257,7 @@ class VisionLLM(nn.Module):
         generated: list[list[int]] = [[] for _ in range(batch)]
         formats: list[OutputFormat | None] = [None] * batch
         notes: list[list[Dropped]] = [[] for _ in range(batch)]
+        streamed = [""] * batch
         for _ in range(header_limit + self.config.decoder.max_new_tokens):
             if all(s in ("slots", "done") for s in state):
                 break
@@ -271,6 +281,8 @@ class VisionLLM(nn.Module):
                         generated[b].append(token)
                         if len(generated[b]) >= self.config.decoder.max_new_tokens:
                             state[b] = "done"
+                        if on_text is not None:
+                            streamed[b] = self._stream_text(b, generated[b], streamed[b], on_text)
                 next_ids.append(token)
                 fed.append(feeds)
             step_kinds = torch.tensor([[SEQUENCE if f else PAD] for f in fed], device=device)
@@ -292,6 +304,8 @@ class VisionLLM(nn.Module):
                 formats[b] = self._read_header(generated[b], expected[b], notes[b])
             if not formats[b].structured:
                 text = self.processor.decode_text(generated[b]) if state[b] != "slots" else ""
+                if on_text is not None and text.startswith(streamed[b]) and text != streamed[b]:
+                    on_text(b, text[len(streamed[b]) :])
                 results[b] = Decoded(TextAnswer(text), tuple(notes[b]))
         structured = [b for b in range(batch) if formats[b].structured]
         if structured:
@@ -303,6 +317,18 @@ class VisionLLM(nn.Module):
                     result = Decoded(result.prediction.select([0]), result.dropped)
                 results[b] = Decoded(result.prediction, tuple(notes[b]) + result.dropped)
         return results  # type: ignore[return-value]
+
+    def _stream_text(self, b: int, ids: list[int], sent: str, on_text: Callable[[int, str], None]) -> str:
+        """Send what the text answer gained since `sent`; returns the text sent so far.
+
+        Held back while the decoded text would rewrite what was sent (a word piece that merges with the one
+        before) or ends in half a character.
+        """
+        text = self.processor.decode_text(ids)
+        if text.startswith(sent) and len(text) > len(sent) and not text.endswith("\ufffd"):
+            on_text(b, text[len(sent) :])
+            return text
+        return sent
 
     def _read_header(self, ids: list[int], expected: OutputFormat | None, notes: list[Dropped]) -> OutputFormat:
         tokens = self.processor.vocab.decode(ids)

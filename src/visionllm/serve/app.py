@@ -1,0 +1,395 @@
+"""The HTTP app: OpenAI-compatible chat completions, structured predictions, the web page.
+
+Routes:
+    GET  /                      the web page
+    GET  /health                liveness, model id, batching counters
+    GET  /v1/models             the served model (OpenAI list format)
+    GET  /v1/tasks              the tasks the model answers and the fields each needs (the page's form)
+    GET  /v1/samples            sample images for the page; /samples/{i}.png serves them
+    POST /v1/predict            one image + one task -> typed result (+ the picture with it drawn)
+    POST /v1/chat/completions   OpenAI chat; `stream: true` streams text answers as server-sent events
+
+Every refusal is a 4xx with an OpenAI-style body `{"error": {"message", "type", "param", "code"}}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from visionllm.formats.codec import CodecError
+from visionllm.formats.keypoints import COCO_SKELETON
+from visionllm.formats.results import Decoded, Detections
+from visionllm.formats.task_table import Instruction
+from visionllm.models.v1.processor import ProcessorError, codec_config
+from visionllm.serve.batcher import DynamicBatcher, Job
+from visionllm.serve.errors import RequestError
+from visionllm.serve.images import ImageLimits, load_image, to_data_url
+from visionllm.serve.protocol import (
+    TASK_FIELDS,
+    ChatRequest,
+    PredictRequest,
+    TaskParams,
+    answer_text,
+    build_request_instruction,
+    params_from_chat,
+    result_json,
+    served_tasks,
+    task_of,
+)
+from visionllm.vis import draw_detections, draw_text_below
+
+logger = logging.getLogger(__name__)
+
+WEB_DIR = resources.files("visionllm.serve") / "web"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How the server behaves.
+
+    Attributes:
+        model_id: the name clients use in `model` (OpenAI) and see in /v1/models.
+        max_batch_size: most requests per model call.
+        max_wait_ms: how long a request waits for others to share its batch.
+        max_queue: requests allowed to wait; more get 503.
+        max_body_bytes: largest request body.
+        limits: image size limits and the folders local paths may come from.
+        api_key: when set, /v1/* needs `Authorization: Bearer <api_key>`.
+        samples: ShapesWorld sample images offered on the page.
+        request_timeout_s: longest a request waits for its answer.
+    """
+
+    model_id: str
+    max_batch_size: int = 8
+    max_wait_ms: float = 10.0
+    max_queue: int = 256
+    max_body_bytes: int = 16 * 2**20
+    limits: ImageLimits = field(default_factory=ImageLimits)
+    api_key: str | None = None
+    samples: int = 6
+    request_timeout_s: float = 300.0
+
+
+class BodyLimit:
+    """Refuses request bodies over `max_bytes` with 413, before the app parses them."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(send)
+            return
+        # Read the body up front (it is bounded), then hand it to the app.
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._refuse(send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body, sent = b"".join(chunks), False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send: Send) -> None:
+        error = RequestError(413, f"the request body is over the limit of {self.max_bytes} bytes", code="too_large")
+        payload = json.dumps(error.to_json()).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+
+def create_app(model: Any, settings: ServerSettings) -> FastAPI:
+    """Build the app around a loaded model (anything with `VisionLLM`'s `predict` and `config`)."""
+    codec = codec_config(model.config)
+    tasks = served_tasks(version=1)
+    batcher = DynamicBatcher(model.predict, settings.max_batch_size, settings.max_wait_ms / 1000.0, settings.max_queue)
+    samples = _sample_images(settings.samples, model.config.image_size)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(batcher.stop)
+
+    app = FastAPI(title="VisionLLM", version="1", lifespan=lifespan)
+    app.state.batcher = batcher
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+
+    # -- errors -------------------------------------------------------------------------------------
+
+    @app.exception_handler(RequestError)
+    async def _request_error(request: Request, error: RequestError) -> JSONResponse:
+        return JSONResponse(error.to_json(), status_code=error.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        return JSONResponse(_validation_message(error).to_json(), status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
+        message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
+        body = RequestError(error.status_code, message.get(error.status_code, str(error.detail))).to_json()
+        return JSONResponse(body, status_code=error.status_code, headers=getattr(error, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, error: Exception) -> JSONResponse:
+        logger.exception("internal error on %s", request.url.path)
+        body = RequestError(500, f"internal error: {type(error).__name__}: {error}").to_json()
+        return JSONResponse(body, status_code=500)
+
+    def require_key(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        if header != f"Bearer {settings.api_key}":
+            raise RequestError(
+                401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'", code="invalid_api_key"
+            )
+
+    def check_model(name: str | None) -> None:
+        if name is not None and name != settings.model_id:
+            raise RequestError(
+                404, f"unknown model {name!r}; this server serves {settings.model_id!r}", "model", "model_not_found"
+            )
+
+    async def prepare(params: TaskParams, image_ref: str, param: str) -> tuple[Image.Image, Instruction | str]:
+        instruction = build_request_instruction(params, codec, tasks)
+        image = await run_in_threadpool(load_image, image_ref, settings.limits, param)
+        return image, instruction
+
+    async def answer(job: Job) -> Decoded:
+        future = asyncio.wrap_future(batcher.submit(job))
+        try:
+            return await asyncio.wait_for(future, settings.request_timeout_s)
+        except (CodecError, ProcessorError) as error:
+            raise RequestError(400, str(error), "instruction") from None
+        except TimeoutError:
+            raise RequestError(503, f"no answer within {settings.request_timeout_s:.0f} s; retry later") from None
+
+    # -- routes -------------------------------------------------------------------------------------
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse((WEB_DIR / "index.html").read_text(encoding="utf-8"))
+
+    app.mount("/static", StaticFiles(directory=str(WEB_DIR)), name="static")
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "model": settings.model_id,
+            "batches": sum(batcher.batch_sizes.values()),
+            "batch_sizes": dict(sorted(batcher.batch_sizes.items())),
+        }
+
+    @app.get("/v1/models", dependencies=[Depends(require_key)])
+    async def models() -> dict[str, Any]:
+        entry = {"id": settings.model_id, "object": "model", "created": 0, "owned_by": "visionllm"}
+        return {"object": "list", "data": [entry]}
+
+    @app.get("/v1/tasks", dependencies=[Depends(require_key)])
+    async def task_list() -> dict[str, Any]:
+        data = [
+            {
+                "task": task.value,
+                "fields": list(TASK_FIELDS[task]),
+                "output": "text" if task.value in ("caption", "vqa") else "detections",
+            }
+            for task in tasks
+        ]
+        return {"object": "list", "data": data}
+
+    @app.get("/v1/samples")
+    async def sample_list() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [{"name": f"sample {i}", "url": f"/samples/{i}.png"} for i in range(len(samples))],
+        }
+
+    @app.get("/samples/{index}.png", include_in_schema=False)
+    async def sample(index: int) -> Response:
+        if not 0 <= index < len(samples):
+            raise RequestError(404, f"no sample {index}; there are {len(samples)}")
+        return Response(samples[index], media_type="image/png")
+
+    @app.post("/v1/predict", dependencies=[Depends(require_key)])
+    async def predict(body: PredictRequest) -> dict[str, Any]:
+        check_model(body.model)
+        image, instruction = await prepare(body, body.image, "image")
+        decoded = await answer(Job(image, instruction, body.min_score))
+        response = {
+            "id": f"pred-{uuid.uuid4().hex[:16]}",
+            "model": settings.model_id,
+            "task": task_of(instruction),
+            "instruction": instruction.text if isinstance(instruction, Instruction) else instruction,
+            "image_size": list(image.size),
+            **result_json(decoded),
+        }
+        if body.render:
+            response["visualization"] = await run_in_threadpool(lambda: to_data_url(render(image, decoded)))
+        return response
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(require_key)], response_model=None)
+    async def chat(body: ChatRequest) -> dict[str, Any] | StreamingResponse:
+        check_model(body.model)
+        image_ref, params = params_from_chat(body)
+        image, instruction = await prepare(params, image_ref, "messages")
+        completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+
+        def extras(decoded: Decoded) -> dict[str, Any]:
+            text = instruction.text if isinstance(instruction, Instruction) else instruction
+            return {
+                "task": task_of(instruction),
+                "instruction": text,
+                "image_size": list(image.size),
+                **result_json(decoded),
+            }
+
+        if not body.stream:
+            decoded = await answer(Job(image, instruction, params.min_score))
+            return {
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": created,
+                "model": settings.model_id,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": answer_text(decoded)},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "visionllm": extras(decoded),
+            }
+
+        loop = asyncio.get_running_loop()
+        deltas: asyncio.Queue[str] = asyncio.Queue()
+        job = Job(
+            image, instruction, params.min_score, on_text=lambda d: loop.call_soon_threadsafe(deltas.put_nowait, d)
+        )
+        future = asyncio.wrap_future(batcher.submit(job))
+
+        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+            payload = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": settings.model_id,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                **extra,
+            }
+            return f"data: {json.dumps(payload)}\n\n"
+
+        async def events() -> AsyncIterator[str]:
+            yield chunk({"role": "assistant", "content": ""})
+            streamed = False
+            while not future.done():
+                getter = asyncio.ensure_future(deltas.get())
+                done, _ = await asyncio.wait({getter, future}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    streamed = True
+                    yield chunk({"content": getter.result()})
+                else:
+                    getter.cancel()
+            while not deltas.empty():
+                streamed = True
+                yield chunk({"content": deltas.get_nowait()})
+            try:
+                decoded = future.result()
+            except Exception as error:  # headers are sent: report in the stream, as OpenAI does
+                logger.warning("streamed request failed: %s", error)
+                yield f"data: {json.dumps(RequestError(500, str(error)).to_json())}\n\n"
+                yield "data: [DONE]\n\n"
+                return
+            if not streamed:
+                yield chunk({"content": answer_text(decoded)})
+            yield chunk({}, "stop", visionllm=extras(decoded))
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    return app
+
+
+def render(image: Image.Image, decoded: Decoded) -> Image.Image:
+    """The picture of a result, drawn by the library's visualisation (as the CLI and the demo draw it)."""
+    scale = max(1.0, 512 / max(image.size))
+    prediction = decoded.prediction
+    if isinstance(prediction, Detections):
+        return draw_detections(image, prediction, skeleton=COCO_SKELETON, scale=scale)
+    resized = image.resize((round(image.width * scale), round(image.height * scale)), Image.NEAREST)
+    return draw_text_below(resized, [prediction.text])
+
+
+def _validation_message(error: RequestValidationError) -> RequestError:
+    problems, param = [], None
+    for item in error.errors():
+        location = [str(part) for part in item.get("loc", ()) if part != "body"]
+        if item.get("type") == "json_invalid":
+            return RequestError(400, f"the request body is not valid JSON: {item.get('msg', '')}", code="bad_json")
+        where = ".".join(location) or "body"
+        param = param or where
+        problems.append(f"{where}: {item.get('msg', 'invalid')}")
+    return RequestError(400, "invalid request: " + "; ".join(problems[:5]), param, "invalid_request")
+
+
+def _sample_images(count: int, size: int) -> list[bytes]:
+    from visionllm.data.shapes.dataset import make_image
+    from visionllm.data.shapes.scene import ShapesWorldConfig
+
+    pictures = []
+    for index in range(count):
+        record = make_image(7, "val", index, ShapesWorldConfig(image_size=size, person_probability=0.3))
+        buffer = io.BytesIO()
+        Image.fromarray(record.rendered.image).save(buffer, format="PNG")
+        pictures.append(buffer.getvalue())
+    return pictures

@@ -1,0 +1,235 @@
+"""What clients send and get back: the `/v1/predict` and OpenAI chat schemas, and how a request becomes an
+instruction.
+
+A chat message becomes an instruction in this order:
+1. `visionllm.task` in the request (OpenAI clients pass it with `extra_body`) builds it from the task table;
+2. text containing `<image>` is used as the instruction itself;
+3. text starting with a command: `detect: a, b`, `segment: a, b`, `ground: <expression>`, `keypoints`,
+   `caption` (or `describe`);
+4. any other text is a question about the image (VQA); no text at all asks for a caption.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from visionllm.formats.codec import CodecError
+from visionllm.formats.results import Decoded, Detections, TextAnswer
+from visionllm.formats.task_table import TASK_TABLE, Instruction, build_instruction
+from visionllm.formats.tasks import Task
+from visionllm.formats.tokens import IMAGE, CodecConfig
+from visionllm.serve.errors import RequestError
+
+# The form fields each task needs (the web page builds its form from this table).
+TASK_FIELDS: dict[Task, tuple[str, ...]] = {
+    Task.DETECTION: ("classes",),
+    Task.INSTANCE_SEGMENTATION: ("classes", "points"),
+    Task.GROUNDING: ("expression",),
+    Task.KEYPOINTS: (),
+    Task.CAPTION: (),
+    Task.VQA: ("question",),
+}
+
+
+def served_tasks(version: int = 1) -> list[Task]:
+    """The tasks a model of this version answers, in table order."""
+    return [task for task, spec in TASK_TABLE.items() if spec.version <= version and task in TASK_FIELDS]
+
+
+class TaskParams(BaseModel):
+    """How to build the instruction: a task and its fields, or a free instruction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str | None = Field(None, description="one of the served tasks, e.g. 'detection'")
+    instruction: str | None = Field(None, description="a free instruction instead of a task; <image> marks the image")
+    classes: list[str] = Field(default_factory=list, description="class set (detection, instance_segmentation)")
+    expression: str | None = Field(None, description="referring expression (grounding)")
+    question: str | None = Field(None, description="question (vqa)")
+    points: int = Field(16, ge=3, description="boundary points per object (instance_segmentation)")
+    min_score: float = Field(0.3, ge=0.0, le=1.0, description="leave out detections scored below this")
+
+
+class PredictRequest(TaskParams):
+    """`POST /v1/predict`."""
+
+    model: str | None = Field(None, description="the served model's id (optional)")
+    image: str = Field(..., description="data URL (data:image/png;base64,...), bare base64, or an allowed path")
+    render: bool = Field(False, description="also return the picture with the result drawn (a PNG data URL)")
+
+
+class ImageURL(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    url: str
+    detail: str | None = None
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["text", "image_url"]
+    text: str | None = None
+    image_url: ImageURL | str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+
+
+class ChatRequest(BaseModel):
+    """`POST /v1/chat/completions` (OpenAI's fields we do not use, such as temperature, are accepted and ignored)."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    stream: bool = False
+    visionllm: TaskParams | None = None
+
+
+def build_request_instruction(params: TaskParams, codec: CodecConfig, tasks: list[Task]) -> Instruction | str:
+    """The instruction a request asks for.
+
+    Raises:
+        RequestError: 400 with what is missing or wrong (unknown task, no classes, too many classes, ...).
+    """
+    if params.instruction is not None:
+        text = params.instruction.strip()
+        if not text:
+            raise RequestError(400, "the instruction is empty", "instruction")
+        count = text.count(IMAGE)
+        if count > 1:
+            raise RequestError(400, f"the instruction has {count} {IMAGE} markers; use one", "instruction")
+        return text if count == 1 else f"{text} The image is {IMAGE}."
+    if params.task is None:
+        raise RequestError(400, "give a task (one of " + ", ".join(t.value for t in tasks) + ") or an instruction")
+    try:
+        task = Task(params.task)
+    except ValueError:
+        task = None
+    if task not in tasks:
+        known = ", ".join(t.value for t in tasks)
+        raise RequestError(400, f"this model does not answer the task {params.task!r}; it answers: {known}", "task")
+    classes = [c.strip() for c in params.classes if c.strip()]
+    if task in (Task.DETECTION, Task.INSTANCE_SEGMENTATION) and not classes:
+        raise RequestError(400, f'{task.value} needs classes, e.g. ["red circle", "square"]', "classes")
+    if task is Task.VQA and not (params.question or "").strip():
+        raise RequestError(400, "vqa needs a question", "question")
+    if task is Task.GROUNDING and not (params.expression or "").strip():
+        raise RequestError(400, 'grounding needs an expression, e.g. "the red circle on the left"', "expression")
+    try:
+        return build_instruction(
+            task,
+            classes=classes,
+            expression=(params.expression or "").strip() or None,
+            question=(params.question or "").strip() or None,
+            num_points=params.points,
+            config=codec,
+        )
+    except CodecError as error:
+        raise RequestError(400, str(error), _param_of(str(error))) from None
+
+
+def _param_of(message: str) -> str | None:
+    for name in ("classes", "points", "question", "expression"):
+        if name.rstrip("s") in message or name in message:
+            return name
+    return None
+
+
+_COMMAND = re.compile(r"^\s*(detect|segment|ground|keypoints|caption|describe)\b\s*:?\s*(.*)$", re.I | re.S)
+
+
+def params_from_chat(request: ChatRequest) -> tuple[str, TaskParams]:
+    """The image reference (last image of the user messages) and the task parameters of a chat request.
+
+    Raises:
+        RequestError: no image, or no user message.
+    """
+    images: list[str] = []
+    last_user_text: str | None = None
+    for message in request.messages:
+        if message.role != "user":
+            continue
+        texts = []
+        if isinstance(message.content, str):
+            texts.append(message.content)
+        for part in message.content if isinstance(message.content, list) else []:
+            if part.type == "text":
+                texts.append(part.text or "")
+            elif part.image_url is None:
+                raise RequestError(400, 'an image_url part needs image_url: {"url": "data:image/..."}', "messages")
+            else:
+                images.append(part.image_url if isinstance(part.image_url, str) else part.image_url.url)
+        last_user_text = "\n".join(t for t in texts if t).strip()
+    if last_user_text is None:
+        raise RequestError(400, "the conversation has no user message", "messages")
+    if not images:
+        raise RequestError(
+            400,
+            "VisionLLM answers about an image: add a content part "
+            '{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}',
+            "messages",
+        )
+    if request.visionllm is not None and (request.visionllm.task or request.visionllm.instruction):
+        params = request.visionllm.model_copy()
+        if params.task == Task.VQA.value and not params.question:
+            params.question = last_user_text
+        if params.task == Task.GROUNDING.value and not params.expression:
+            params.expression = last_user_text
+        return images[-1], params
+    extra = request.visionllm.model_dump(exclude={"task", "instruction"}) if request.visionllm else {}
+    return images[-1], TaskParams(**_params_from_text(last_user_text), **{k: v for k, v in extra.items() if v})
+
+
+def _params_from_text(text: str) -> dict[str, Any]:
+    if IMAGE in text:
+        return {"instruction": text}
+    if not text:
+        return {"task": Task.CAPTION.value}
+    match = _COMMAND.match(text)
+    if not match:
+        return {"task": Task.VQA.value, "question": text}
+    command, rest = match.group(1).lower(), match.group(2).strip()
+    if command in ("detect", "segment"):
+        classes = [c.strip(" .;") for c in re.split(r",|\band\b", rest) if c.strip(" .;")]
+        return {"task": "detection" if command == "detect" else "instance_segmentation", "classes": classes}
+    if command == "ground":
+        return {"task": Task.GROUNDING.value, "expression": rest.rstrip(" .")}
+    if command == "keypoints":
+        return {"task": Task.KEYPOINTS.value}
+    return {"task": Task.CAPTION.value}
+
+
+def task_of(instruction: Instruction | str) -> str:
+    return instruction.task.value if isinstance(instruction, Instruction) else "instruction"
+
+
+def result_json(decoded: Decoded) -> dict[str, Any]:
+    """The structured answer: `{"output": "detections", "detections": [...]}` or `{"output": "text", ...}`."""
+    prediction = decoded.prediction
+    body: dict[str, Any]
+    if isinstance(prediction, Detections):
+        body = {"output": "detections", "detections": prediction.to_json()}
+    else:
+        body = {"output": "text", "text": prediction.text}
+    body["dropped"] = [{"slot": d.slot, "reason": d.reason} for d in decoded.dropped]
+    return body
+
+
+def answer_text(decoded: Decoded) -> str:
+    """The answer in words (the chat message's content)."""
+    prediction = decoded.prediction
+    if isinstance(prediction, TextAnswer):
+        return prediction.text
+    if not len(prediction):
+        return "No objects found."
+    items = []
+    for item in prediction.to_json():
+        x1, y1, x2, y2 = item["box_xyxy_px"]
+        items.append(f"{item['class_name']} ({item['score']:.2f}) at [{x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}]")
+    noun = "object" if len(items) == 1 else "objects"
+    return f"{len(items)} {noun}: " + "; ".join(items) + "."

@@ -1,0 +1,60 @@
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from visionllm.models.v1.model import VisionLLM
+
+SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "checkpoints" / "visionllm-v1-tiny"
+
+
+@pytest.fixture(scope="session")
+def shipped_model() -> VisionLLM:
+    assert (SHIPPED_MODEL / "config.json").exists(), f"the shipped model is missing at {SHIPPED_MODEL}"
+    return VisionLLM.from_pretrained(SHIPPED_MODEL)
+
+
+def png_data_url(array: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.fixture
+def image_url() -> str:
+    rng = np.random.default_rng(0)
+    return png_data_url(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="session")
+def live_server():
+    """Start an app under uvicorn on a free local port: `with live_server(app) as url: ...`."""
+    import socket
+    import threading
+    import time
+    from contextlib import contextmanager
+
+    import uvicorn
+
+    @contextmanager
+    def run(app):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.02)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True
+            thread.join(30)
+
+    return run

@@ -1,0 +1,169 @@
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from visionllm.formats.results import Decoded, Detections, TextAnswer
+from visionllm.formats.task_table import build_instruction
+from visionllm.formats.tasks import Task
+from visionllm.models.v1.processor import codec_config
+from visionllm.serve.batcher import DynamicBatcher, Job
+from visionllm.serve.errors import RequestError
+
+BLANK = Image.new("RGB", (8, 8))
+
+
+class Recorder:
+    """A stand-in model: answers each instruction with its own text, slowly, and records the batches."""
+
+    def __init__(self, delay=0.05, fail_on=None):
+        self.batches = []
+        self.delay = delay
+        self.fail_on = fail_on
+
+    def __call__(self, images, instructions, min_score, on_text=None):
+        self.batches.append(list(instructions))
+        time.sleep(self.delay)
+        if self.fail_on in instructions:
+            raise ValueError(f"cannot answer {self.fail_on}")
+        for i, text in enumerate(instructions):
+            if on_text is not None:
+                for word in text.split():
+                    on_text(i, word + " ")
+        return [Decoded(TextAnswer(text)) for text in instructions]
+
+
+def submit_together(batcher, texts, **job_args):
+    futures = [None] * len(texts)
+    barrier = threading.Barrier(len(texts))
+
+    def send(i):
+        barrier.wait()
+        futures[i] = batcher.submit(Job(BLANK, texts[i], **job_args))
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(texts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [f.result(timeout=10) for f in futures]
+
+
+def test_concurrent_requests_share_batches_and_each_gets_its_own_answer():
+    model = Recorder()
+    batcher = DynamicBatcher(model, max_batch_size=4, max_wait_s=0.2)
+    batcher.start()
+    try:
+        texts = [f"request {i}" for i in range(10)]
+        results = submit_together(batcher, texts)
+    finally:
+        batcher.stop()
+    assert [r.prediction.text for r in results] == texts
+    assert max(len(b) for b in model.batches) == 4
+    assert len(model.batches) <= 4  # 10 requests in batches of <= 4: three or four calls, not ten
+    assert sorted(t for b in model.batches for t in b) == sorted(texts)
+    assert sum(batcher.batch_sizes.values()) == len(model.batches)
+
+
+def test_batch_size_one_answers_one_at_a_time():
+    model = Recorder(delay=0.0)
+    batcher = DynamicBatcher(model, max_batch_size=1, max_wait_s=0.05)
+    batcher.start()
+    try:
+        submit_together(batcher, ["a", "b", "c"])
+    finally:
+        batcher.stop()
+    assert [len(b) for b in model.batches] == [1, 1, 1]
+
+
+def test_a_failing_request_does_not_fail_its_batch_mates():
+    model = Recorder(fail_on="bad")
+    batcher = DynamicBatcher(model, max_batch_size=8, max_wait_s=0.2)
+    batcher.start()
+    try:
+        futures = [batcher.submit(Job(BLANK, text)) for text in ("good 1", "bad", "good 2")]
+        assert futures[0].result(10).prediction.text == "good 1"
+        assert futures[2].result(10).prediction.text == "good 2"
+        with pytest.raises(ValueError, match="cannot answer bad"):
+            futures[1].result(10)
+    finally:
+        batcher.stop()
+
+
+def test_streamed_text_arrives_in_order_for_each_request():
+    model = Recorder()
+    batcher = DynamicBatcher(model, max_batch_size=8, max_wait_s=0.2)
+    batcher.start()
+    received = {0: [], 1: []}
+    try:
+        futures = [
+            batcher.submit(Job(BLANK, "one two three", on_text=received[0].append)),
+            batcher.submit(Job(BLANK, "four five", on_text=received[1].append)),
+        ]
+        [f.result(10) for f in futures]
+    finally:
+        batcher.stop()
+    assert "".join(received[0]) == "one two three " and "".join(received[1]) == "four five "
+
+
+def test_a_full_queue_refuses_with_503_and_stop_finishes_queued_work():
+    model = Recorder(delay=0.3)
+    batcher = DynamicBatcher(model, max_batch_size=1, max_wait_s=0.0, max_queue=1)
+    with pytest.raises(RuntimeError, match="not running"):
+        batcher.submit(Job(BLANK, "early"))
+    batcher.start()
+    first = batcher.submit(Job(BLANK, "first"))
+    time.sleep(0.1)  # the worker is busy with "first"
+    second = batcher.submit(Job(BLANK, "second"))
+    with pytest.raises(RequestError) as caught:
+        batcher.submit(Job(BLANK, "third"))
+    assert caught.value.status == 503
+    batcher.stop()
+    assert first.result(1).prediction.text == "first" and second.result(1).prediction.text == "second"
+
+
+def test_each_request_keeps_its_own_min_score():
+    def predict(images, instructions, min_score, on_text=None):
+        assert min_score == 0.2  # the batch runs at the lowest threshold
+        dets = Detections(np.array([[0, 0, 1, 1], [0, 0, 2, 2]]), np.array([0.9, 0.4]), ("a", "b"))
+        return [Decoded(dets) for _ in images]
+
+    batcher = DynamicBatcher(predict, max_batch_size=2, max_wait_s=0.5)
+    batcher.start()
+    try:
+        strict = batcher.submit(Job(BLANK, "x", min_score=0.5))
+        loose = batcher.submit(Job(BLANK, "y", min_score=0.2))
+        assert strict.result(10).prediction.class_names == ("a",)
+        assert loose.result(10).prediction.class_names == ("a", "b")
+    finally:
+        batcher.stop()
+
+
+@pytest.mark.slow
+def test_batched_answers_equal_one_at_a_time_answers_of_a_real_model(micro_model):
+    codec = codec_config(micro_model.config)
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)) for _ in range(4)]
+    instructions = [
+        build_instruction(Task.DETECTION, classes=["circle", "square"], config=codec),
+        build_instruction(Task.CAPTION),
+        build_instruction(Task.GROUNDING, expression="the red circle", config=codec),
+        build_instruction(Task.VQA, question="how many?"),
+    ]
+    alone = [micro_model.predict([im], [ins], min_score=0.0)[0] for im, ins in zip(images, instructions, strict=True)]
+    batcher = DynamicBatcher(micro_model.predict, max_batch_size=4, max_wait_s=1.0)
+    batcher.start()
+    try:
+        futures = [batcher.submit(Job(im, ins, min_score=0.0)) for im, ins in zip(images, instructions, strict=True)]
+        batched = [f.result(60) for f in futures]
+    finally:
+        batcher.stop()
+    assert dict(batcher.batch_sizes) == {4: 1}
+    for one, many in zip(alone, batched, strict=True):
+        if isinstance(one.prediction, TextAnswer):
+            assert one.prediction.text == many.prediction.text
+        else:
+            assert one.prediction.class_names == many.prediction.class_names
+            np.testing.assert_allclose(one.prediction.boxes_xyxy_px, many.prediction.boxes_xyxy_px, atol=1e-3)

@@ -1,0 +1,124 @@
+"""The web page end to end in a real headless Chromium (Debian's), driven by Playwright."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from visionllm.serve.app import ServerSettings, create_app
+
+pytestmark = pytest.mark.slow
+
+ARTIFACTS = Path(os.environ.get("VISIONLLM_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
+# Without the background-networking flags Chromium keeps dialling Google's hosts, which this network refuses.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+
+
+def chromium_path() -> str:
+    path = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.fail(
+            "no Chromium found: install it with `apt-get install -y chromium` (make test does), or set CHROMIUM"
+        )
+    return path
+
+
+@pytest.fixture(scope="module")
+def page(shipped_model, live_server):
+    from playwright.sync_api import sync_playwright
+
+    app = create_app(shipped_model, ServerSettings(model_id="visionllm-v1-tiny", samples=6))
+    with live_server(app) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        tab = browser.new_page(viewport={"width": 1400, "height": 900})
+        console_errors = []
+        tab.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+        tab.goto(url)
+        tab.wait_for_selector("body[data-state=ready]", timeout=30_000)
+        yield tab
+        browser.close()
+        assert not [e for e in console_errors if "status of 4" not in e], console_errors
+
+
+def overlay_fraction(tab) -> float:
+    """Fraction of the result picture's pixels that differ from the plain input drawn at the same size."""
+    return tab.evaluate(
+        """() => {
+        const result = document.getElementById("result-image"), input = document.getElementById("input-image");
+        const w = result.naturalWidth, h = result.naturalHeight;
+        const draw = (img, width, height) => {
+            const c = document.createElement("canvas"); c.width = w; c.height = h;
+            const g = c.getContext("2d"); g.imageSmoothingEnabled = false; g.drawImage(img, 0, 0, width, height);
+            return g.getImageData(0, 0, w, h).data;
+        };
+        const a = draw(result, w, h), b = draw(input, w, w * input.naturalHeight / input.naturalWidth);
+        let changed = 0;
+        for (let i = 0; i < a.length; i += 4) {
+            if (Math.abs(a[i] - b[i]) + Math.abs(a[i + 1] - b[i + 1]) + Math.abs(a[i + 2] - b[i + 2]) > 90) changed++;
+        }
+        return changed / (w * h);
+    }"""
+    )
+
+
+def test_page_loads_with_tasks_samples_and_the_model(page):
+    assert page.inner_text("#model-id") == "visionllm-v1-tiny"
+    options = page.eval_on_selector_all("#task option", "els => els.map(e => e.value)")
+    assert options == ["detection", "instance_segmentation", "grounding", "keypoints", "caption", "vqa", "instruction"]
+    assert page.locator("#samples img").count() == 6
+    assert page.eval_on_selector("#input-image", "img => img.naturalWidth") > 0
+
+
+def test_detection_draws_the_overlay_and_shows_the_json(page):
+    page.select_option("#task", "detection")
+    page.click("#run")
+    page.wait_for_selector("body[data-state=done]", timeout=60_000)
+    result = json.loads(page.inner_text("#raw-json"))
+    assert result["task"] == "detection" and result["output"] == "detections"
+    assert result["detections"], "the shipped model found nothing on the sample image"
+    assert page.locator("#detections tbody tr").count() == len(result["detections"])
+    assert page.inner_text("#answer").startswith(f"{len(result['detections'])} object")
+    assert page.eval_on_selector("#result-image", "img => img.naturalWidth") >= 512
+    assert overlay_fraction(page) > 0.003  # box outlines and labels are drawn over the picture
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web_page_detection.png"), full_page=True)
+
+
+def test_caption_shows_the_text_answer(page):
+    page.click("#samples img:nth-child(2)")
+    page.select_option("#task", "caption")
+    assert page.is_hidden("#classes")
+    page.click("#run")
+    page.wait_for_selector("body[data-state=done]", timeout=60_000)
+    assert json.loads(page.inner_text("#raw-json"))["output"] == "text"
+    assert len(page.inner_text("#answer").split()) >= 2
+    assert page.is_hidden("#detections")
+
+
+def test_upload_then_a_bad_request_shows_the_error_and_the_page_recovers(page, tmp_path):
+    picture = tmp_path / "upload.png"
+    Image.fromarray(np.full((90, 120, 3), 200, dtype=np.uint8)).save(picture)
+    page.set_input_files("#upload", str(picture))
+    page.wait_for_function("document.getElementById('input-image').naturalWidth === 120")
+    page.select_option("#task", "detection")
+    page.fill("#classes", " , ")
+    page.click("#run")
+    page.wait_for_selector("body[data-state=error]", timeout=60_000)
+    assert "needs classes" in page.inner_text("#status")
+    page.fill("#classes", "circle, square")
+    page.click("#run")
+    page.wait_for_selector("body[data-state=done]", timeout=60_000)
+    assert json.loads(page.inner_text("#raw-json"))["image_size"] == [120, 90]
