@@ -15,6 +15,7 @@ Every refusal is a 4xx with an OpenAI-style body `{"error": {"message", "type", 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import io
 import json
 import logging
@@ -188,7 +189,7 @@ def create_app(model: Any, settings: ServerSettings) -> FastAPI:
         if settings.api_key is None:
             return
         header = request.headers.get("authorization", "")
-        if header != f"Bearer {settings.api_key}":
+        if not hmac.compare_digest(header.encode(), f"Bearer {settings.api_key}".encode()):
             raise RequestError(
                 401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'", code="invalid_api_key"
             )

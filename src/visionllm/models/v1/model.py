@@ -484,6 +484,7 @@ class VisionLLM(nn.Module):
             str(tmp),
             metadata={"format": "pt", "referenced": json.dumps(sorted(skip)), "tied": json.dumps(shared)},
         )
+        tmp.chmod(0o644)  # safetensors writes 0600; a checkpoint is meant to be shared
         tmp.replace(folder / WEIGHTS_NAME)
         config_tmp = folder / (CONFIG_NAME + ".tmp")
         self.config.save(config_tmp)
