@@ -211,6 +211,8 @@ def _serve(model_dir: Path, host: str, port: int, model_id: str | None = None, *
     name = model_id or model_dir.resolve().name
     app = create_app(model, ServerSettings(model_id=name, **settings))
     auth = " (API key required on /v1/*)" if settings.get("api_key") else ""
+    if host not in ("127.0.0.1", "localhost", "::1") and not settings.get("api_key"):
+        print(f"warning: serving on {host} without --api-key: anyone who can reach this port can use it", flush=True)
     print(f"serving {name} at http://{host}:{port}/ : web page at /, OpenAI API at /v1{auth}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="info")
 
