@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from visionllm.ops.boxes import box_area, box_iou, clip_boxes, xywh_to_xyxy, xyxy_to_xywh
+from visionllm.ops.boxes import box_area, box_iou, clip_boxes, nms, xywh_to_xyxy, xyxy_to_xywh
 
 BOXES_XYXY = np.array([[0.0, 0.0, 10.0, 20.0], [2.5, 3.5, 4.0, 9.0], [5.0, 5.0, 5.0, 5.0]])
 BOXES_XYWH = np.array([[0.0, 0.0, 10.0, 20.0], [2.5, 3.5, 1.5, 5.5], [5.0, 5.0, 0.0, 0.0]])
@@ -88,3 +90,31 @@ def test_functions_do_not_modify_their_input() -> None:
     xyxy_to_xywh(boxes)
     box_iou(boxes, boxes)
     np.testing.assert_array_equal(boxes, BOXES_XYXY)
+
+
+def test_nms_keeps_the_best_of_each_overlapping_group():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 9], [21, 20, 31, 30]], float)
+    scores = np.array([0.8, 0.9, 0.5, 0.3, 0.6])
+    assert nms(boxes, scores, 0.5).tolist() == [1, 4]
+    assert nms(boxes, scores, 0.95).tolist() == [1, 0, 4, 2, 3]  # nothing overlaps that much
+    labels = np.array(["a", "b", "a", "a", "a"])
+    assert nms(boxes, scores, 0.5, labels).tolist() == [1, 0, 4]  # a box only suppresses its own class
+
+
+def test_nms_edge_cases():
+    assert nms(np.zeros((0, 4)), np.zeros(0), 0.5).tolist() == []
+    assert nms([[0, 0, 1, 1], [0, 0, 1, 1]], [0.5, 0.5], 0.5).tolist() == [0]  # ties keep the earlier box
+    with pytest.raises(ValueError, match="2 boxes but 1 scores"):
+        nms([[0, 0, 1, 1], [0, 0, 1, 1]], [0.5], 0.5)
+
+
+@given(st.integers(0, 12), st.floats(0.0, 1.0), st.integers(0, 2**31 - 1))
+def test_nms_leaves_no_kept_pair_above_the_threshold(n, threshold, seed):
+    rng = np.random.default_rng(seed)
+    corners = rng.uniform(0, 50, (n, 2))
+    boxes = np.concatenate([corners, corners + rng.uniform(1, 30, (n, 2))], axis=1)
+    keep = nms(boxes, rng.uniform(size=n), threshold)
+    iou = box_iou(boxes[keep], boxes[keep])
+    np.fill_diagonal(iou, 0.0)
+    assert (iou <= threshold).all()
+    assert len(set(keep.tolist())) == len(keep) and (n == 0 or len(keep) >= 1)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["box_area", "box_iou", "clip_boxes", "xywh_to_xyxy", "xyxy_to_xywh"]
+__all__ = ["box_area", "box_iou", "clip_boxes", "nms", "xywh_to_xyxy", "xyxy_to_xywh"]
 
 
 def _as_boxes(boxes: ArrayLike, name: str) -> NDArray[np.float64]:
@@ -112,3 +112,39 @@ def clip_boxes(boxes_xyxy: ArrayLike, width: float, height: float) -> NDArray[np
     boxes = _as_boxes(boxes_xyxy, "boxes_xyxy")
     upper = np.array([width, height, width, height], dtype=np.float64)
     return np.clip(boxes, 0.0, upper)
+
+
+def nms(
+    boxes_xyxy: ArrayLike, scores: ArrayLike, iou_threshold: float, labels: ArrayLike | None = None
+) -> NDArray[np.int64]:
+    """Greedy non-maximum suppression: keep the best box, drop those overlapping it more than the threshold.
+
+    Args:
+        boxes_xyxy: Boxes of shape (N, 4), in pixels.
+        scores: (N,) scores; higher is better (ties keep the earlier box).
+        iou_threshold: a box is dropped when its IoU with a kept, better box is > this.
+        labels: optional (N,) labels; boxes only suppress boxes of the same label (class-wise NMS).
+
+    Returns:
+        Indices of the kept boxes, best score first.
+    """
+    boxes = _as_boxes(boxes_xyxy, "boxes_xyxy")
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(scores) != len(boxes):
+        raise ValueError(f"nms: {len(boxes)} boxes but {len(scores)} scores")
+    same = np.ones((len(boxes), len(boxes)), dtype=bool)
+    if labels is not None:
+        labels = np.asarray(labels).reshape(-1)
+        if len(labels) != len(boxes):
+            raise ValueError(f"nms: {len(boxes)} boxes but {len(labels)} labels")
+        same = labels[:, None] == labels[None, :]
+    overlaps = (box_iou(boxes, boxes) > iou_threshold) & same
+    order = np.argsort(-scores, kind="stable")
+    suppressed = np.zeros(len(boxes), dtype=bool)
+    keep = []
+    for i in order:
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed |= overlaps[i]
+    return np.asarray(keep, dtype=np.int64)
