@@ -10,8 +10,6 @@ one client at a time; C concurrent clients with batching off (max batch 1); C cl
 from __future__ import annotations
 
 import argparse
-import base64
-import io
 import platform
 import socket
 import statistics
@@ -29,6 +27,7 @@ from visionllm.data.shapes.dataset import make_image
 from visionllm.data.shapes.scene import ShapesWorldConfig
 from visionllm.models.v1.model import VisionLLM
 from visionllm.serve.app import ServerSettings, create_app
+from visionllm.serve.images import to_data_url
 
 CLASSES = ["circle", "square", "triangle", "star", "hexagon", "person"]
 
@@ -37,9 +36,7 @@ def requests_mix(size: int, count: int) -> list[dict]:
     bodies = []
     for i in range(count):
         record = make_image(5, "val", i, ShapesWorldConfig(image_size=size))
-        buffer = io.BytesIO()
-        Image.fromarray(record.rendered.image).save(buffer, format="PNG")
-        image = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+        image = to_data_url(Image.fromarray(record.rendered.image))
         kind = i % 5
         if kind == 0:
             body = {"task": "detection", "classes": CLASSES}

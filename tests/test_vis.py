@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visionllm.formats.results import Detections
-from visionllm.vis import class_color, contact_sheet, draw_detections, draw_text_below
+from visionllm.formats.results import Detections, TextAnswer
+from visionllm.vis import class_color, contact_sheet, draw_detections, draw_result, draw_text_below
 
 
 def test_draw_detections_marks_boxes_polygons_keypoints_and_masks():
@@ -38,3 +38,15 @@ def test_text_band_and_sheet():
 def test_colors_are_stable():
     assert class_color("star") == class_color("star")
     assert class_color("circle", ["circle", "star"]) != class_color("star", ["circle", "star"])
+
+
+def test_draw_result_upscales_small_images_and_draws_either_kind_of_answer():
+    image = Image.new("RGB", (64, 32), (40, 40, 40))
+    found = Detections(np.array([[8.0, 4.0, 40.0, 28.0]]), np.array([0.9]), ("star",))
+    boxes = draw_result(image, found, min_side=256)
+    assert boxes.size == (256, 128)
+    assert np.asarray(boxes).reshape(-1, 3).max(0).max() > 40  # the box and its label are drawn
+    text = draw_result(image, TextAnswer("a grey picture"), min_side=256)
+    assert text.width == 256 and text.height > 128  # the answer sits in a band under the picture
+    large = Image.new("RGB", (600, 300))
+    assert draw_result(large, Detections.empty(), min_side=256).size == (600, 300)  # never shrunk

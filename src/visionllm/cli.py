@@ -116,7 +116,6 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     import json
 
     from visionllm.formats.codec import CodecError
-    from visionllm.formats.results import Detections
     from visionllm.formats.task_table import build_instruction
     from visionllm.formats.tasks import Task
     from visionllm.models.v1.processor import ProcessorError, codec_config
@@ -150,19 +149,10 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     if args.save_vis:
         from PIL import Image
 
-        from visionllm.data.shapes.scene import SKELETON
-        from visionllm.vis import draw_detections, draw_text_below
+        from visionllm.vis import draw_result
 
-        image = Image.open(args.image).convert("RGB")
-        scale = max(1.0, 384 / max(image.size))
-        if isinstance(result, Detections):
-            picture = draw_detections(image, result, skeleton=SKELETON, scale=scale)
-        else:
-            picture = draw_text_below(
-                image.resize((round(image.width * scale), round(image.height * scale))), [result.text]
-            )
         args.save_vis.parent.mkdir(parents=True, exist_ok=True)
-        picture.save(args.save_vis)
+        draw_result(Image.open(args.image), result, min_side=384).save(args.save_vis)
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:

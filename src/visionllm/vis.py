@@ -11,7 +11,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from visionllm.formats.results import Detections
+from visionllm.formats.keypoints import COCO_SKELETON
+from visionllm.formats.results import Detections, TextAnswer
 
 # A fixed, high-contrast palette; a class keeps its colour across pictures.
 PALETTE = (
@@ -139,6 +140,23 @@ def draw_text_below(image: Image.Image, lines: Sequence[str], width_chars: int |
     for k, line in enumerate(wrapped):
         draw.text((3, image.height + 2 + k * line_height), line, fill=(0, 0, 0), font=font)
     return out
+
+
+def draw_result(image: Image.Image, prediction: Detections | TextAnswer, min_side: int = 512) -> Image.Image:
+    """The picture of one answer: detections drawn over the image, or a text answer under it.
+
+    Args:
+        image: the input image.
+        prediction: the typed answer, in the image's pixels.
+        min_side: the picture is upscaled (never shrunk) so that its longer side is at least this, for readable
+            labels on small images.
+    """
+    image = to_pil(image)
+    scale = max(1.0, min_side / max(image.size))
+    if isinstance(prediction, Detections):
+        return draw_detections(image, prediction, skeleton=COCO_SKELETON, scale=scale)
+    resized = image.resize((round(image.width * scale), round(image.height * scale)), Image.NEAREST)
+    return draw_text_below(resized, [prediction.text])
 
 
 def contact_sheet(tiles: Sequence[Image.Image], columns: int = 4, gap: int = 4) -> Image.Image:

@@ -1,5 +1,3 @@
-import base64
-import io
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +5,7 @@ import pytest
 from PIL import Image
 
 from visionllm.models.v1.model import VisionLLM
+from visionllm.serve.images import to_data_url
 
 SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "checkpoints" / "visionllm-v1-tiny"
 
@@ -18,9 +17,7 @@ def shipped_model() -> VisionLLM:
 
 
 def png_data_url(array: np.ndarray) -> str:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return to_data_url(Image.fromarray(array))
 
 
 @pytest.fixture

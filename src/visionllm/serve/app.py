@@ -37,8 +37,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from visionllm.formats.codec import CodecError
-from visionllm.formats.keypoints import COCO_SKELETON
-from visionllm.formats.results import Decoded, Detections
+from visionllm.formats.results import Decoded
 from visionllm.formats.task_table import Instruction
 from visionllm.models.v1.processor import ProcessorError, codec_config
 from visionllm.serve.batcher import DynamicBatcher, Job
@@ -49,14 +48,13 @@ from visionllm.serve.protocol import (
     ChatRequest,
     PredictRequest,
     TaskParams,
+    answer_body,
     answer_text,
     build_request_instruction,
     params_from_chat,
-    result_json,
     served_tasks,
-    task_of,
 )
-from visionllm.vis import draw_detections, draw_text_below
+from visionllm.vis import draw_result
 
 logger = logging.getLogger(__name__)
 
@@ -269,13 +267,11 @@ def create_app(model: Any, settings: ServerSettings) -> FastAPI:
         response = {
             "id": f"pred-{uuid.uuid4().hex[:16]}",
             "model": settings.model_id,
-            "task": task_of(instruction),
-            "instruction": instruction.text if isinstance(instruction, Instruction) else instruction,
-            "image_size": list(image.size),
-            **result_json(decoded),
+            **answer_body(instruction, image.size, decoded),
         }
         if body.render:
-            response["visualization"] = await run_in_threadpool(lambda: to_data_url(render(image, decoded)))
+            picture = await run_in_threadpool(draw_result, image, decoded.prediction)
+            response["visualization"] = to_data_url(picture)
         return response
 
     @app.post("/v1/chat/completions", dependencies=[Depends(require_key)], response_model=None)
@@ -285,15 +281,6 @@ def create_app(model: Any, settings: ServerSettings) -> FastAPI:
         image, instruction = await prepare(params, image_ref, "messages")
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
-
-        def extras(decoded: Decoded) -> dict[str, Any]:
-            text = instruction.text if isinstance(instruction, Instruction) else instruction
-            return {
-                "task": task_of(instruction),
-                "instruction": text,
-                "image_size": list(image.size),
-                **result_json(decoded),
-            }
 
         if not body.stream:
             decoded = await answer(Job(image, instruction, params.min_score))
@@ -309,7 +296,7 @@ def create_app(model: Any, settings: ServerSettings) -> FastAPI:
                         "finish_reason": "stop",
                     }
                 ],
-                "visionllm": extras(decoded),
+                "visionllm": answer_body(instruction, image.size, decoded),
             }
 
         loop = asyncio.get_running_loop()
@@ -353,22 +340,12 @@ def create_app(model: Any, settings: ServerSettings) -> FastAPI:
                 return
             if not streamed:
                 yield chunk({"content": answer_text(decoded)})
-            yield chunk({}, "stop", visionllm=extras(decoded))
+            yield chunk({}, "stop", visionllm=answer_body(instruction, image.size, decoded))
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     return app
-
-
-def render(image: Image.Image, decoded: Decoded) -> Image.Image:
-    """The picture of a result, drawn by the library's visualisation (as the CLI and the demo draw it)."""
-    scale = max(1.0, 512 / max(image.size))
-    prediction = decoded.prediction
-    if isinstance(prediction, Detections):
-        return draw_detections(image, prediction, skeleton=COCO_SKELETON, scale=scale)
-    resized = image.resize((round(image.width * scale), round(image.height * scale)), Image.NEAREST)
-    return draw_text_below(resized, [prediction.text])
 
 
 def _validation_message(error: RequestValidationError) -> RequestError:

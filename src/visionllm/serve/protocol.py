@@ -204,8 +204,13 @@ def _params_from_text(text: str) -> dict[str, Any]:
     return {"task": Task.CAPTION.value}
 
 
-def task_of(instruction: Instruction | str) -> str:
-    return instruction.task.value if isinstance(instruction, Instruction) else "instruction"
+def answer_body(instruction: Instruction | str, image_size: tuple[int, int], decoded: Decoded) -> dict[str, Any]:
+    """What /v1/predict answers (after its id and model) and chat carries in `visionllm`."""
+    if isinstance(instruction, Instruction):
+        task, text = instruction.task.value, instruction.text
+    else:
+        task, text = "instruction", instruction
+    return {"task": task, "instruction": text, "image_size": list(image_size), **result_json(decoded)}
 
 
 def result_json(decoded: Decoded) -> dict[str, Any]:
