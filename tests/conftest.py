@@ -10,6 +10,8 @@ from visionllm.config import (
     TokenizerConfig,
     VisionLLMConfig,
 )
+from visionllm.data.shapes.dataset import ShapesWorldLayout, generate_shapesworld
+from visionllm.data.shapes.scene import ShapesWorldConfig
 from visionllm.models.v1.model import VisionLLM
 
 
@@ -43,3 +45,16 @@ def micro_model() -> VisionLLM:
 def images():
     rng = np.random.default_rng(0)
     return [rng.integers(0, 255, (48 + 8 * i, 64, 3), dtype=np.uint8) for i in range(3)]
+
+
+@pytest.fixture(scope="session")
+def tiny_shapesworld(tmp_path_factory) -> ShapesWorldLayout:
+    """A ShapesWorld folder of 64 px images: 6 train, 4 val (read it, do not write into it)."""
+    return generate_shapesworld(
+        tmp_path_factory.mktemp("shapesworld") / "w",
+        train=6,
+        val=4,
+        config=ShapesWorldConfig(image_size=64),
+        seed=1,
+        progress=False,
+    )

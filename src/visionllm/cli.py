@@ -102,7 +102,9 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     elif args.shapesworld:
         tasks = args.tasks.split(",") if args.tasks else None
         kwargs = {"tasks": tasks} if tasks else {}
-        metrics = evaluate_shapesworld(model, args.shapesworld, args.split, limit=args.limit, **kwargs)
+        metrics = evaluate_shapesworld(
+            model, args.shapesworld, args.split, limit=args.limit, controls=not args.no_controls, **kwargs
+        )
     else:
         raise CliError("give --coco-json ANN.json --images DIR, or --shapesworld DIR")
     text = json.dumps({k: round(v, 4) for k, v in metrics.items()}, indent=2)
@@ -279,6 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="val", choices=("train", "val"))
     evaluate.add_argument("--tasks", help="ShapesWorld tasks, comma-separated (default: all v1 tasks)")
     evaluate.add_argument("--limit", type=int, help="evaluate on the first N images only")
+    evaluate.add_argument(
+        "--no-controls",
+        action="store_true",
+        help="ShapesWorld: skip the controls of caption and vqa (scores on swapped images, question-only prior)",
+    )
     evaluate.add_argument("--out", type=Path, help="also write the metrics JSON here")
     evaluate.set_defaults(func=_cmd_eval)
 

@@ -86,6 +86,9 @@ class TokenizerConfig:
         num_queries: M, image tokens per image.
         encoder_layers, decoder_layers, num_heads, num_points, ffn_dim: Deformable DETR layout.
         fusion_heads: heads of the per-scale cross-attention from visual positions to text tokens.
+        default_classes: the class set the model binds itself when an instruction binds none (captioning, VQA):
+            the tokens are then classified over these phrases, and the LLM reads each token's phrase in its own
+            words. Empty: one learned "object" class.
         two_stage: initialise the queries from the encoder's top proposals (Deformable DETR's two-stage).
         box_refine: refine the boxes layer by layer (iterative box refinement).
         class_weight, l1_weight, giou_weight: weights of L_tok (focal, L1, GIoU), also the matching costs.
@@ -99,6 +102,7 @@ class TokenizerConfig:
     num_points: int = 4
     ffn_dim: int = 1024
     fusion_heads: int = 8
+    default_classes: list[str] = field(default_factory=list)
     dropout: float = 0.0
     two_stage: bool = True
     box_refine: bool = True
@@ -130,7 +134,11 @@ class LLMConfig:
     Attributes:
         pretrained: local folder of a transformers causal LM (LLaMA, Vicuna, ...); None builds a LLaMA from the
             fields below (defaults: LLaMA-7B).
-        tokenizer: local folder of its tokenizer; None uses the pretrained LLM's folder, or else the text encoder's.
+        tokenizer: local folder of its tokenizer; None uses the pretrained LLM's folder, or else `vocab_size`, or
+            else the text encoder's tokenizer.
+        vocab_size: for an LLM trained from scratch without a tokenizer folder: a WordPiece vocabulary of at most
+            this many entries built from the instruction language (task templates, ShapesWorld's texts), plus the
+            codec tokens. A small vocabulary makes the embedding table, the output head and their gradients cheap.
         hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size, max_positions: LLaMA layout.
         tie_embeddings: share the input embedding and the output head.
         lora: apply LoRA adapters (the base weights stay frozen).
@@ -139,6 +147,7 @@ class LLMConfig:
 
     pretrained: str | None = None
     tokenizer: str | None = None
+    vocab_size: int | None = None
     hidden_size: int = 4096
     num_layers: int = 32
     num_heads: int = 32
@@ -148,6 +157,13 @@ class LLMConfig:
     tie_embeddings: bool = False
     lora: LoraSettings | None = None
     freeze: bool = False
+
+    def __post_init__(self) -> None:
+        _check(
+            self.vocab_size is None or (self.pretrained is None and self.tokenizer is None),
+            "llm.vocab_size builds a new vocabulary for an LLM trained from scratch: leave it out with "
+            "llm.pretrained or llm.tokenizer",
+        )
 
 
 @dataclass
@@ -163,6 +179,11 @@ class DecoderConfig:
         class_cost, coord_cost, giou_cost: Hungarian matching costs.
         coord_l1_weight: weight of the L1 loss on the expected coordinate (bins are also trained by cross-entropy).
         max_new_tokens: longest generated text answer.
+        duplicate_iou: an image token's class evidence is silenced where a token that overlaps it by more than this
+            IoU scores higher for that class (the LLM reads one token per object).
+        nms_iou: class-wise NMS on structured answers at this IoU (None: off; the answer is the slots' set).
+        text_loss_per_sample: average the text loss over each sample's tokens first, then over samples (headers
+            of structured answers and long answers weigh no more than a short answer); False: over all tokens.
     """
 
     coord_range: int = 512
@@ -175,6 +196,9 @@ class DecoderConfig:
     giou_cost: float = 2.0
     coord_l1_weight: float = 5.0
     max_new_tokens: int = 32
+    duplicate_iou: float = 0.7
+    nms_iou: float | None = None
+    text_loss_per_sample: bool = True
 
     def __post_init__(self) -> None:
         _check(self.max_points >= 17, "decoder.max_points must be >= 17 (COCO keypoints)")

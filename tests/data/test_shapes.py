@@ -300,3 +300,180 @@ def test_cli_writes_a_dataset(tmp_path, capsys):
     assert "train: 3 images" in capsys.readouterr().out
     assert main(["data", "info", str(tmp_path / "nothing")]) == 2
     assert "not a ShapesWorld dataset" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Captions: true references whose object order is one the image shows
+
+
+def _obj(color, category, box):
+    return lang.ObjectFacts(category, color, "medium", box)
+
+
+FRAMES = ("{} on a grey background", "a grey background with {}", "a picture of {}")
+
+CAPTION_SCENES = [
+    pytest.param(
+        [
+            _obj("blue", "star", (60, 10, 80, 30)),
+            _obj("red", "circle", (5, 40, 15, 50)),
+            _obj("green", "square", (30, 30, 60, 60)),
+        ],
+        "a red circle, a green square and a blue star",
+        "a green square, a blue star and a red circle",
+        id="left-to-right-is-not-drawing-order",
+    ),
+    pytest.param(
+        [
+            _obj("red", "circle", (10, 10, 20, 20)),
+            _obj("blue", "star", (35, 35, 65, 65)),
+            _obj("red", "circle", (70, 10, 80, 20)),
+        ],
+        "two red circles and a blue star",
+        "a blue star and two red circles",
+        id="a-plural-sits-at-its-first-member",
+    ),
+    pytest.param(
+        [_obj("orange", "person", (40, 50, 60, 90)), _obj("yellow", "triangle", (45, 5, 55, 15))],
+        "a yellow triangle and a person in orange",
+        "a person in orange and a yellow triangle",
+        id="equal-x-top-first",
+    ),
+    pytest.param(
+        [_obj("purple", "hexagon", (50, 0, 60, 10)), _obj("red", "square", (10, 0, 20, 10))],
+        "a red square and a purple hexagon",
+        "a red square and a purple hexagon",
+        id="equal-areas-left-to-right",
+    ),
+    pytest.param(
+        [
+            _obj("blue", "person", (70, 20, 80, 60)),
+            _obj("red", "star", (0, 0, 10, 10)),
+            _obj("blue", "person", (20, 20, 30, 60)),
+            _obj("blue", "person", (45, 20, 55, 60)),
+        ],
+        "a red star and three people in blue",
+        "three people in blue and a red star",
+        id="people-plural",
+    ),
+    pytest.param([_obj("orange", "circle", (0, 0, 10, 10))], "an orange circle", "an orange circle", id="one-object"),
+]
+
+
+@pytest.mark.parametrize(("objects", "left_to_right", "largest_first"), CAPTION_SCENES)
+def test_captions_list_objects_left_to_right_then_largest_first(objects, left_to_right, largest_first):
+    caps = lang.captions(objects, "grey", np.random.default_rng(0))
+    assert len(caps) == 5
+    assert caps[:3] == [frame.format(left_to_right) for frame in FRAMES]
+    if largest_first != left_to_right:
+        assert caps[3] in [frame.format(largest_first) for frame in FRAMES]
+    else:  # an order equal to left to right is not listed again as "by size"
+        assert all(c in caps[:3] or left_to_right not in c for c in caps[3:])
+
+
+@pytest.mark.parametrize(("objects", "left_to_right", "largest_first"), CAPTION_SCENES)
+def test_captions_are_deterministic_and_ignore_drawing_order(objects, left_to_right, largest_first):
+    caps = lang.captions(objects, "grey", np.random.default_rng(3))
+    assert lang.captions(objects, "grey", np.random.default_rng(3)) == caps
+    for seed in range(3):
+        shuffled = [objects[k] for k in np.random.default_rng(seed).permutation(len(objects))]
+        assert lang.captions(shuffled, "grey", np.random.default_rng(3)) == caps
+
+
+@pytest.mark.parametrize("count", [1, 3, 5, 8])
+def test_captions_count(count):
+    objects = CAPTION_SCENES[0].values[0]
+    caps = lang.captions(objects, "grey", np.random.default_rng(5), count=count)
+    assert len(caps) == count
+    assert caps[:5] == lang.captions(objects, "grey", np.random.default_rng(5))[:count]
+
+
+@pytest.mark.parametrize(
+    ("count", "expected"),
+    [
+        (1, ["an empty grey background"]),
+        (
+            4,
+            [
+                "an empty grey background",
+                "a grey background with nothing on it",
+                "a plain picture of a grey background",
+                "an empty grey background",
+            ],
+        ),
+    ],
+)
+def test_captions_of_an_empty_scene(count, expected):
+    assert lang.captions([], "grey", np.random.default_rng(0), count=count) == expected
+
+
+def _first_seen(keys):
+    return list(dict.fromkeys(keys))
+
+
+def _parse_counted(text):
+    """'a red circle, two blue stars and a person in red' -> [("red circle", 1), ("blue stars", 2), ...]."""
+    counted = []
+    for part in re.split(r", | and ", text):
+        first, rest = part.split(" ", 1)
+        counted.append((rest, 1 if first in ("a", "an") else lang.NUMBER_WORDS.index(first)))
+    return counted
+
+
+def _listing_groups(text):
+    """'a red circle and two blue stars' -> [("red", "circle", 1), ("blue", "star", 2)]."""
+    groups = []
+    for name, n in _parse_counted(text):
+        phrase = lang.parse_phrase(name)
+        assert phrase is not None and phrase.color and phrase.category, name
+        groups.append((phrase.color, phrase.category, n))
+    return groups
+
+
+def _check_reference(caption, objects):
+    """Asserts that a reference is true of the objects; returns its style and, for a listing, the listing."""
+    ltr = sorted(objects, key=lambda o: o.center)
+    by_size = sorted(ltr, key=lambda o: -o.area)
+    listing = re.fullmatch(r"(.+) on an? \w+ background|an? \w+ background with (.+)|a picture of (.+)", caption)
+    if listing:
+        text = next(g for g in listing.groups() if g)
+        groups = _listing_groups(text)
+        counts = Counter((o.color, o.category) for o in objects)
+        assert {(c, s): n for c, s, n in groups} == counts and len(groups) == len(counts), caption
+        order = [(c, s) for c, s, _ in groups]
+        ltr_order = _first_seen((o.color, o.category) for o in ltr)
+        if order == ltr_order:
+            return "left to right", text
+        assert order == _first_seen((o.color, o.category) for o in by_size), caption
+        return "largest first", text
+    counting = re.fullmatch(r"(\w+) objects: (.+)|(an? \w+) alone", caption)
+    if counting:
+        total, shapes, alone = counting.groups()
+        assert (lang.NUMBER_WORDS.index(total) if total else 1) == len(objects), caption
+        named = [(lang.parse_phrase(name).category, n) for name, n in _parse_counted(shapes or alone)]
+        assert named == list(Counter(o.category for o in ltr).items()), caption
+        return "count", None
+    a, rel, b = re.fullmatch(r"an? (.+) (above|below|to the left of|to the right of) an? (.+)", caption).groups()
+    assert any(
+        lang.phrase_matches(a, x) and lang.phrase_matches(b, y) and lang.relation(x, y) == rel
+        for x in objects
+        for y in objects
+        if x is not y
+    ), caption
+    return "relation", None
+
+
+def test_every_reference_is_true_and_most_share_the_left_to_right_listing(world):
+    facts = _facts(_json(world.instances("val")))
+    styles = Counter()
+    for sample in load_split(world.root, "val", Task.CAPTION):
+        objects = facts.get(sample.image_id, [])
+        if not objects:
+            assert all("background" in c for c in sample.captions)
+            continue
+        checked = [_check_reference(c, objects) for c in sample.captions]
+        styles.update(style for style, _ in checked)
+        assert [style for style, _ in checked[:3]] == ["left to right"] * 3, sample.captions
+        assert len({text for _, text in checked[:3]}) == 1, sample.captions
+    assert styles["left to right"] >= 3 * 15
+    assert styles["largest first"] and styles["count"] and styles["relation"], styles

@@ -5,25 +5,11 @@ import pytest
 from PIL import Image
 
 from visionllm.cli import main
-from visionllm.data.shapes.dataset import generate_shapesworld
-from visionllm.data.shapes.scene import ShapesWorldConfig
 
 
 @pytest.fixture(scope="module")
 def checkpoint(micro_model, tmp_path_factory):
     return micro_model.save_pretrained(tmp_path_factory.mktemp("model") / "micro")
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return generate_shapesworld(
-        tmp_path_factory.mktemp("w") / "w",
-        train=0,
-        val=3,
-        config=ShapesWorldConfig(image_size=64),
-        seed=1,
-        progress=False,
-    )
 
 
 def test_predict_prints_json_and_draws(checkpoint, tmp_path, capsys):
@@ -73,7 +59,8 @@ def test_predict_reports_bad_input(checkpoint, tmp_path, capsys, args, message):
     assert message in capsys.readouterr().err
 
 
-def test_eval_on_a_coco_file_and_on_shapesworld(checkpoint, world, tmp_path, capsys):
+def test_eval_on_a_coco_file_and_on_shapesworld(checkpoint, tiny_shapesworld, tmp_path, capsys):
+    world = tiny_shapesworld
     out = tmp_path / "m.json"
     code = main(
         [
@@ -111,3 +98,12 @@ def test_eval_on_a_coco_file_and_on_shapesworld(checkpoint, world, tmp_path, cap
     assert {"box_AP", "grounding_P@0.5", "vqa_accuracy"} <= set(json.loads(capsys.readouterr().out))
     assert main(["eval", "--model", str(checkpoint)]) == 2
     assert "--coco-json" in capsys.readouterr().err
+
+
+def test_eval_on_shapesworld_reports_controls_unless_told_not_to(checkpoint, tiny_shapesworld, capsys):
+    # --limit 3: the first six questions, on two images (five questions per image).
+    args = ["eval", "--model", str(checkpoint), "--shapesworld", str(tiny_shapesworld.root), "--tasks", "vqa"]
+    assert main([*args, "--limit", "3"]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"vqa_accuracy", "vqa_accuracy_blind", "vqa_prior"}
+    assert main([*args, "--limit", "3", "--no-controls"]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"vqa_accuracy"}

@@ -49,4 +49,7 @@ def test_tiny_preset_is_small():
     with torch.device("meta"):
         model = VisionLLM(config, load_weights=False)
     assert count(model) < 45e6
-    assert train.mix.tasks == {"detection": 1.0}
+    assert train.tokenizer_only  # stage 1 trains the image tokenizer alone
+    # The LLM reads a vocabulary built from the instruction language, not BERT's 30k word pieces.
+    assert len(model.processor.tokenizer) < 1500
+    assert model.decoder.backbone_lm.get_input_embeddings().weight.shape[0] == len(model.processor.tokenizer)

@@ -2,7 +2,8 @@
 
 Detection-style tasks use the dataset's category names as the instruction's class set and score
 with pycocotools; grounding scores P@0.5 on the first (best) box; captions BLEU-4 / CIDEr; VQA the
-official accuracy.
+official accuracy. On ShapesWorld, captions and VQA also get controls that show how much of the score
+comes from the image (`visionllm.eval.controls`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 
 from visionllm.data.shapes.dataset import ShapesWorldLayout
 from visionllm.data.shapes.load import load_split
+from visionllm.eval.controls import QuestionPrior, derangement
 from visionllm.eval.metrics import caption_metrics, coco_metrics, grounding_precision, vqa_accuracy
 from visionllm.formats.results import Decoded, Detections, TextAnswer
 from visionllm.formats.task_table import Instruction, build_instruction
@@ -109,13 +111,21 @@ def evaluate_shapesworld(
     limit: int | None = None,
     batch_size: int = 8,
     progress: bool = True,
+    controls: bool = True,
 ) -> dict[str, float]:
     """Every v1 task's metric on a ShapesWorld split (detection and segmentation bind the COCO categories of
     the split: circle, square, triangle, star, hexagon, person).
 
+    With `controls`, caption and VQA also report what they score without the image (see `eval.controls`):
+    `BLEU-4_blind`, `CIDEr_blind` and `vqa_accuracy_blind` are the same evaluation with every image replaced
+    by another image of the evaluated set (one more pass of each task; questions and references unchanged),
+    and `vqa_prior` is the accuracy of the question-only prior fitted on the train split's VQA answers.
+
     Returns:
-        Flat metrics: box_AP, box_AP50, box_AP75, mask_AP, mask_AP50, keypoint_AP, grounding_P@0.5, BLEU-4,
-        CIDEr, vqa_accuracy (for the tasks asked).
+        Flat metrics: box_AP, box_AP50, box_AP75, mask_AP, mask_AP50, keypoint_AP, keypoint_AP50,
+        grounding_P@0.5, BLEU-4, CIDEr, vqa_accuracy, and with `controls` BLEU-4_blind, CIDEr_blind,
+        vqa_accuracy_blind, vqa_prior (for the tasks asked; a control that cannot be computed, on fewer than
+        two images or without train questions, is left out with a warning).
     """
     layout = ShapesWorldLayout(Path(root))
     # Detection and segmentation bind the file's categories (the five shapes and person), as
@@ -172,20 +182,50 @@ def evaluate_shapesworld(
     def captions() -> dict[str, float]:
         samples = load_split(root, split, Task.CAPTION)[:limit]
         instruction = build_instruction(Task.CAPTION)
-        decoded = _batched(model, [(s.image_path, instruction) for s in samples], batch_size, "eval caption", progress)
-        predictions = {s.image_id: _text(d) for s, d in zip(samples, decoded, strict=True)}
-        m = caption_metrics(predictions, {s.image_id: list(s.captions) for s in samples})
-        return {"BLEU-4": m["BLEU-4"], "CIDEr": m["CIDEr"]}
+        references = {s.image_id: list(s.captions) for s in samples}
+
+        def score(images: Sequence[Path], desc: str) -> dict[str, float]:
+            decoded = _batched(model, [(image, instruction) for image in images], batch_size, desc, progress)
+            predictions = {s.image_id: _text(d) for s, d in zip(samples, decoded, strict=True)}
+            m = caption_metrics(predictions, references)
+            return {"BLEU-4": m["BLEU-4"], "CIDEr": m["CIDEr"]}
+
+        images = [s.image_path for s in samples]
+        metrics = score(images, "eval caption")
+        swapped = _swapped(images) if controls else None
+        if swapped is not None:
+            metrics.update({f"{k}_blind": v for k, v in score(swapped, "eval caption (blind)").items()})
+        return metrics
 
     def vqa() -> dict[str, float]:
         samples = load_split(root, split, Task.VQA)[: limit * 2 if limit else None]
-        pairs = [(s.image_path, build_instruction(Task.VQA, question=s.qa.question)) for s in samples]
-        decoded = _batched(model, pairs, batch_size, "eval vqa", progress)
+        instructions = [build_instruction(Task.VQA, question=s.qa.question) for s in samples]
         annotations = json.loads(layout.vqa_annotations(split).read_text())["annotations"]
         wanted = {s.qa.question_id for s in samples}
         annotations = [a for a in annotations if a["question_id"] in wanted]
-        predictions = {s.qa.question_id: _text(d) for s, d in zip(samples, decoded, strict=True)}
-        return {"vqa_accuracy": vqa_accuracy(predictions, annotations)["accuracy"]}
+
+        def accuracy(answers: Sequence[str]) -> float:
+            predictions = {s.qa.question_id: a for s, a in zip(samples, answers, strict=True)}
+            return vqa_accuracy(predictions, annotations)["accuracy"]
+
+        def answers(images: Sequence[Path], desc: str) -> list[str]:
+            pairs = list(zip(images, instructions, strict=True))
+            return [_text(d) for d in _batched(model, pairs, batch_size, desc, progress)]
+
+        images = [s.image_path for s in samples]
+        metrics = {"vqa_accuracy": accuracy(answers(images, "eval vqa"))}
+        if not controls:
+            return metrics
+        swapped = _swapped(images)
+        if swapped is not None:
+            metrics["vqa_accuracy_blind"] = accuracy(answers(swapped, "eval vqa (blind)"))
+        train = load_split(root, "train", Task.VQA) if layout.vqa_questions("train").exists() else []
+        if train:
+            prior = QuestionPrior.fit(train)
+            metrics["vqa_prior"] = accuracy([prior.answer(s.qa.question) for s in samples])
+        else:
+            logger.warning("no train VQA questions in %s: vqa_prior left out", root)
+        return metrics
 
     runners: dict[str, Callable[[], dict[str, float]]] = {
         "detection": boxes,
@@ -202,6 +242,16 @@ def evaluate_shapesworld(
     for task in tasks:
         metrics.update(runners[task]())
     return metrics
+
+
+def _swapped(images: Sequence[Path]) -> list[Path] | None:
+    """Each image replaced by another of the set (`derangement`); None, with a warning, below two images."""
+    try:
+        swap = derangement(images)
+    except ValueError:
+        logger.warning("blind controls need at least 2 distinct images: left out")
+        return None
+    return [swap[image] for image in images]
 
 
 def _text(decoded: Decoded) -> str:

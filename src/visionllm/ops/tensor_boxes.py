@@ -56,3 +56,27 @@ def elementwise_generalized_iou(a_xyxy: Tensor, b_xyxy: Tensor) -> Tensor:
         .prod(-1)
     )
     return inter / union.clamp(min=1e-9) - (hull - union) / hull.clamp(min=1e-9)
+
+
+def fast_nms_keep(boxes_xyxy: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Which (box, class) scores survive class-wise duplicate suppression, in one vectorised pass.
+
+    A box's score for a class is suppressed when another box of the same image overlaps it by more than
+    `iou_threshold` and scores higher for that class (ties: the lower index wins). Unlike greedy NMS, a
+    suppressed box still suppresses others ("Fast NMS", YOLACT), which only differs in chains of overlaps.
+
+    Args:
+        boxes_xyxy: (B, N, 4) boxes.
+        scores: (B, N, C) scores per class.
+        iou_threshold: overlap above which the lower score is suppressed.
+
+    Returns:
+        (B, N, C) bool, True where the score is kept.
+    """
+    n = boxes_xyxy.shape[1]
+    iou = torch.stack([pairwise_iou(b, b)[0] for b in boxes_xyxy.float()]) if n else boxes_xyxy.new_zeros(0, 0, 0)
+    overlaps = (iou > iou_threshold) & ~torch.eye(n, dtype=torch.bool, device=boxes_xyxy.device)  # (B, N, N)
+    index = torch.arange(n, device=boxes_xyxy.device)
+    s_i, s_j = scores[:, :, None, :], scores[:, None, :, :]  # (B, N, 1, C) against (B, 1, N, C)
+    beats = (s_i > s_j) | ((s_i == s_j) & (index[:, None] < index[None, :])[None, :, :, None])
+    return ~(overlaps[..., None] & beats).any(1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from visionllm.data.sample import ObjectAnnotation, Sample
+from visionllm.data.shapes.language import ObjectFacts, parse_phrase
 from visionllm.data.shapes.load import load_split
 from visionllm.data.shapes.scene import COLORS, SHAPES
 from visionllm.formats.task_table import build_instruction
@@ -40,12 +42,15 @@ class MixConfig:
         max_classes: largest class set in a detection / segmentation instruction.
         polygon_points: boundary point counts to ask for (drawn uniformly).
         negative_rate: expected share of absent classes in a class set.
+        task_per_batch: the examples of one batch share their task (and polygon point count), so that a batch's
+            sequences have one layout and one length: no padding, no mixed formats in one LLM pass.
     """
 
     tasks: dict[str, float] = field(default_factory=lambda: {"detection": 1.0})
     max_classes: int = 12
     polygon_points: list[int] = field(default_factory=lambda: [8, 16])
     negative_rate: float = 0.3
+    task_per_batch: bool = True
 
 
 def _phrase(obj: ObjectAnnotation, level: str) -> str:
@@ -64,6 +69,9 @@ class TaskMixture(torch.utils.data.Dataset):
         mix: task weights and class-set settings.
         seed: the stream's seed.
         length: the number of examples the dataset reports (indices beyond wrap around the same stream).
+        batch_size: examples per batch (with `mix.task_per_batch`, examples i // batch_size share their task).
+        default_classes: the model's own class set; text-task examples (caption, VQA) train the tokenizer to find
+            every object as the first of these phrases that names it.
     """
 
     def __init__(
@@ -74,8 +82,12 @@ class TaskMixture(torch.utils.data.Dataset):
         mix: MixConfig,
         seed: int = 0,
         length: int = 10**9,
+        batch_size: int = 1,
+        default_classes: Sequence[str] = (),
     ) -> None:
         self.processor = processor
+        self.batch_size = batch_size
+        self.default_phrases = [parse_phrase(p) for p in default_classes]
         self.mix = mix
         self.seed = seed
         self.length = length
@@ -103,31 +115,52 @@ class TaskMixture(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> Example:
         rng = random.Random(self.seed * 1_000_003 + index)
-        task = rng.choices(self.tasks, self.weights)[0]
+        if self.mix.task_per_batch:
+            batch_rng = random.Random(f"batch:{self.seed}:{index // self.batch_size}")
+            task = batch_rng.choices(self.tasks, self.weights)[0]
+            points = batch_rng.choice(self.mix.polygon_points)
+        else:
+            task = rng.choices(self.tasks, self.weights)[0]
+            points = rng.choice(self.mix.polygon_points)
         sample = rng.choice(self.samples[task])
-        return self.example(task, sample, rng)
+        return self.example(task, sample, rng, points)
 
-    def example(self, task: Task, sample: Sample, rng: random.Random) -> Example:
-        """The training example of a task for one sample."""
+    def _default_class_index(self, objects: Sequence[ObjectAnnotation]) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes (T, 4) of the objects some default class names and that class's index (T,)."""
+        boxes, index = [], []
+        for obj in objects:
+            attributes = obj.attributes or {}
+            facts = ObjectFacts(obj.category, attributes.get("color", ""), attributes.get("size", ""), obj.box_xyxy_px)
+            found = next((c for c, p in enumerate(self.default_phrases) if p is not None and p.matches(facts)), None)
+            if found is not None:
+                boxes.append(obj.box_xyxy_px)
+                index.append(found)
+        return np.array(boxes, dtype=np.float64).reshape(-1, 4), np.array(index, dtype=np.int64)
+
+    def example(self, task: Task, sample: Sample, rng: random.Random, points: int = 16) -> Example:
+        """The training example of a task for one sample (`points`: boundary points of a segmentation answer)."""
         image = self.processor.image(sample.image_path)
         codec = self.processor.codec
         everything = self.objects.get(sample.image_id, sample.objects)
         all_boxes = np.array([o.box_xyxy_px for o in everything]).reshape(-1, 4)
-        if task is Task.CAPTION:
-            instruction = build_instruction(task, template=rng)
+        if task in (Task.CAPTION, Task.VQA):
+            if task is Task.CAPTION:
+                instruction = build_instruction(task, template=rng)
+                answer = rng.choice(sample.captions)
+            else:
+                instruction = build_instruction(task, question=sample.qa.question, template=rng)
+                answer = Counter(sample.qa.answers).most_common(1)[0][0]
+            token_classes = np.zeros(len(all_boxes), dtype=np.int64)
+            if self.default_phrases:
+                all_boxes, token_classes = self._default_class_index(everything)
             return Example(
                 image,
                 instruction.text,
                 task,
                 instruction.output_format,
-                answer=rng.choice(sample.captions),
+                answer=answer,
                 token_boxes_xyxy_px=all_boxes,
-            )
-        if task is Task.VQA:
-            instruction = build_instruction(task, question=sample.qa.question, template=rng)
-            answer = Counter(sample.qa.answers).most_common(1)[0][0]
-            return Example(
-                image, instruction.text, task, instruction.output_format, answer=answer, token_boxes_xyxy_px=all_boxes
+                token_class_index=token_classes,
             )
         if task is Task.GROUNDING:
             instruction = build_instruction(task, expression=rng.choice(sample.expressions), template=rng, config=codec)
@@ -141,17 +174,17 @@ class TaskMixture(torch.utils.data.Dataset):
         if task is Task.KEYPOINTS:
             people = [o for o in sample.objects if o.keypoints_xyv is not None]
             instruction = build_instruction(task, template=rng, config=codec)
-            points = np.stack([o.keypoints_xyv[:, :2] for o in people]) if people else np.zeros((0, 17, 2))
+            joints = np.stack([o.keypoints_xyv[:, :2] for o in people]) if people else np.zeros((0, 17, 2))
             visible = np.stack([o.keypoints_xyv[:, 2] > 0 for o in people]) if people else np.zeros((0, 17), bool)
             boxes = np.array([o.box_xyxy_px for o in people]).reshape(-1, 4)
             return Example(
                 image, instruction.text, task, instruction.output_format, instruction.class_names,
-                class_index=np.zeros(len(people), dtype=np.int64), points_xy_px=points, visible=visible,
+                class_index=np.zeros(len(people), dtype=np.int64), points_xy_px=joints, visible=visible,
                 token_boxes_xyxy_px=boxes,
             )  # fmt: skip
-        return self._open_set_example(task, sample, image, rng)
+        return self._open_set_example(task, sample, image, rng, points)
 
-    def _open_set_example(self, task: Task, sample: Sample, image, rng: random.Random) -> Example:
+    def _open_set_example(self, task: Task, sample: Sample, image, rng: random.Random, points: int) -> Example:
         level = rng.choice(["pair", "shape"])
         present = sorted({_phrase(o, level) for o in sample.objects})
         vocabulary = [f"{c} {s}" for c in COLORS for s in SHAPES] if level == "pair" else list(SHAPES)
@@ -168,19 +201,18 @@ class TaskMixture(torch.utils.data.Dataset):
         index = {name: i for i, name in enumerate(classes)}
         targets = [o for o in sample.objects if _phrase(o, level) in index]
         if task is Task.INSTANCE_SEGMENTATION:
-            points_wanted = rng.choice(self.mix.polygon_points)
             instruction = build_instruction(
-                task, classes=classes, num_points=points_wanted, template=rng, config=self.processor.codec
+                task, classes=classes, num_points=points, template=rng, config=self.processor.codec
             )
-            points = [resample_polygon(max(o.polygons_xy_px, key=len), points_wanted) for o in targets]
+            outlines = [resample_polygon(max(o.polygons_xy_px, key=len), points) for o in targets]
         else:
             instruction = build_instruction(task, classes=classes, template=rng, config=self.processor.codec)
-            points = [np.array(o.box_xyxy_px).reshape(2, 2) for o in targets]
+            outlines = [np.array(o.box_xyxy_px).reshape(2, 2) for o in targets]
         n = instruction.output_format.num_points
         return Example(
             image, instruction.text, task, instruction.output_format, instruction.class_names,
             class_index=np.array([index[_phrase(o, level)] for o in targets], dtype=np.int64),
-            points_xy_px=np.array(points, dtype=np.float64).reshape(len(targets), n, 2),
+            points_xy_px=np.array(outlines, dtype=np.float64).reshape(len(targets), n, 2),
             visible=np.ones((len(targets), n), bool),
             token_boxes_xyxy_px=np.array([o.box_xyxy_px for o in targets]).reshape(-1, 4),
         )  # fmt: skip

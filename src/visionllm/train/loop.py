@@ -69,6 +69,9 @@ class TrainConfig:
         init_from: a checkpoint folder to start from (stage 2 starts from stage 1's final model).
         freeze: groups kept fixed: backbone, tokenizer_visual (the tokenizer but its text fusion), text_encoder, llm.
         tokenizer_loss_weight: weight of L_tok in L = L_tok + L_dec.
+        tokenizer_only: train the image tokenizer alone on L_tok, without the LLM's pass: a first stage that trains
+            the visual part as an open-vocabulary detector at a fraction of a full step's cost (the LLM and the
+            periodic evaluation, which reads the LLM's answers, are left out).
         eval_tasks, eval_images: what the periodic evaluation measures, on how many val images.
     """
 
@@ -87,6 +90,7 @@ class TrainConfig:
     init_from: str | None = None
     freeze: list[str] = field(default_factory=list)
     tokenizer_loss_weight: float = 1.0
+    tokenizer_only: bool = False
     eval_tasks: list[str] = field(default_factory=lambda: ["detection"])
     eval_images: int = 100
     num_threads: int | None = None
@@ -122,10 +126,11 @@ def apply_freeze(model: VisionLLM, groups: list[str]) -> None:
     if "llm" in groups:
         model.decoder.lm.requires_grad_(False)
     if "tokenizer_visual" in groups:
-        for name, module in model.tokenizer.named_children():
-            if name not in ("text_proj", "fusion"):
-                module.requires_grad_(False)
-        model.tokenizer.level_embed.requires_grad_(False)
+        # Every parameter of the tokenizer, its own (class bias, level embedding, ...) as well as its modules',
+        # but those of its text fusion.
+        for name, param in model.tokenizer.named_parameters():
+            if name.split(".")[0] not in ("text_proj", "fusion"):
+                param.requires_grad_(False)
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -192,7 +197,7 @@ def train(config_path: str | Path, resume: bool = False, max_steps: int | None =
 
     model = VisionLLM.from_pretrained(config.init_from) if config.init_from else VisionLLM(model_config)
     model.train()
-    apply_freeze(model, config.freeze)
+    apply_freeze(model, [*config.freeze, "llm"] if config.tokenizer_only else config.freeze)
     optimizer = torch.optim.AdamW(
         _param_groups(model, config.optim.weight_decay), lr=config.optim.lr, betas=tuple(config.optim.betas)
     )
@@ -210,7 +215,15 @@ def train(config_path: str | Path, resume: bool = False, max_steps: int | None =
         json.dumps({"model": model_config.to_dict(), "train": asdict(config)}, indent=2)
     )
 
-    dataset = TaskMixture(root, "train", model.processor, config.mix, seed=config.seed)
+    dataset = TaskMixture(
+        root,
+        "train",
+        model.processor,
+        config.mix,
+        seed=config.seed,
+        batch_size=config.batch_size,
+        default_classes=model.config.tokenizer.default_classes,
+    )
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=config.batch_size,
@@ -226,7 +239,9 @@ def train(config_path: str | Path, resume: bool = False, max_steps: int | None =
     bar = tqdm(total=config.max_steps, initial=start_step, desc="train", disable=not accelerator.is_main_process)
     for batch in loader:
         with accelerator.autocast():
-            losses = model(batch, tokenizer_loss_weight=config.tokenizer_loss_weight)
+            losses = model(
+                batch, tokenizer_loss_weight=config.tokenizer_loss_weight, tokenizer_only=config.tokenizer_only
+            )
         accelerator.backward(losses["loss"])
         if config.optim.grad_clip:
             accelerator.clip_grad_norm_(trainable, config.optim.grad_clip)
@@ -246,7 +261,11 @@ def train(config_path: str | Path, resume: bool = False, max_steps: int | None =
             _append(log_path, record)
         if step % config.save_every == 0 or step == config.max_steps:
             _save_state(output, accelerator.unwrap_model(model), optimizer, scheduler, step, config.keep_checkpoints)
-        if config.eval_every and (step % config.eval_every == 0 or step == config.max_steps):
+        if (
+            config.eval_every
+            and not config.tokenizer_only
+            and (step % config.eval_every == 0 or step == config.max_steps)
+        ):
             metrics = evaluate_shapesworld(
                 accelerator.unwrap_model(model),
                 root,
@@ -254,6 +273,7 @@ def train(config_path: str | Path, resume: bool = False, max_steps: int | None =
                 config.eval_tasks,
                 limit=config.eval_images,
                 progress=False,
+                controls=False,
             )
             model.train()
             _append(log_path, {"step": step, "eval": metrics})

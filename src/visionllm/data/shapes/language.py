@@ -43,6 +43,12 @@ class ObjectFacts:
         x1, y1, x2, y2 = self.box_xyxy_px
         return (x1 + x2) / 2, (y1 + y2) / 2
 
+    @property
+    def area(self) -> float:
+        """Area of the visible box in square pixels."""
+        x1, y1, x2, y2 = self.box_xyxy_px
+        return (x2 - x1) * (y2 - y1)
+
 
 # ---------------------------------------------------------------------------------------------
 # Open class phrases
@@ -141,13 +147,16 @@ def _join(parts: Sequence[str]) -> str:
     return ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def _groups(objects: Sequence[ObjectFacts]) -> list[tuple[str, str, int]]:
-    counts = Counter((o.color, o.category) for o in objects)
-    return [(color, category, n) for (color, category), n in counts.items()]
-
-
 def _group_phrase(color: str, category: str, n: int) -> str:
     return noun(category, color, n) if n > 1 else with_article(noun(category, color))
+
+
+def _listing(ordered: Sequence[ObjectFacts]) -> str:
+    """'a red circle, two blue stars and a person in red': identical (colour, category) objects
+    merged into one plural at their first member's place in `ordered`."""
+    # Counter keeps first-insertion order, so each group sits where its first member is.
+    counts = Counter((o.color, o.category) for o in ordered)
+    return _join([_group_phrase(color, category, n) for (color, category), n in counts.items()])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,33 +180,60 @@ def relation(a: ObjectFacts, b: ObjectFacts, margin: float = 2.0) -> str | None:
 # Captions
 
 
+def left_to_right(objects: Sequence[ObjectFacts]) -> list[ObjectFacts]:
+    """The objects by visible box centre x, ties by centre y (top first), then by their order in `objects`."""
+    return sorted(objects, key=lambda o: o.center)
+
+
+def largest_first(objects: Sequence[ObjectFacts]) -> list[ObjectFacts]:
+    """The objects by visible box area, largest first, ties in left-to-right order."""
+    return sorted(left_to_right(objects), key=lambda o: -o.area)
+
+
+_LISTING_FRAMES = ("{objects} on a {bg}", "a {bg} with {objects}", "a picture of {objects}")
+
+
 def captions(objects: Sequence[ObjectFacts], background: str, rng: np.random.Generator, count: int = 5) -> list[str]:
-    """Several true captions of a scene, in different styles (COCO has five per image)."""
+    """`count` true captions of a scene in different styles (COCO has five references per image).
+
+    Every listing of objects is in an order the image shows, never in drawing order: a model cannot
+    learn an order it cannot see. The first three captions list the objects left to right, one per
+    listing frame ("... on a grey background", "a grey background with ...", "a picture of ..."), so
+    that one consistent answer has strong consensus under CIDEr. Then come the objects largest first
+    (only when that order differs from left to right), and, in a random order, a count by shape
+    ("three objects: two circles and a star", shapes left to right) and a relation between two
+    objects when one is clear. Captions repeat in that order when `count` asks for more.
+
+    Args:
+        objects: The scene's objects; boxes are the visible parts in pixels.
+        background: The background's kind ("grey", "gradient", ...).
+        rng: Draws the relation, the by-size caption's frame and the order of the last styles.
+        count: How many captions to return.
+
+    Returns:
+        `count` captions, the first being the left-to-right listing "... on a {background} background".
+    """
     bg = f"{background} background"
     if not objects:
         base = [f"an empty {bg}", f"a {bg} with nothing on it", f"a plain picture of a {bg}"]
         return [base[i % len(base)] for i in range(count)]
-    groups = _groups(objects)
-    listing = _join([_group_phrase(c, s, n) for c, s, n in groups])
-    shapes = Counter(o.category for o in objects)
+    ordered = left_to_right(objects)
+    listing = _listing(ordered)
+    styles = [frame.format(objects=listing, bg=bg) for frame in _LISTING_FRAMES]
+    by_size = _listing(largest_first(objects))
+    if by_size != listing:
+        styles.append(_LISTING_FRAMES[int(rng.integers(len(_LISTING_FRAMES)))].format(objects=by_size, bg=bg))
+    shapes = Counter(o.category for o in ordered)
     by_shape = _join([noun(s, None, n) if n > 1 else with_article(s) for s, n in shapes.items()])
     total = len(objects)
-    styles = [
-        f"{listing} on a {bg}",
-        f"a {bg} with {listing}",
-        f"{number_word(total)} object{'s' if total > 1 else ''}: {by_shape}" if total > 1 else f"{by_shape} alone",
-        f"a picture of {listing}",
-    ]
-    pairs = [(a, b, relation(a, b)) for a in objects for b in objects if a is not b]
+    extras = [f"{number_word(total)} objects: {by_shape}" if total > 1 else f"{by_shape} alone"]
+    pairs = [(a, b, relation(a, b)) for a in ordered for b in ordered if a is not b]
     pairs = [p for p in pairs if p[2]]
     if pairs:
         a, b, rel = pairs[int(rng.integers(len(pairs)))]
-        styles.append(f"{with_article(noun(a.category, a.color))} {rel} {with_article(noun(b.category, b.color))}")
-    biggest = max(objects, key=lambda o: (o.box_xyxy_px[2] - o.box_xyxy_px[0]) * (o.box_xyxy_px[3] - o.box_xyxy_px[1]))
-    biggest_name = with_article(noun(biggest.category, biggest.color, size=biggest.size))
-    styles.append(f"{number_word(total)} thing{'s' if total > 1 else ''} including {biggest_name}")
-    order = rng.permutation(len(styles))
-    return [styles[order[i % len(styles)]] for i in range(count)]
+        extras.append(f"{with_article(noun(a.category, a.color))} {rel} {with_article(noun(b.category, b.color))}")
+    styles += [extras[k] for k in rng.permutation(len(extras))]
+    return [styles[i % len(styles)] for i in range(count)]
 
 
 # ---------------------------------------------------------------------------------------------

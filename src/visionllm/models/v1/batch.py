@@ -32,6 +32,8 @@ class Example:
         points_xy_px: (T, N, 2) targets' points (box corners, polygon points or keypoints).
         visible: (T, N) bool, False for keypoints to be answered <p-inv>.
         token_boxes_xyxy_px: (T', 4) boxes the image tokens should find (the objects the instruction is about).
+        token_class_index: (T',) their classes for the tokenizer, for text answers (indices into the model's
+            default classes); structured answers use class_index.
     """
 
     image: ImageInput
@@ -44,6 +46,7 @@ class Example:
     points_xy_px: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 2)))
     visible: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=bool))
     token_boxes_xyxy_px: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    token_class_index: np.ndarray | None = None
 
 
 @dataclass
@@ -157,7 +160,12 @@ def collate(examples: Sequence[Example], processor: VisionLLMProcessor) -> Batch
             raise ValueError(
                 f"a {ex.task.value} example needs one token box per target ({len(boxes)} != {len(ex.class_index)})"
             )
-        classes = np.asarray(ex.class_index) if ex.fmt.structured else np.zeros(len(boxes))
+        if ex.fmt.structured:
+            classes = np.asarray(ex.class_index)
+        elif ex.token_class_index is not None:
+            classes = np.asarray(ex.token_class_index)
+        else:
+            classes = np.zeros(len(boxes))
         token_classes.append(torch.as_tensor(classes, dtype=torch.long))
     width = max(len(r) for r in rows)
 

@@ -12,6 +12,7 @@ for keypoints). Coordinates are offsets from the slot's anchor (the centre of l_
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -99,6 +100,7 @@ class LanguageDecoder(nn.Module):
         vocab: the codec vocabulary (ids of the added tokens in the tokenizer).
         vocab_size: the tokenizer's length (with the added tokens).
         token_dim: width of the image tokens.
+        default_phrase_ids: the LLM's token ids of each of the model's default class phrases.
         load_weights: load pretrained LLM weights (False when a checkpoint will overwrite them).
     """
 
@@ -109,6 +111,7 @@ class LanguageDecoder(nn.Module):
         vocab: CodecVocabulary,
         vocab_size: int,
         token_dim: int,
+        default_phrase_ids: Sequence[Sequence[int]] = (),
         load_weights: bool = True,
     ) -> None:
         super().__init__()
@@ -130,6 +133,10 @@ class LanguageDecoder(nn.Module):
         self.no_object_id = vocab.token_to_id(tk.NO_OBJECT)
         self.invisible_id = vocab.token_to_id(tk.INVISIBLE)
         self.image_id = vocab.token_to_id(tk.IMAGE)
+        width = max([1, *(len(ids) for ids in default_phrase_ids)])
+        rows = [list(ids) + [-1] * (width - len(ids)) for ids in default_phrase_ids]
+        self.default_phrase_mask = torch.tensor(rows, dtype=torch.long, device="cpu") >= 0
+        self.default_phrase_ids = torch.tensor(rows, dtype=torch.long, device="cpu").clamp(min=0)
         if llm_config.freeze:
             self.lm.requires_grad_(False)
         if llm_config.lora is not None:
@@ -166,28 +173,43 @@ class LanguageDecoder(nn.Module):
         """The causal LM without LoRA wrapping."""
         return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
 
+    def class_rows(self, num_classes: int, has_classes: Tensor) -> Tensor:
+        """Each class's embedding in the LLM's space, per sample (B, C, D).
+
+        An instruction that binds classes names them by class token: row c is E[<c_c>]. One without (captioning,
+        VQA) is read against the model's default classes, named in words: row c is the mean of the embeddings of
+        default phrase c's words ("red circle" -> (E[red] + E[circle]) / 2), so that the LLM can say what it sees.
+        Without default classes those samples get zero rows.
+        """
+        table = self.backbone_lm.get_input_embeddings().weight
+        bound = table[self.class_ids[:num_classes].to(table.device)]  # (C, D)
+        own = torch.zeros_like(bound)
+        if len(self.default_phrase_ids):
+            ids = self.default_phrase_ids.to(table.device)
+            words = self.default_phrase_mask.to(table.device, table.dtype)
+            phrases = (table[ids] * words[..., None]).sum(1) / words.sum(1, keepdim=True)  # (C', D)
+            own = F.pad(phrases[:num_classes], (0, 0, 0, max(0, num_classes - len(phrases))))
+        return torch.where(has_classes[:, None, None], bound[None], own[None])
+
     def embed_image_tokens(
-        self, embeddings: Tensor, boxes: Tensor, class_logits: Tensor | None = None, has_classes: Tensor | None = None
+        self, embeddings: Tensor, boxes: Tensor, class_probs: Tensor | None = None, class_rows: Tensor | None = None
     ) -> Tensor:
         """Image tokens in the LLM's embedding space.
 
         Args:
             embeddings: (B, M, d_tok) token embeddings e_k.
             boxes: (B, M, 4) token boxes l_k, cxcywh in [0, 1].
-            class_logits: (B, M, C) the tokenizer's logits against the instruction's classes, or None.
-            has_classes: (B,) whether each instruction binds classes.
+            class_probs: (B, M, C) each token's probability of each class (0 for duplicates and absent classes).
+            class_rows: (B, C, D) the classes in the LLM's space (`class_rows`).
 
         Returns:
-            (B, M, D): MLP(e_k) + Linear(sine(l_k)), plus, for instructions that bind classes, the token's
-            class evidence in the LLM's own vocabulary: sum_c softmax(class_logits)_c * E[<c_c>].
+            (B, M, D): MLP(e_k) + Linear(sine(l_k)) + the token's class evidence sum_c p_kc * row_c.
         """
         tokens = self.image_proj(embeddings) + self.box_proj(sine_embed(boxes, 32).to(embeddings.dtype))
-        if class_logits is None or has_classes is None or not bool(has_classes.any()):
+        if class_probs is None or class_rows is None:
             return tokens
-        table = self.backbone_lm.get_input_embeddings().weight
-        rows = table[self.class_ids[: class_logits.shape[-1]].to(table.device)]  # (C, D)
-        evidence = class_logits.float().softmax(-1).to(rows.dtype) @ rows  # (B, M, D)
-        return tokens + evidence.to(tokens.dtype) * has_classes[:, None, None].to(tokens.dtype)
+        evidence = class_probs.to(class_rows.dtype) @ class_rows
+        return tokens + evidence.to(tokens.dtype)
 
     def input_embeddings(self, input_ids: Tensor, image_tokens: Tensor) -> Tensor:
         """Token embeddings with the image tokens scattered into the <image> placeholders.
@@ -223,11 +245,20 @@ class LanguageDecoder(nn.Module):
     def vocab_logits(self, hidden: Tensor) -> Tensor:
         return self.backbone_lm.get_output_embeddings()(hidden)
 
-    def slot_logits(self, hidden: Tensor, fmt: OutputFormat, num_bound: int) -> tuple[Tensor, Tensor]:
-        """Class and coordinate logits of slot hidden states (K, slot_length, D)."""
+    def slot_logits(
+        self, hidden: Tensor, fmt: OutputFormat, num_bound: int, prior: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Class and coordinate logits of slot hidden states (K, slot_length, D).
+
+        Args:
+            prior: (K, num_bound) the anchor tokens' class logits from the tokenizer, added to the bound classes'
+                logits (the LLM's no-object logit decides against them).
+        """
         weight = self.head_weight()
         class_rows = torch.cat([self.class_ids[:num_bound], torch.tensor([self.no_object_id])]).to(weight.device)
         class_logits = hidden[:, 0] @ weight[class_rows].T
+        if prior is not None:
+            class_logits = class_logits + F.pad(prior.to(class_logits.dtype), (0, 1))
         rows = self.location_ids.to(weight.device)
         if fmt.kind is OutputKind.KEYPOINTS:
             rows = torch.cat([rows, torch.tensor([self.invisible_id], device=weight.device)])

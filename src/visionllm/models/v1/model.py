@@ -30,6 +30,7 @@ from visionllm.formats.task_table import Instruction, build_instruction
 from visionllm.formats.tasks import Task
 from visionllm.models.common.backbone import Backbone
 from visionllm.models.common.text_encoder import TextEncoder, load_text_tokenizer
+from visionllm.models.common.vocabulary import instruction_corpus, train_wordpiece
 from visionllm.models.v1.batch import IGNORE, Batch
 from visionllm.models.v1.decoder import (
     PAD,
@@ -42,7 +43,8 @@ from visionllm.models.v1.decoder import (
     slot_positions,
 )
 from visionllm.models.v1.processor import ImageInput, VisionLLMProcessor, codec_config, load_tokenizer
-from visionllm.models.v1.tokenizer import LanguageGuidedTokenizer
+from visionllm.models.v1.tokenizer import LanguageGuidedTokenizer, TokenizerOutput, arrange_tokens
+from visionllm.ops.boxes import nms
 
 logger = logging.getLogger(__name__)
 
@@ -74,15 +76,18 @@ class VisionLLM(nn.Module):
         self.backbone = Backbone(config.backbone, load_weights)
         self.text_encoder = TextEncoder(config.text_encoder, load_weights)
         text_tokenizer = load_text_tokenizer(config.text_encoder)
-        if tokenizer is None:
-            source = config.llm.tokenizer or config.llm.pretrained
-            tokenizer = load_tokenizer(source) if source else load_text_tokenizer(config.text_encoder)
-        self.processor = VisionLLMProcessor(config, tokenizer, text_tokenizer)
+        self.processor = VisionLLMProcessor(config, tokenizer or _llm_tokenizer(config), text_tokenizer)
         self.tokenizer = LanguageGuidedTokenizer(
             config.tokenizer, self.backbone.channels, self.text_encoder.hidden_size
         )
         self.decoder = LanguageDecoder(
-            config.llm, config.decoder, self.processor.vocab, len(tokenizer), config.tokenizer.d_model, load_weights
+            config.llm,
+            config.decoder,
+            self.processor.vocab,
+            len(self.processor.tokenizer),
+            config.tokenizer.d_model,
+            self.processor.default_class_ids(),
+            load_weights,
         )
 
     @property
@@ -91,28 +96,55 @@ class VisionLLM(nn.Module):
 
     # -- shared front -------------------------------------------------------------------------
 
-    def encode_images(self, pixel_values: Tensor, encoder: dict[str, Tensor]):
+    def encode_images(self, pixel_values: Tensor, encoder: dict[str, Tensor]) -> tuple[TokenizerOutput, Tensor]:
         """Image tokens for (image, instruction) pairs: the tokenizer's output and the tokens in LLM space.
+
+        The tokens are put in the order a viewer reads the image (`arrange_tokens`) and carry their class
+        evidence: the bound classes' tokens, or the model's default classes in words for instructions that bind
+        none (captioning, VQA), so that text answers can name what the tokens found.
 
         Args:
             pixel_values: (B, 3, S, S).
             encoder: the processor's `encoder_inputs` (ids, mask, class-phrase positions).
+
+        Returns:
+            The arranged tokenizer output, and the (B, M, D) image tokens for the LLM.
         """
+        tokens = self.tokenize(pixel_values, encoder)
+        tokens, class_probs = arrange_tokens(tokens, self.config.decoder.duplicate_iou)
+        rows = self.decoder.class_rows(class_probs.shape[-1], encoder["phrase_mask"].any(1))
+        image_tokens = self.decoder.embed_image_tokens(tokens.embeddings, tokens.boxes.detach(), class_probs, rows)
+        return tokens, image_tokens
+
+    def tokenize(self, pixel_values: Tensor, encoder: dict[str, Tensor]) -> TokenizerOutput:
+        """The language-guided tokenizer's output for (image, instruction) pairs (no LLM involved)."""
         features = self.backbone(pixel_values)
         text = self.text_encoder(encoder["input_ids"], encoder["attention_mask"])
-        tokens = self.tokenizer(
-            features, text, encoder["attention_mask"], encoder["phrase_weights"], encoder["phrase_mask"]
+        defaults = None
+        if self.processor.default_inputs is not None and not bool(encoder["phrase_mask"].any(1).all()):
+            own = {k: v.to(pixel_values.device) for k, v in self.processor.default_inputs.items()}
+            defaults = (self.text_encoder(own["input_ids"], own["attention_mask"]), own["phrase_weights"])
+        return self.tokenizer(
+            features, text, encoder["attention_mask"], encoder["phrase_weights"], encoder["phrase_mask"], defaults
         )
-        has_classes = encoder["phrase_mask"].any(1)
-        image_tokens = self.decoder.embed_image_tokens(
-            tokens.embeddings, tokens.boxes.detach(), tokens.class_logits, has_classes
-        )
-        return tokens, image_tokens
 
     # -- training -----------------------------------------------------------------------------
 
-    def forward(self, batch: Batch, tokenizer_loss_weight: float = 1.0) -> dict[str, Tensor]:
-        """Losses of a batch: `loss` (total) and its parts."""
+    def forward(
+        self, batch: Batch, tokenizer_loss_weight: float = 1.0, tokenizer_only: bool = False
+    ) -> dict[str, Tensor]:
+        """Losses of a batch: `loss` (total) and its parts.
+
+        Args:
+            batch: from `batch.collate`.
+            tokenizer_loss_weight: weight of L_tok in L = L_tok + L_dec.
+            tokenizer_only: L_tok alone, without the LLM (the image tokenizer trained as a detector).
+        """
+        if tokenizer_only:
+            l_tok = self.tokenizer.loss(
+                self.tokenize(batch.pixel_values, batch.encoder_inputs()), batch.token_targets, batch.token_classes
+            )
+            return {"loss": tokenizer_loss_weight * l_tok, "tokenizer": l_tok.detach()}
         tokens, image_tokens = self.encode_images(batch.pixel_values, batch.encoder_inputs())
         l_tok = self.tokenizer.loss(tokens, batch.token_targets, batch.token_classes)
         anchors = [
@@ -122,20 +154,13 @@ class VisionLLM(nn.Module):
             for b, fmt in enumerate(batch.formats)
         ]
         hidden = self.sequence_hidden(batch, image_tokens, anchors)
-        targets = batch.labels[:, 1:]
-        selected = targets != IGNORE
-        text_loss = hidden.new_zeros(())
-        if selected.any():
-            logits = self.decoder.vocab_logits(hidden[:, :-1][selected])
-            text_loss = F.cross_entropy(logits.float(), targets[selected])
+        text_loss = self._text_loss(hidden, batch.labels)
         slot_losses = []
         parts: dict[str, Tensor] = {}
         for b, fmt in enumerate(batch.formats):
             if anchors[b] is None:
                 continue
-            outputs = self._slot_outputs(
-                hidden[b], batch.kinds[b], fmt, batch.class_counts[b], anchors[b], tokens.boxes[b]
-            )
+            outputs = self._slot_outputs(hidden[b], batch.kinds[b], fmt, batch.class_counts[b], anchors[b], tokens, b)
             loss, info = self.decoder.slot_loss(outputs, batch.slot_targets[b], fmt)
             slot_losses.append(loss)
             for key, value in info.items():
@@ -149,6 +174,24 @@ class VisionLLM(nn.Module):
             "slots": slot_loss.detach(),
             **parts,
         }
+
+    def _text_loss(self, hidden: Tensor, labels: Tensor) -> Tensor:
+        """Cross-entropy of the positions with labels (format headers and text answers).
+
+        Per sample (the default): each sample's tokens are averaged first, then the samples, so that a sample
+        counts once whatever its length, and the 5 to 35 header tokens of a structured answer do not outweigh the
+        few words of a text answer.
+        """
+        targets = labels[:, 1:]
+        selected = targets != IGNORE
+        if not selected.any():
+            return hidden.new_zeros(())
+        logits = self.decoder.vocab_logits(hidden[:, :-1][selected])
+        losses = F.cross_entropy(logits.float(), targets[selected], reduction="none")
+        if not self.config.decoder.text_loss_per_sample:
+            return losses.mean()
+        counts = selected.sum(1, keepdim=True).expand_as(selected)[selected].float()
+        return (losses / counts).sum() / selected.any(1).sum()
 
     def sequence_hidden(self, batch: Batch, image_tokens: Tensor, anchors: Sequence[Tensor | None]) -> Tensor:
         """The LLM's last hidden states (B, L, D) for a batch whose slot groups are anchored at `anchors`
@@ -167,12 +210,22 @@ class VisionLLM(nn.Module):
         return hidden
 
     def _slot_outputs(
-        self, hidden: Tensor, kinds: Tensor, fmt: OutputFormat, num_bound: int, index: Tensor, boxes: Tensor
+        self,
+        hidden: Tensor,
+        kinds: Tensor,
+        fmt: OutputFormat,
+        num_bound: int,
+        index: Tensor,
+        tokens: TokenizerOutput,
+        b: int,
     ) -> SlotOutputs:
+        """Slot logits of sample b, whose K slots are anchored at image tokens `index`; the anchors' class
+        logits from the tokenizer are the prior of the slots' classes."""
         k = len(index)
         slot_hidden = hidden[kinds == SLOT].view(k, fmt.slot_length, -1)
-        class_logits, coord_logits = self.decoder.slot_logits(slot_hidden, fmt, num_bound)
-        return SlotOutputs(class_logits, coord_logits, boxes[index, :2].detach().float(), index)
+        prior = tokens.class_logits[b, index, :num_bound].detach()
+        class_logits, coord_logits = self.decoder.slot_logits(slot_hidden, fmt, num_bound, prior)
+        return SlotOutputs(class_logits, coord_logits, tokens.boxes[b, index, :2].detach().float(), index)
 
     # -- inference ----------------------------------------------------------------------------
 
@@ -381,7 +434,7 @@ class VisionLLM(nn.Module):
             fmt = formats[b]
             classes = class_sets[b]
             num_bound = min(len(classes), self.config.decoder.max_classes)
-            slots = self._slot_outputs(hidden[b], kinds[b], fmt, num_bound, index[b], tokens.boxes[b])
+            slots = self._slot_outputs(hidden[b], kinds[b], fmt, num_bound, index[b], tokens, b)
             out[b] = self._slots_to_result(
                 slots.class_logits, slots.coord_logits, tokens.boxes[b, index[b]], fmt, classes, images[b], min_score
             )
@@ -407,7 +460,7 @@ class VisionLLM(nn.Module):
             slots.append(slot)
             kept_scores.append(float(scores[k]))
             anchors.append([float(anchor_boxes[k, 0]) * w, float(anchor_boxes[k, 1]) * h])
-        return decode_slots(
+        decoded = decode_slots(
             slots,
             fmt,
             classes,
@@ -416,6 +469,11 @@ class VisionLLM(nn.Module):
             anchors_xy_px=np.asarray(anchors).reshape(-1, 2),
             scores=kept_scores,
         )
+        found = decoded.prediction
+        if self.config.decoder.nms_iou is None or not isinstance(found, Detections) or len(found) < 2:
+            return decoded
+        keep = nms(found.boxes_xyxy_px, found.scores, self.config.decoder.nms_iou, labels=list(found.class_names))
+        return Decoded(found.select(keep), decoded.dropped)
 
     # -- task helpers -------------------------------------------------------------------------
 
@@ -516,6 +574,17 @@ class VisionLLM(nn.Module):
             )
         model.float()
         return model.to(device).eval()
+
+
+def _llm_tokenizer(config: VisionLLMConfig) -> PreTrainedTokenizerBase:
+    """The LLM's tokenizer for a new model: a folder's, a vocabulary built from the instruction language, or the
+    text encoder's."""
+    source = config.llm.tokenizer or config.llm.pretrained
+    if source:
+        return load_tokenizer(source)
+    if config.llm.vocab_size:
+        return train_wordpiece(instruction_corpus(), config.llm.vocab_size)
+    return load_text_tokenizer(config.text_encoder)
 
 
 def _bound_classes(instruction: str) -> tuple[str, ...]:

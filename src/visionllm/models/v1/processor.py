@@ -10,6 +10,7 @@ re-tokenising joined strings, so the label mask cannot drift.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,9 @@ from visionllm.config import VisionLLMConfig
 from visionllm.formats import tokens as tk
 from visionllm.formats.codec import OutputFormat
 from visionllm.formats.tokens import CodecConfig, CodecVocabulary
+
+# Codec tokens (<image>, <c0>, <p-inv>, ...) are removed from the text encoder's input.
+_CODEC_TOKEN = re.compile(r"<(?:image|c\d+|p-?\d+|p-inv|x\d+|y\d+|fmt|/fmt|text|cls|kpt|sep|no-obj)>")
 
 
 class ProcessorError(ValueError):
@@ -93,6 +97,20 @@ class VisionLLMProcessor:
         self.pad_id = tokenizer.pad_token_id
         self.mean = torch.tensor(config.image_mean).view(3, 1, 1)
         self.std = torch.tensor(config.image_std).view(3, 1, 1)
+        self.default_classes = tuple(config.tokenizer.default_classes)
+        self.default_inputs: dict[str, Tensor] | None = None
+        if self.default_classes:
+            with torch.device("cpu"):  # inputs, not weights: also when the model is built on the meta device
+                self.default_inputs = self.encoder_inputs([". ".join(self.default_classes)], [self.default_classes])
+            if not bool(self.default_inputs["phrase_mask"].all()):
+                raise ProcessorError(
+                    f"tokenizer.default_classes do not all fit in text_encoder.max_length "
+                    f"({self.config.text_encoder.max_length} tokens)"
+                )
+
+    def default_class_ids(self) -> list[list[int]]:
+        """The LLM's token ids of each default class phrase (how the LLM reads the model's own classes)."""
+        return [self._ids(phrase) for phrase in self.default_classes]
 
     # -- images -------------------------------------------------------------------------------
 
@@ -152,15 +170,16 @@ class VisionLLMProcessor:
         return self.vocab.encode(self.slot_tokens(fmt)) * self.num_slots(fmt)
 
     def encoder_inputs(self, instructions: Sequence[str], class_sets: Sequence[Sequence[str]]) -> dict[str, Tensor]:
-        """The text encoder's inputs: the instructions without <image>, padded, and where each bound class
-        phrase lies in them.
+        """The text encoder's inputs: the instructions without <image> and without the codec's tokens (the class
+        tokens of a binding mean nothing to the encoder and would cost it several word pieces each), padded, and
+        where each bound class phrase lies in them.
 
         Returns:
             input_ids, attention_mask: (B, L).
             phrase_weights: (B, C, L) averaging weights over each class phrase's tokens (C >= 1).
             phrase_mask: (B, C) whether the phrase was found (it may be cut off by `max_length`).
         """
-        texts = [" ".join(text.replace(tk.IMAGE, " ").split()) for text in instructions]
+        texts = [" ".join(_CODEC_TOKEN.sub(" ", text).split()).replace(" ,", ",") for text in instructions]
         encoded = self.text_tokenizer(
             texts,
             padding=True,
@@ -177,7 +196,7 @@ class VisionLLMProcessor:
         for b, (text, classes) in enumerate(zip(texts, class_sets, strict=True)):
             cursor = 0
             for c, name in enumerate(classes):
-                span = _phrase_span(text, name, c, cursor)
+                span = _phrase_span(text, name, cursor)
                 if span is None:
                     continue
                 cursor = span[1]
@@ -199,13 +218,13 @@ class VisionLLMProcessor:
         self.tokenizer.save_pretrained(folder / "tokenizer")
 
 
-def _phrase_span(text: str, name: str, index: int, start: int) -> tuple[int, int] | None:
-    """Character span of class `index`'s name in an instruction: inside its binding entry
-    ("name": <c{index}>) when there is one, else its first occurrence from `start`."""
-    entry = f"{json.dumps(name, ensure_ascii=False)}: {tk.class_token(index)}"
-    at = text.find(entry)
+def _phrase_span(text: str, name: str, start: int) -> tuple[int, int] | None:
+    """Character span of a class name in the encoder's text from `start` on: its quoted binding entry
+    ("name": <ci> with the token removed) when there is one, else its first occurrence."""
+    quoted = json.dumps(name, ensure_ascii=False)
+    at = text.find(quoted + ":", start)
     if at >= 0:
-        return at + 1, at + 1 + len(json.dumps(name, ensure_ascii=False)) - 2
+        return at + 1, at + len(quoted) - 1
     at = text.find(name, start)
     return (at, at + len(name)) if at >= 0 and name else None
 

@@ -9,13 +9,15 @@ The tokenizer is supervised as a detector of the objects the instruction is abou
 loss with focal class, L1 and GIoU). Its classes are the instruction's own: a token's class logits
 are the similarity of its embedding to each bound class phrase, read from the text encoder's states
 over that phrase (as open-vocabulary detectors such as Grounding DINO do); an instruction without a
-class set (captioning, VQA) has one learned "object" class. Convergence aids, all from Deformable DETR: two-stage
+class set (captioning, VQA) is tokenized against the model's own default class set (or, without one,
+one learned "object" class). Convergence aids, all from Deformable DETR: two-stage
 query initialisation from the encoder's top proposals and iterative box refinement, each with its
 own loss (aux losses on every decoder layer and on the proposals).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,6 +34,7 @@ from transformers.models.deformable_detr.modeling_deformable_detr import (
 from visionllm.config import TokenizerConfig
 from visionllm.models.common.backbone import sine_embed, sine_position_2d
 from visionllm.models.common.detr_loss import detection_set_loss
+from visionllm.ops.tensor_boxes import cxcywh_to_xyxy, fast_nms_keep
 
 
 @dataclass
@@ -114,7 +117,8 @@ class LanguageGuidedTokenizer(nn.Module):
         # Prior probability 0.01 per class, as in (Deformable) DETR with focal loss.
         self.class_bias = nn.Parameter(torch.full((heads,), -4.6))
         self.phrase_norm = nn.LayerNorm(d)
-        self.object_phrase = nn.Parameter(torch.randn(d) * 0.02)  # the class of an instruction without classes
+        if not config.default_classes:  # the class of an instruction without classes
+            self.object_phrase = nn.Parameter(torch.randn(d) * 0.02)
         self.box_head = nn.ModuleList(DeformableDetrMLPPredictionHead(d, d, 4, 3) for _ in range(heads))
         for head in self.box_head:
             nn.init.zeros_(head.layers[-1].weight)
@@ -128,17 +132,33 @@ class LanguageGuidedTokenizer(nn.Module):
             self.query_embed = nn.Embedding(config.num_queries, 2 * d)
             self.reference_points = nn.Linear(d, 2)
 
-    def phrases(self, text: Tensor, phrase_weights: Tensor, phrase_mask: Tensor) -> tuple[Tensor, Tensor]:
+    def phrases(
+        self, text: Tensor, phrase_weights: Tensor, phrase_mask: Tensor, defaults: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Class features (B, C, d) from the projected text states and which classes exist (B, C).
 
-        An instruction without classes gets the learned "object" class in position 0.
+        An instruction without classes gets the model's own class set (`defaults`: the encoded default-class
+        text (1, L', text_dim) and its phrase weights (1, C', L')), or, without one, the learned "object" class.
         """
         features = self.phrase_norm(phrase_weights.to(text.dtype) @ text)
         no_classes = ~phrase_mask.any(1)
-        first = torch.where(no_classes[:, None], self.object_phrase.to(features.dtype), features[:, 0])
-        features = torch.cat([first[:, None], features[:, 1:]], 1)
         valid = phrase_mask.clone()
-        valid[:, 0] |= no_classes
+        if not no_classes.any():
+            return features, valid
+        if defaults is None:
+            first = torch.where(no_classes[:, None], self.object_phrase.to(features.dtype), features[:, 0])
+            features = torch.cat([first[:, None], features[:, 1:]], 1)
+            valid[:, 0] |= no_classes
+            return features, valid
+        default_text, default_weights = defaults
+        own = self.phrase_norm(default_weights.to(text.dtype) @ self.text_proj(default_text))  # (1, C', d)
+        width = max(features.shape[1], own.shape[1])
+        features = nn.functional.pad(features, (0, 0, 0, width - features.shape[1]))
+        own = nn.functional.pad(own, (0, 0, 0, width - own.shape[1]))
+        own_valid = torch.arange(width, device=valid.device) < default_weights.shape[1]
+        valid = nn.functional.pad(valid, (0, width - valid.shape[1]))
+        features = torch.where(no_classes[:, None, None], own.to(features.dtype), features)
+        valid = torch.where(no_classes[:, None], own_valid[None], valid)
         return features, valid
 
     def _class_logits(self, head: int, hidden: Tensor, phrases: Tensor, valid: Tensor) -> Tensor:
@@ -147,7 +167,13 @@ class LanguageGuidedTokenizer(nn.Module):
         return logits.masked_fill(~valid[:, None, :], -1e4)
 
     def forward(
-        self, features: Sequence[Tensor], text: Tensor, text_mask: Tensor, phrase_weights: Tensor, phrase_mask: Tensor
+        self,
+        features: Sequence[Tensor],
+        text: Tensor,
+        text_mask: Tensor,
+        phrase_weights: Tensor,
+        phrase_mask: Tensor,
+        defaults: tuple[Tensor, Tensor] | None = None,
     ) -> TokenizerOutput:
         """Tokenize images.
 
@@ -157,10 +183,12 @@ class LanguageGuidedTokenizer(nn.Module):
             text_mask: (B, L) 1 for real tokens, 0 for padding.
             phrase_weights: (B, C, L) averaging weights of each class phrase over the text tokens.
             phrase_mask: (B, C) which class phrases were found in the encoded text.
+            defaults: the encoded text of the model's own class set and its phrase weights, for instructions that
+                bind no classes (see `phrases`).
         """
         d = self.config.d_model
         text = self.text_proj(text)
-        phrases, valid = self.phrases(text, phrase_weights, phrase_mask)
+        phrases, valid = self.phrases(text, phrase_weights, phrase_mask, defaults)
         padding = text_mask == 0
         sources, positions, shapes = [], [], []
         for level, feature in enumerate(features):
@@ -278,3 +306,40 @@ def _grid_proposals(shapes: Sequence[tuple[int, int]], device: torch.device, dty
 def _box_sine(coords_logits: Tensor, dim_per_coord: int) -> Tensor:
     """(B, Q, 4) boxes in inverse-sigmoid space -> (B, Q, 4 * dim_per_coord) sine embedding."""
     return sine_embed(coords_logits.sigmoid(), dim_per_coord).to(coords_logits.dtype)
+
+
+def arrange_tokens(
+    tokens: TokenizerOutput, duplicate_iou: float, confident: float = 0.3
+) -> tuple[TokenizerOutput, Tensor]:
+    """The tokens as the LLM reads them: in reading order, with their class probabilities, duplicates silenced.
+
+    A token's probability of a class is its sigmoid class score, set to 0 where another token overlaps it by
+    more than `duplicate_iou` and scores higher for that class (several tokens on one object must not read as
+    several objects). The order is left to right by box centre for tokens whose best remaining probability is
+    at least `confident`, then the others, also left to right: position in the sequence tells where an object
+    is and which tokens are objects. The order and the suppression are decisions (no gradient); the
+    probabilities keep their gradient.
+
+    Returns:
+        The output with embeddings, boxes, logits and class_logits reordered (the per-layer outputs for the
+        loss are left as they are), and the (B, M, C) class probabilities in the same order.
+    """
+    probs = tokens.class_logits.float().sigmoid() * tokens.valid[:, None, :]
+    with torch.no_grad():
+        keep = fast_nms_keep(cxcywh_to_xyxy(tokens.boxes.float()), probs, duplicate_iou)
+        key = tokens.boxes[..., 0].float() + 2.0 * ((probs * keep).amax(-1) < confident)
+        order = key.argsort(dim=1, stable=True)
+    probs = probs * keep
+
+    def gather(values: Tensor) -> Tensor:
+        index = order.view(*order.shape, *([1] * (values.dim() - 2))).expand(-1, -1, *values.shape[2:])
+        return torch.gather(values, 1, index)
+
+    arranged = dataclasses.replace(
+        tokens,
+        embeddings=gather(tokens.embeddings),
+        boxes=gather(tokens.boxes),
+        logits=gather(tokens.logits),
+        class_logits=gather(tokens.class_logits),
+    )
+    return arranged, gather(probs)

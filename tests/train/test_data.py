@@ -1,0 +1,53 @@
+from visionllm.formats.tasks import Task
+from visionllm.train.data import MixConfig, TaskMixture
+from visionllm.train.loop import apply_freeze
+
+DEFAULTS = ["red circle", "circle", "square", "triangle", "star", "hexagon", "person"]
+
+
+def test_one_task_per_batch_and_a_deterministic_stream(micro_model, tiny_shapesworld):
+    mix = MixConfig(tasks={"detection": 1.0, "instance_segmentation": 1.0, "caption": 1.0, "vqa": 1.0})
+    stream = TaskMixture(tiny_shapesworld.root, "train", micro_model.processor, mix, seed=3, batch_size=4)
+    batches = [[stream[b * 4 + j] for j in range(4)] for b in range(12)]
+    for batch in batches:
+        assert len({ex.task for ex in batch}) == 1
+        assert len({ex.fmt for ex in batch}) == 1  # segmentation: one point count per batch too
+    assert len({batch[0].task for batch in batches}) > 1
+    again = TaskMixture(tiny_shapesworld.root, "train", micro_model.processor, mix, seed=3, batch_size=4)
+    assert [again[i].instruction for i in range(8)] == [stream[i].instruction for i in range(8)]
+
+
+def test_text_tasks_teach_the_tokenizer_the_default_classes(micro_model, tiny_shapesworld):
+    mix = MixConfig(tasks={"caption": 1.0})
+    stream = TaskMixture(
+        tiny_shapesworld.root, "train", micro_model.processor, mix, batch_size=2, default_classes=DEFAULTS
+    )
+    for i in range(6):
+        ex = stream[i]
+        assert ex.task is Task.CAPTION
+        objects = stream.objects[_sample(stream, ex).image_id]
+        # Every object is a target, as the first default phrase that names it.
+        assert len(ex.token_boxes_xyxy_px) == len(objects) == len(ex.token_class_index)
+        for obj, index in zip(objects, ex.token_class_index, strict=True):
+            colour = obj.attributes["color"]
+            expected = 0 if (obj.category, colour) == ("circle", "red") else DEFAULTS.index(obj.category)
+            assert index == expected
+
+
+def _sample(stream: TaskMixture, example):
+    """The sample an example was drawn from, found by its pixels."""
+    for sample in stream.samples[Task.CAPTION]:
+        if (stream.processor.image(sample.image_path).pixels == example.image.pixels).all():
+            return sample
+    raise AssertionError("example not found")
+
+
+def test_freezing_the_visual_tokenizer_leaves_only_its_text_fusion_trainable(micro_model):
+    model = micro_model
+    try:
+        apply_freeze(model, ["tokenizer_visual"])
+        trainable = {n.split(".")[0] for n, p in model.tokenizer.named_parameters() if p.requires_grad}
+        assert trainable == {"text_proj", "fusion"}
+        assert not model.tokenizer.class_bias.requires_grad and not model.tokenizer.level_embed.requires_grad
+    finally:
+        model.tokenizer.requires_grad_(True)
