@@ -1,9 +1,13 @@
-"""Benchmark: VisionLLM v1 speed on this machine (training step and inference per task).
+"""Benchmark: VisionLLM v1 speed on this machine: training images/s of both stages, before and after, in one run,
+and inference per task.
 
-    python bench/model_speed.py --config configs/tiny.yaml --out docs/benchmarks/model_speed.md
+    python bench/model_speed.py --out docs/benchmarks/model_speed.md
 
-The model is built from the preset (random LLM weights: speed does not depend on them, except that
-a trained model stops text answers earlier).
+"Before" is the tiny preset and its two stage files as first shipped (bench/baseline/), "after" the current
+presets (configs/tiny_stage1.yaml, configs/tiny_stage2.yaml); both run on today's code, with their own data
+stream (task mix, one task per batch or not, freezing, tokenizer-only stage), on the same ShapesWorld images.
+A step is timed whole: data, collation, forward, backward, clipping and the optimiser. Models start from random
+weights (speed does not depend on them, except that a trained model stops text answers earlier).
 """
 
 from __future__ import annotations
@@ -11,66 +15,69 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from visionllm.config import VisionLLMConfig, load_yaml
+from visionllm.data.shapes.dataset import generate_shapesworld
+from visionllm.data.shapes.scene import ShapesWorldConfig
 from visionllm.formats.task_table import build_instruction
 from visionllm.formats.tasks import Task
-from visionllm.models.v1.batch import Example, collate
+from visionllm.models.v1.batch import collate
 from visionllm.models.v1.model import VisionLLM
 from visionllm.models.v1.processor import codec_config
+from visionllm.train.data import TaskMixture
+from visionllm.train.loop import apply_freeze, load_run_config
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGES = {
+    "before": (ROOT / "bench/baseline/tiny_stage1.yaml", ROOT / "bench/baseline/tiny_stage2.yaml"),
+    "after": (ROOT / "configs/tiny_stage1.yaml", ROOT / "configs/tiny_stage2.yaml"),
+}
 
 
-def _examples(model: VisionLLM, count: int) -> list[Example]:
-    codec = codec_config(model.config)
-    instruction = build_instruction(Task.DETECTION, classes=["circle", "square", "star"], config=codec)
-    image = model.processor.image(np.zeros((model.config.image_size,) * 2 + (3,), np.uint8))
-    boxes = np.array([[10.0, 10.0, 40.0, 40.0], [50.0, 60.0, 90.0, 100.0]])
-    return [
-        Example(image, instruction.text, Task.DETECTION, instruction.output_format, instruction.class_names,
-                class_index=np.array([0, 2]), points_xy_px=boxes.reshape(2, 2, 2), visible=np.ones((2, 2), bool),
-                token_boxes_xyxy_px=boxes)
-        for _ in range(count)
-    ]  # fmt: skip
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=Path("configs/tiny.yaml"))
-    parser.add_argument("--model", type=Path, help="a checkpoint folder instead of a fresh model")
-    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/model_speed.md"))
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+def training_rate(config_path: Path, data_root: Path, steps: int, warmup: int = 2) -> dict:
+    """Mean seconds per step and images/s of a stage's training step, and its mean LLM sequence length."""
+    model_config, train = load_run_config(config_path)
     torch.manual_seed(0)
-    if args.model:
-        model = VisionLLM.from_pretrained(args.model)
-    else:
-        model = VisionLLM(VisionLLMConfig.from_dict(load_yaml(args.config)["model"]))
-    rows = []
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    batch = collate(_examples(model, 16), model.processor)
-    for precision in ("bf16", "fp32"):
-        times = []
-        for _ in range(args.repeats + 1):
-            start = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                loss = model(batch)["loss"]
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
+    model = VisionLLM(model_config).train()
+    apply_freeze(model, [*train.freeze, "llm"] if train.tokenizer_only else train.freeze)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    stream = TaskMixture(
+        data_root, "train", model.processor, train.mix, seed=1, batch_size=train.batch_size,
+        default_classes=model_config.tokenizer.default_classes,
+    )  # fmt: skip
+    times, lengths = [], []
+    for step in range(warmup + steps):
+        start = time.perf_counter()
+        batch = collate([stream[step * train.batch_size + j] for j in range(train.batch_size)], model.processor)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=train.mixed_precision == "bf16"):
+            loss = model(batch, tokenizer_only=train.tokenizer_only)["loss"]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, train.optim.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step >= warmup:
             times.append(time.perf_counter() - start)
-        step = min(times[1:])
-        rows.append(
-            {"what": f"training step, detection, batch 16, {precision}", "seconds": step, "images_per_s": 16 / step}
-        )
-    model.eval()
+            lengths.append(batch.input_ids.shape[1])
+    seconds = statistics.mean(times)
+    return {
+        "seconds": seconds,
+        "images_per_s": train.batch_size / seconds,
+        "llm_tokens": 0 if train.tokenizer_only else statistics.mean(lengths),
+        "vocabulary": len(model.processor.tokenizer),
+    }
+
+
+def inference_rows(model: VisionLLM, repeats: int) -> list[dict]:
     codec = codec_config(model.config)
     image = np.zeros((model.config.image_size,) * 2 + (3,), np.uint8)
+    rows = []
     for name, instruction in (
         ("detection", build_instruction(Task.DETECTION, classes=["circle", "square", "star"], config=codec)),
         (
@@ -81,29 +88,75 @@ def main() -> None:
     ):
         for batch_size in (1, 8):
             times = []
-            for _ in range(args.repeats + 1):
+            for _ in range(repeats + 1):
                 start = time.perf_counter()
                 model.predict([image] * batch_size, [instruction] * batch_size)
                 times.append(time.perf_counter() - start)
             t = min(times[1:])
             rows.append({"what": f"predict {name}, batch {batch_size}", "seconds": t, "images_per_s": batch_size / t})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="a checkpoint folder for the inference rows (default: the preset)")
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/model_speed.md"))
+    parser.add_argument("--steps", type=int, default=12, help="timed training steps per stage and version")
+    parser.add_argument("--repeats", type=int, default=3, help="inference repeats (best of)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        data_root = generate_shapesworld(
+            Path(tmp) / "w", train=400, val=0, config=ShapesWorldConfig(image_size=128), seed=5, progress=False
+        ).root
+        training = {
+            (version, stage + 1): training_rate(path, data_root, args.steps)
+            for version, paths in STAGES.items()
+            for stage, path in enumerate(paths)
+        }
+    model = VisionLLM.from_pretrained(args.model) if args.model else VisionLLM(load_run_config(STAGES["after"][1])[0])
+    inference = inference_rows(model.eval(), args.repeats)
     lines = [
         "# VisionLLM v1 speed",
         "",
-        f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-        f"{'checkpoint ' + str(args.model) if args.model else 'preset ' + str(args.config)}, best of {args.repeats}. "
+        f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}. "
         "Produced by `python bench/model_speed.py`.",
+        "",
+        "## Training, batch 16, bf16: the presets as first shipped (before) and now (after), in one run",
+        "",
+        f"Mean of {args.steps} steps after 2 warm-up steps, each timed whole (data, collation, forward, backward, "
+        "clipping, AdamW), on the same 400 generated ShapesWorld images.",
+        "",
+        "| stage | version | s/step | images/s | LLM tokens per sample | LLM vocabulary | speed-up |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for stage in (1, 2):
+        before = training[("before", stage)]
+        for version in ("before", "after"):
+            r = training[(version, stage)]
+            ratio = r["images_per_s"] / before["images_per_s"]
+            lines.append(
+                f"| {stage} | {version} | {r['seconds']:.3f} | {r['images_per_s']:.1f} | {r['llm_tokens']:.0f} "
+                f"| {r['vocabulary']} | {ratio:.2f}x |"
+            )
+    lines += [
+        "",
+        "Stage 1 after trains the image tokenizer alone (no LLM pass, `tokenizer_only`); before, it also ran the LLM.",
+        "",
+        f"## Inference ({'checkpoint ' + str(args.model) if args.model else 'the current preset'}, best of "
+        f"{args.repeats})",
         "",
         "| what | seconds | images/s |",
         "|---|---|---|",
-        *(f"| {r['what']} | {r['seconds']:.3f} | {r['images_per_s']:.1f} |" for r in rows),
-        "",
-        "Text answers of an untrained model run to `max_new_tokens`; a trained one stops at its end token.",
+        *(f"| {r['what']} | {r['seconds']:.3f} | {r['images_per_s']:.1f} |" for r in inference),
         "",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    record = {
+        "training": [{"version": v, "stage": s, **r} for (v, s), r in training.items()],
+        "inference": inference,
+    }
+    args.out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     print("\n".join(lines))
 
 

@@ -52,12 +52,21 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    """AdamW with linear warm-up and cosine decay to `min_lr_ratio` * lr.
+
+    Attributes:
+        visual_lr_scale: learning-rate multiplier of the backbone and the image tokenizer (as DETR trains its
+            backbone at a tenth of the rate): a stage that adds a freshly initialised LLM on a trained tokenizer
+            keeps the tokenizer from drifting while the LLM's first gradients are noise.
+    """
+
     lr: float = 5e-4
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     warmup_steps: int = 200
     grad_clip: float = 1.0
     min_lr_ratio: float = 0.1
+    visual_lr_scale: float = 1.0
 
 
 @dataclass
@@ -133,13 +142,24 @@ def apply_freeze(model: VisionLLM, groups: list[str]) -> None:
                 param.requires_grad_(False)
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+def _param_groups(model: torch.nn.Module, optim: OptimConfig) -> list[dict[str, Any]]:
+    """AdamW groups: with and without weight decay (biases, norms, embeddings), each for the visual part
+    (backbone, tokenizer; at `visual_lr_scale`) and the rest."""
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim < 2 or "norm" in name or "embed" in name else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decays = not (param.ndim < 2 or "norm" in name or "embed" in name)
+        visual = name.split(".")[0] in ("backbone", "tokenizer")
+        groups.setdefault((decays, visual), []).append(param)
+    return [
+        {
+            "params": params,
+            "weight_decay": optim.weight_decay if decays else 0.0,
+            "lr": optim.lr * (optim.visual_lr_scale if visual else 1.0),
+        }
+        for (decays, visual), params in sorted(groups.items())
+    ]
 
 
 def _schedule(step: int, config: TrainConfig) -> float:
@@ -199,7 +219,7 @@ def train(config_path: str | Path, resume: bool = False, max_steps: int | None =
     model.train()
     apply_freeze(model, [*config.freeze, "llm"] if config.tokenizer_only else config.freeze)
     optimizer = torch.optim.AdamW(
-        _param_groups(model, config.optim.weight_decay), lr=config.optim.lr, betas=tuple(config.optim.betas)
+        _param_groups(model, config.optim), lr=config.optim.lr, betas=tuple(config.optim.betas)
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _schedule(step, config))
     start_step = 0
