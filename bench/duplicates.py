@@ -22,6 +22,7 @@ from visionllm.eval.runner import evaluate_shapesworld
 from visionllm.formats.results import Decoded, Detections
 from visionllm.models.v1.model import VisionLLM
 from visionllm.ops.boxes import nms
+from visionllm.ops.tensor_boxes import cxcywh_to_xyxy
 
 
 class Recorded:
@@ -56,9 +57,8 @@ class TokenizerDetector:
             scores, best = probs[b, :, : len(classes[b])].max(-1)
             keep = (scores >= min_score).numpy()
             w, h = image.size_wh
-            cx, cy, bw, bh = tokens.boxes[b].float().unbind(-1)
-            boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1).clamp(0, 1)
-            boxes = (boxes * torch.tensor([w, h, w, h])).numpy()[keep]
+            boxes = cxcywh_to_xyxy(tokens.boxes[b].float()).clamp(0, 1) * torch.tensor([w, h, w, h])
+            boxes = boxes.numpy()[keep]
             names = tuple(classes[b][int(i)] for i in best.numpy()[keep])
             answers.append(Decoded(Detections(boxes, scores.numpy()[keep], names), ()))
         return answers

@@ -45,7 +45,7 @@ def training_rate(config_path: Path, data_root: Path, steps: int, warmup: int = 
     model_config, train = load_run_config(config_path)
     torch.manual_seed(0)
     model = VisionLLM(model_config).train()
-    apply_freeze(model, [*train.freeze, "llm"] if train.tokenizer_only else train.freeze)
+    apply_freeze(model, train.frozen_groups)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     stream = TaskMixture(

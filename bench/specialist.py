@@ -53,6 +53,8 @@ from visionllm.formats.task_table import Instruction
 from visionllm.formats.tasks import Task
 from visionllm.models.common.backbone import Backbone, sine_position_2d
 from visionllm.models.common.matcher import hungarian_match
+from visionllm.models.v1.decoder import two_bin_targets
+from visionllm.models.v1.processor import normalise_image
 from visionllm.ops.tensor_boxes import elementwise_generalized_iou, generalized_iou
 from visionllm.train.loop import load_run_config
 
@@ -140,13 +142,10 @@ def detection_loss(model: SlotDetector, class_logits: Tensor, coord_logits: Tens
     logits, predicted, wanted = torch.cat(matched_logits), torch.cat(matched_boxes), torch.cat(target_boxes)
     if len(wanted) == 0:
         return loss
-    # Soft two-bin targets: a coordinate between bins k and k + 1 puts weight on both, linearly.
-    position = wanted * (model.bins - 1)
-    low = position.floor().clamp(max=model.bins - 2)
-    frac = (position - low).unsqueeze(-1)
-    log_probs = logits.log_softmax(-1)
-    low = low.long().unsqueeze(-1)
-    soft_ce = -((1 - frac) * log_probs.gather(-1, low) + frac * log_probs.gather(-1, low + 1)).mean()
+    # Soft two-bin targets (the generalist's): coordinate w in [0, 1] is bin position w * 2R of 2R + 1 bins.
+    r = (model.bins - 1) // 2
+    soft = two_bin_targets(wanted * 2 * r - r, r, model.bins)
+    soft_ce = -(soft * logits.log_softmax(-1)).sum(-1).mean()
     l1 = (predicted - wanted).abs().sum(-1).mean()
     giou = (1 - elementwise_generalized_iou(predicted, wanted)).mean()
     return loss + soft_ce + L1_WEIGHT * l1 + GIOU_WEIGHT * giou
@@ -163,12 +162,11 @@ class Target:
 
 def load_image(image: Image.Image | str | Path, config: VisionLLMConfig) -> tuple[Tensor, tuple[int, int]]:
     """(3, S, S) normalised pixels and the original (width, height), as VisionLLM's processor prepares images."""
-    rgb = (Image.open(image) if isinstance(image, str | Path) else image).convert("RGB")
-    size = config.image_size
-    resized = rgb.resize((size, size), Image.BILINEAR) if rgb.size != (size, size) else rgb
-    pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
     mean, std = torch.tensor(config.image_mean).view(3, 1, 1), torch.tensor(config.image_std).view(3, 1, 1)
-    return (pixels - mean) / std, rgb.size
+    prepared = normalise_image(
+        Image.open(image) if isinstance(image, str | Path) else image, config.image_size, mean, std
+    )
+    return prepared.pixels, prepared.size_wh
 
 
 class TrainStream:

@@ -104,6 +104,11 @@ class TrainConfig:
     eval_images: int = 100
     num_threads: int | None = None
 
+    @property
+    def frozen_groups(self) -> list[str]:
+        """The groups this stage keeps fixed: `freeze`, and the LLM when the tokenizer trains alone."""
+        return [*self.freeze, "llm"] if self.tokenizer_only else list(self.freeze)
+
     def __post_init__(self) -> None:
         unknown = sorted(set(self.freeze) - set(FREEZE_GROUPS))
         if unknown:
@@ -217,7 +222,7 @@ def train(config_path: str | Path, resume: bool = False, max_steps: int | None =
 
     model = VisionLLM.from_pretrained(config.init_from) if config.init_from else VisionLLM(model_config)
     model.train()
-    apply_freeze(model, [*config.freeze, "llm"] if config.tokenizer_only else config.freeze)
+    apply_freeze(model, config.frozen_groups)
     optimizer = torch.optim.AdamW(
         _param_groups(model, config.optim), lr=config.optim.lr, betas=tuple(config.optim.betas)
     )

@@ -306,7 +306,7 @@ class LanguageDecoder(nn.Module):
             wanted = target_points[cols]
             shown = visible[cols]
             offsets = (wanted - outputs.anchors[rows].repeat(1, fmt.num_points)) * r
-            soft = _two_bin_targets(offsets.clamp(-r, r), r, coord_logits.shape[-1])
+            soft = two_bin_targets(offsets.clamp(-r, r), r, coord_logits.shape[-1])
             if fmt.kind is OutputKind.KEYPOINTS:
                 soft[~shown] = 0.0
                 soft[..., -1][~shown] = 1.0
@@ -332,7 +332,7 @@ def _corners(points: Tensor) -> Tensor:
     )
 
 
-def _two_bin_targets(offsets: Tensor, coord_range: int, num_bins: int) -> Tensor:
+def two_bin_targets(offsets: Tensor, coord_range: int, num_bins: int) -> Tensor:
     """Soft targets over bins: the two nearest bins of each offset, linearly weighted."""
     position = offsets + coord_range  # in [0, 2R]
     low = position.floor().clamp(0, 2 * coord_range)

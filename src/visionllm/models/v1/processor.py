@@ -73,6 +73,14 @@ class ImageInput:
     size_wh: tuple[int, int]
 
 
+def normalise_image(image: Image.Image, size: int, mean: Tensor, std: Tensor) -> ImageInput:
+    """RGB, resized to size x size (bilinear), in [0, 1], normalised by mean and std (3, 1, 1)."""
+    rgb = image.convert("RGB")
+    resized = rgb.resize((size, size), Image.BILINEAR) if rgb.size != (size, size) else rgb
+    pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return ImageInput((pixels - mean) / std, rgb.size)
+
+
 class VisionLLMProcessor:
     """Text and images -> ids and tensors for `VisionLLM`.
 
@@ -133,11 +141,7 @@ class VisionLLMProcessor:
             image = Image.fromarray(image)
         if not isinstance(image, Image.Image):
             raise ProcessorError(f"expected a PIL image, an array or a path, got {type(image).__name__}")
-        size = self.config.image_size
-        rgb = image.convert("RGB")
-        resized = rgb.resize((size, size), Image.BILINEAR) if rgb.size != (size, size) else rgb
-        pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        return ImageInput((pixels - self.mean) / self.std, rgb.size)
+        return normalise_image(image, self.config.image_size, self.mean, self.std)
 
     # -- text ---------------------------------------------------------------------------------
 

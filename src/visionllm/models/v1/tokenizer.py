@@ -327,9 +327,10 @@ def arrange_tokens(
     probs = tokens.class_logits.float().sigmoid() * tokens.valid[:, None, :]
     with torch.no_grad():
         keep = fast_nms_keep(cxcywh_to_xyxy(tokens.boxes.float()), probs, duplicate_iou)
-        key = tokens.boxes[..., 0].float() + 2.0 * ((probs * keep).amax(-1) < confident)
-        order = key.argsort(dim=1, stable=True)
     probs = probs * keep
+    with torch.no_grad():
+        key = tokens.boxes[..., 0].float() + 2.0 * (probs.amax(-1) < confident)
+        order = key.argsort(dim=1, stable=True)
 
     def gather(values: Tensor) -> Tensor:
         index = order.view(*order.shape, *([1] * (values.dim() - 2))).expand(-1, -1, *values.shape[2:])
