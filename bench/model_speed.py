@@ -18,6 +18,7 @@ import platform
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ from visionllm.formats.tasks import Task
 from visionllm.models.v1.batch import collate
 from visionllm.models.v1.model import VisionLLM
 from visionllm.models.v1.processor import codec_config
-from visionllm.train.data import TaskMixture
+from visionllm.train.data import MixConfig, TaskMixture
 from visionllm.train.loop import apply_freeze, load_run_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,36 +42,65 @@ STAGES = {
 
 
 def training_rate(config_path: Path, data_root: Path, steps: int, warmup: int = 2) -> dict:
-    """Mean seconds per step and images/s of a stage's training step, and its mean LLM sequence length."""
+    """Mean seconds per step and images/s of a stage's training step, and its mean LLM sequence length.
+
+    A stage whose batches hold one task (`mix.task_per_batch`) is timed task by task (and point count by point
+    count), `steps` steps each, and the per-task times are weighted by the mix: the expected step of the whole
+    schedule, not of the few tasks a short run happens to draw. Mixed batches are timed as drawn, 3 x `steps`.
+    """
     model_config, train = load_run_config(config_path)
     torch.manual_seed(0)
     model = VisionLLM(model_config).train()
     apply_freeze(model, train.frozen_groups)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
-    stream = TaskMixture(
-        data_root, "train", model.processor, train.mix, seed=1, batch_size=train.batch_size,
-        default_classes=model_config.tokenizer.default_classes,
-    )  # fmt: skip
-    times, lengths = [], []
-    for step in range(warmup + steps):
-        start = time.perf_counter()
-        batch = collate([stream[step * train.batch_size + j] for j in range(train.batch_size)], model.processor)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=train.mixed_precision == "bf16"):
-            loss = model(batch, tokenizer_only=train.tokenizer_only)["loss"]
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, train.optim.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step >= warmup:
-            times.append(time.perf_counter() - start)
-            lengths.append(batch.input_ids.shape[1])
-    seconds = statistics.mean(times)
+
+    def timed(mix: MixConfig, count: int) -> tuple[float, float]:
+        stream = TaskMixture(
+            data_root, "train", model.processor, mix, seed=1, batch_size=train.batch_size,
+            default_classes=model_config.tokenizer.default_classes,
+        )  # fmt: skip
+        times, lengths = [], []
+        for step in range(warmup + count):
+            start = time.perf_counter()
+            batch = collate([stream[step * train.batch_size + j] for j in range(train.batch_size)], model.processor)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=train.mixed_precision == "bf16"):
+                loss = model(batch, tokenizer_only=train.tokenizer_only)["loss"]
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, train.optim.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if step >= warmup:
+                times.append(time.perf_counter() - start)
+                lengths.append(batch.input_ids.shape[1])
+        return statistics.mean(times), statistics.mean(lengths)
+
+    by_task = []
+    if train.mix.task_per_batch:
+        total = sum(w for w in train.mix.tasks.values() if w > 0)
+        for task, weight in train.mix.tasks.items():
+            if weight <= 0:
+                continue
+            counts = train.mix.polygon_points if task == Task.INSTANCE_SEGMENTATION.value else [None]
+            for points in counts:
+                mix = replace(
+                    train.mix, tasks={task: 1.0}, polygon_points=[points] if points else train.mix.polygon_points
+                )
+                seconds, length = timed(mix, steps)
+                name = f"{task}, {points} points" if points else task
+                by_task.append(
+                    {"task": name, "share": weight / total / len(counts), "seconds": seconds, "llm_tokens": length}
+                )
+        seconds = sum(r["share"] * r["seconds"] for r in by_task)
+        length = sum(r["share"] * r["llm_tokens"] for r in by_task)
+    else:
+        seconds, length = timed(train.mix, 3 * steps)
     return {
         "seconds": seconds,
         "images_per_s": train.batch_size / seconds,
-        "llm_tokens": 0 if train.tokenizer_only else statistics.mean(lengths),
+        "llm_tokens": 0 if train.tokenizer_only else length,
         "vocabulary": len(model.processor.tokenizer),
+        "by_task": by_task,
     }
 
 
@@ -101,7 +131,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="a checkpoint folder for the inference rows (default: the preset)")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/model_speed.md"))
-    parser.add_argument("--steps", type=int, default=12, help="timed training steps per stage and version")
+    parser.add_argument(
+        "--steps", type=int, default=4, help="timed steps per task (one-task batches) or a third of the steps (mixed)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="inference repeats (best of)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -123,8 +155,8 @@ def main() -> None:
         "",
         "## Training, batch 16, bf16: the presets as first shipped (before) and now (after), in one run",
         "",
-        f"Mean of {args.steps} steps after 2 warm-up steps, each timed whole (data, collation, forward, backward, "
-        "clipping, AdamW), on the same 400 generated ShapesWorld images.",
+        "Steps timed whole (data, collation, forward, backward, clipping, AdamW) after 2 warm-up steps, on the same "
+        "400 generated ShapesWorld images.",
         "",
         "| stage | version | s/step | images/s | LLM tokens per sample | LLM vocabulary | speed-up |",
         "|---|---|---|---|---|---|---|",
@@ -141,6 +173,16 @@ def main() -> None:
     lines += [
         "",
         "Stage 1 after trains the image tokenizer alone (no LLM pass, `tokenizer_only`); before, it also ran the LLM.",
+        "Stages whose batches hold one task are timed task by task and weighted by their mix (below); mixed batches "
+        f"are timed as drawn ({3 * args.steps} steps).",
+        "",
+        "| stage | task (after) | share of steps | s/step | LLM tokens per sample |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {stage} | {r['task']} | {r['share']:.2f} | {r['seconds']:.3f} | {r['llm_tokens']:.0f} |"
+            for stage in (1, 2)
+            for r in training[("after", stage)]["by_task"]
+        ),
         "",
         f"## Inference ({'checkpoint ' + str(args.model) if args.model else 'the current preset'}, best of "
         f"{args.repeats})",

@@ -84,6 +84,36 @@ def test_captions_read_the_default_classes_in_words(seeing_model):
     assert rows[1, 3].abs().sum() == 0  # a padded class has no words
 
 
+def test_top1_evidence_keeps_only_each_tokens_best_default_class(seeing_model):
+    model = seeing_model
+    texts = [build_instruction(Task.CAPTION).text]
+    encoder = model.processor.encoder_inputs(texts, [()])
+    pixels = model.processor.image(square_scene(np.random.default_rng(1))[0]).pixels[None]
+    decoder = model.config.decoder
+    try:
+        with torch.no_grad():
+            decoder.default_evidence = "soft"
+            _, soft = model.encode_images(pixels, encoder)
+            decoder.default_evidence = "top1"
+            tokens, top1 = model.encode_images(pixels, encoder)
+    finally:
+        decoder.default_evidence = "soft"
+    assert not torch.allclose(soft, top1)
+    # Rebuild top-1 evidence by hand: the token's best class's words, weighted by its probability.
+    with torch.no_grad():
+        rows = model.decoder.class_rows(tokens.class_logits.shape[-1], torch.tensor([False]))
+        plain = model.decoder.embed_image_tokens(tokens.embeddings, tokens.boxes)
+    evidence = top1 - plain
+    norms = rows[0].norm(dim=-1)
+    for k in range(evidence.shape[1]):
+        # the evidence is a multiple of one class row
+        scale = evidence[0, k].norm()
+        if scale < 1e-6:
+            continue
+        cosines = (rows[0] @ evidence[0, k]) / (norms * scale)
+        assert np.isclose(float(cosines.max()), 1.0, atol=1e-4)
+
+
 def _vqa_example(model: VisionLLM, pixels, box, colour, template: int) -> Example:
     instruction = build_instruction(Task.VQA, question="What color is the square?", template=template)
     return Example(

@@ -1,3 +1,6 @@
+import random
+from collections import Counter
+
 from visionllm.formats.tasks import Task
 from visionllm.train.data import MixConfig, TaskMixture
 from visionllm.train.loop import apply_freeze
@@ -51,3 +54,25 @@ def test_freezing_the_visual_tokenizer_leaves_only_its_text_fusion_trainable(mic
         assert not model.tokenizer.class_bias.requires_grad and not model.tokenizer.level_embed.requires_grad
     finally:
         model.tokenizer.requires_grad_(True)
+
+
+def test_vqa_examples_ask_several_questions_of_one_image(micro_model, tiny_shapesworld):
+    mix = MixConfig(tasks={"vqa": 1.0}, questions_per_image=3)
+    stream = TaskMixture(tiny_shapesworld.root, "train", micro_model.processor, mix)
+    packed = 0
+    for k in range(30):
+        sample = stream.samples[Task.VQA][k % len(stream.samples[Task.VQA])]
+        ex = stream.example(Task.VQA, sample, random.Random(k))
+        mine = [s for s in stream.questions[sample.image_id] if s is not sample]
+        image_first = ex.instruction.index("<image>") < ex.instruction.index(sample.qa.question)
+        assert len(ex.branches) == (min(2, len(mine)) if image_first else 0)
+        # The other questions are this image's, each asked once, in the first question's template, with answers.
+        template = ex.instruction.replace(sample.qa.question, "{question}")
+        offered = Counter(
+            (template.format(question=s.qa.question), Counter(s.qa.answers).most_common(1)[0][0]) for s in mine
+        )
+        assert not Counter(ex.branches) - offered  # (a question may be asked twice of an image, with one answer)
+        packed += bool(ex.branches)
+    assert packed > 10
+    single = TaskMixture(tiny_shapesworld.root, "train", micro_model.processor, MixConfig(tasks={"vqa": 1.0}))
+    assert all(not single[i].branches for i in range(10))

@@ -24,8 +24,9 @@ from visionllm.data.sample import ObjectAnnotation, Sample
 from visionllm.data.shapes.language import ObjectFacts, parse_phrase
 from visionllm.data.shapes.load import load_split
 from visionllm.data.shapes.scene import COLORS, SHAPES
-from visionllm.formats.task_table import build_instruction
+from visionllm.formats.task_table import TASK_TABLE, build_instruction
 from visionllm.formats.tasks import Task
+from visionllm.formats.tokens import IMAGE
 from visionllm.models.v1.batch import Example
 from visionllm.models.v1.processor import VisionLLMProcessor
 from visionllm.ops.polygons import resample_polygon
@@ -44,6 +45,10 @@ class MixConfig:
         negative_rate: expected share of absent classes in a class set.
         task_per_batch: the examples of one batch share their task (and polygon point count), so that a batch's
             sequences have one layout and one length: no padding, no mixed formats in one LLM pass.
+        questions_per_image: a VQA example asks up to this many of its image's questions. They share the image,
+            its tokens and the instruction up to the question, and are answered in parallel branches of one
+            sequence (`batch.collate`), each seeing exactly what a single question sees: one image pass trains
+            several answers. Templates that put the question before the image ask one.
     """
 
     tasks: dict[str, float] = field(default_factory=lambda: {"detection": 1.0})
@@ -51,6 +56,11 @@ class MixConfig:
     polygon_points: list[int] = field(default_factory=lambda: [8, 16])
     negative_rate: float = 0.3
     task_per_batch: bool = True
+    questions_per_image: int = 1
+
+
+def _majority(answers: Sequence[str]) -> str:
+    return Counter(answers).most_common(1)[0][0]
 
 
 def _phrase(obj: ObjectAnnotation, level: str) -> str:
@@ -106,6 +116,9 @@ class TaskMixture(torch.utils.data.Dataset):
                 loaded = [s for s in loaded if s.objects] or loaded
             self.samples[task] = loaded
         self.objects = {s.image_id: s.objects for s in self.samples[Task.DETECTION]}
+        self.questions: dict[object, list[Sample]] = {}
+        for s in self.samples.get(Task.VQA, []):
+            self.questions.setdefault(s.image_id, []).append(s)
         for task in self.tasks:
             if not self.samples.get(task):
                 raise ValueError(f"the {split} split of {root} has no {task.value} samples")
@@ -124,6 +137,19 @@ class TaskMixture(torch.utils.data.Dataset):
             points = rng.choice(self.mix.polygon_points)
         sample = rng.choice(self.samples[task])
         return self.example(task, sample, rng, points)
+
+    def _more_questions(self, sample: Sample, template: int, rng: random.Random) -> tuple[tuple[str, str], ...]:
+        """Other questions on the sample's image, as (instruction, answer) in the same template, when the template
+        shows the image before the question (so that the questions can share it)."""
+        chosen = TASK_TABLE[Task.VQA].templates[template]
+        if self.mix.questions_per_image <= 1 or chosen.index(IMAGE) > chosen.index("{question}"):
+            return ()
+        others = [s for s in self.questions.get(sample.image_id, []) if s is not sample]
+        picked = rng.sample(others, min(len(others), self.mix.questions_per_image - 1))
+        return tuple(
+            (build_instruction(Task.VQA, question=s.qa.question, template=template).text, _majority(s.qa.answers))
+            for s in picked
+        )
 
     def _default_class_index(self, objects: Sequence[ObjectAnnotation]) -> tuple[np.ndarray, np.ndarray]:
         """Boxes (T, 4) of the objects some default class names and that class's index (T,)."""
@@ -144,12 +170,15 @@ class TaskMixture(torch.utils.data.Dataset):
         everything = self.objects.get(sample.image_id, sample.objects)
         all_boxes = np.array([o.box_xyxy_px for o in everything]).reshape(-1, 4)
         if task in (Task.CAPTION, Task.VQA):
+            branches: tuple[tuple[str, str], ...] = ()
             if task is Task.CAPTION:
                 instruction = build_instruction(task, template=rng)
                 answer = rng.choice(sample.captions)
             else:
-                instruction = build_instruction(task, question=sample.qa.question, template=rng)
-                answer = Counter(sample.qa.answers).most_common(1)[0][0]
+                template = rng.randrange(len(TASK_TABLE[task].templates))
+                instruction = build_instruction(task, question=sample.qa.question, template=template)
+                answer = _majority(sample.qa.answers)
+                branches = self._more_questions(sample, template, rng)
             token_classes = np.zeros(len(all_boxes), dtype=np.int64)
             if self.default_phrases:
                 all_boxes, token_classes = self._default_class_index(everything)
@@ -161,6 +190,7 @@ class TaskMixture(torch.utils.data.Dataset):
                 answer=answer,
                 token_boxes_xyxy_px=all_boxes,
                 token_class_index=token_classes,
+                branches=branches,
             )
         if task is Task.GROUNDING:
             instruction = build_instruction(task, expression=rng.choice(sample.expressions), template=rng, config=codec)

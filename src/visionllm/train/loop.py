@@ -36,7 +36,7 @@ from visionllm.train.data import MixConfig, TaskMixture
 
 logger = logging.getLogger(__name__)
 
-FREEZE_GROUPS = ("backbone", "tokenizer_visual", "text_encoder", "llm")
+FREEZE_GROUPS = ("backbone", "tokenizer", "tokenizer_visual", "text_encoder", "llm")
 
 
 @dataclass
@@ -76,7 +76,8 @@ class TrainConfig:
     Attributes:
         output_dir: run folder (checkpoints/, log.jsonl, final/).
         init_from: a checkpoint folder to start from (stage 2 starts from stage 1's final model).
-        freeze: groups kept fixed: backbone, tokenizer_visual (the tokenizer but its text fusion), text_encoder, llm.
+        freeze: groups kept fixed: backbone, tokenizer (all of it), tokenizer_visual (the tokenizer but its text
+            fusion), text_encoder, llm.
         tokenizer_loss_weight: weight of L_tok in L = L_tok + L_dec.
         tokenizer_only: train the image tokenizer alone on L_tok, without the LLM's pass: a first stage that trains
             the visual part as an open-vocabulary detector at a fraction of a full step's cost (the LLM and the
@@ -118,18 +119,46 @@ class TrainConfig:
 
 
 def load_run_config(path: str | Path) -> tuple[VisionLLMConfig, TrainConfig]:
-    """A preset file: `model:` (VisionLLMConfig) and `train:` (TrainConfig); `base:` names a file whose
-    `model:` section is used when this one has none."""
+    """A preset file: `model:` (VisionLLMConfig) and `train:` (TrainConfig); `base:` names a file whose `model:`
+    section this one's `model:` refines (key by key, at any depth)."""
     data = load_yaml(path)
     unknown = sorted(set(data) - {"model", "train", "base"})
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key(s) {unknown}; expected model, train, base")
-    model_data = data.get("model")
-    if model_data is None and data.get("base"):
-        model_data = load_yaml(Path(path).parent / data["base"]).get("model")
-    model_config = VisionLLMConfig.from_dict(model_data or {})
+    model_data = data.get("model") or {}
+    if data.get("base"):
+        model_data = _merged(load_yaml(Path(path).parent / data["base"]).get("model") or {}, model_data)
+    model_config = VisionLLMConfig.from_dict(model_data)
     train_config = build(TrainConfig, data.get("train"), "train")
     return model_config, train_config
+
+
+def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merged(merged[key], value) if both else value
+    return merged
+
+
+def _initial_model(config: TrainConfig, model_config: VisionLLMConfig) -> VisionLLM:
+    """A new model, or the init_from checkpoint with the run's own decoder settings (thresholds, loss and evidence
+    options: those that do not change a weight's shape), so that a stage can change how the model decodes."""
+    if not config.init_from:
+        return VisionLLM(model_config)
+    model = VisionLLM.from_pretrained(config.init_from)
+    ours, theirs = model_config.decoder, model.config.decoder
+    shaped = [
+        name for name in ("coord_range", "max_points", "max_classes") if getattr(ours, name) != getattr(theirs, name)
+    ]
+    if shaped:
+        raise ConfigError(
+            f"decoder.{', '.join(shaped)} of the run differ from {config.init_from}'s; they size the vocabulary, "
+            "so a stage must keep its checkpoint's values"
+        )
+    for name, value in asdict(ours).items():
+        setattr(theirs, name, value)
+    return model
 
 
 def apply_freeze(model: VisionLLM, groups: list[str]) -> None:
@@ -139,6 +168,8 @@ def apply_freeze(model: VisionLLM, groups: list[str]) -> None:
         model.text_encoder.requires_grad_(False)
     if "llm" in groups:
         model.decoder.lm.requires_grad_(False)
+    if "tokenizer" in groups:
+        model.tokenizer.requires_grad_(False)
     if "tokenizer_visual" in groups:
         # Every parameter of the tokenizer, its own (class bias, level embedding, ...) as well as its modules',
         # but those of its text fusion.
@@ -220,7 +251,7 @@ def train(config_path: str | Path, resume: bool = False, max_steps: int | None =
     torch.manual_seed(config.seed)
     root = ensure_data(config.data)
 
-    model = VisionLLM.from_pretrained(config.init_from) if config.init_from else VisionLLM(model_config)
+    model = _initial_model(config, model_config)
     model.train()
     apply_freeze(model, config.frozen_groups)
     optimizer = torch.optim.AdamW(

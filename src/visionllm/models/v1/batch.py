@@ -34,6 +34,10 @@ class Example:
         token_boxes_xyxy_px: (T', 4) boxes the image tokens should find (the objects the instruction is about).
         token_class_index: (T',) their classes for the tokenizer, for text answers (indices into the model's
             default classes); structured answers use class_index.
+        branches: further (instruction, answer) pairs on the same image (text answers), answered in parallel:
+            the instructions must equal the first one up to and including the image (the same template, another
+            question). The image and that shared prefix are encoded once; each branch sees the sequence a single
+            instruction would.
     """
 
     image: ImageInput
@@ -47,6 +51,7 @@ class Example:
     visible: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=bool))
     token_boxes_xyxy_px: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
     token_class_index: np.ndarray | None = None
+    branches: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -58,10 +63,12 @@ class Batch:
         image_sizes: (B, 2) original (W, H).
         text_input_ids, text_attention_mask: (B, Lt) the text encoder's input.
         phrase_weights, phrase_mask: (B, C, Lt) / (B, C) where each bound class phrase lies in that input.
-        input_ids: (B, L) LLM ids: prefix with M <image> placeholders, header, then answer text or slot queries.
-        kinds: (B, L) PAD / SEQUENCE / SLOT.
-        groups: (B, L) slot number of slot positions, -1 elsewhere.
-        slot_offsets: (B, L) position of a slot token inside its slot.
+        input_ids: (B, L) LLM ids: prefix with M <image> placeholders, header, then answer text or slot queries
+            (or, for a text example with branches, the shared prefix then each branch's rest, header and answer).
+        kinds: (B, L) PAD / SEQUENCE / SLOT; SLOT marks the positions of parallel groups: the slots of a
+            structured answer, or the branches of a text example.
+        groups: (B, L) group (slot or branch) number of SLOT positions, -1 elsewhere.
+        slot_offsets: (B, L) position of a token inside its group.
         labels: (B, L) the id each position holds where it is to be predicted (header and text answer), else -100.
         formats, class_counts: per sample, the answer format and the number of bound classes.
         slot_targets: per sample, SlotTargets (structured formats) or None.
@@ -133,12 +140,7 @@ def collate(examples: Sequence[Example], processor: VisionLLMProcessor) -> Batch
         else:
             if ex.answer is None:
                 raise ValueError(f"a {ex.task.value} example needs an answer text")
-            answer = processor.text_answer_ids(ex.answer)
-            ids = prefix + header + answer
-            kind = [SEQUENCE] * len(ids)
-            group = [-1] * len(ids)
-            offset = [0] * len(ids)
-            label = [IGNORE] * len(prefix) + header + answer
+            ids, kind, group, offset, label = _text_rows(ex, prefix, header, processor)
             slot_targets.append(None)
         rows.append(ids)
         kinds.append(kind)
@@ -191,3 +193,37 @@ def collate(examples: Sequence[Example], processor: VisionLLMProcessor) -> Batch
         token_targets=token_targets,
         token_classes=token_classes,
     )
+
+
+def _text_rows(
+    ex: Example, prefix: list[int], header: list[int], processor: VisionLLMProcessor
+) -> tuple[list[int], list[int], list[int], list[int], list[int]]:
+    """ids, kinds, groups, offsets and labels of a text example: one sequence, or, with branches, the prefix
+    the instructions share followed by one group per (instruction, answer), each holding the rest of its
+    instruction, the header and the answer (so that each group's positions are those of a single sequence)."""
+    answer = processor.text_answer_ids(ex.answer or "")
+    if not ex.branches:
+        ids = prefix + header + answer
+        return ids, [SEQUENCE] * len(ids), [-1] * len(ids), [0] * len(ids), [IGNORE] * len(prefix) + header + answer
+    prefixes = [prefix, *(processor.prefix_ids(text) for text, _ in ex.branches)]
+    answers = [answer, *(processor.text_answer_ids(text) for _, text in ex.branches)]
+    shared = min(len(p) for p in prefixes) - 1  # every group keeps one instruction token: labels never cross groups
+    for i in range(shared):
+        if any(p[i] != prefix[i] for p in prefixes):
+            shared = i
+            break
+    if processor.image_id in (token for p in prefixes for token in p[shared:]):
+        raise ValueError(
+            f"the branches of a {ex.task.value} example must share the instruction up to and including the image; "
+            f"{[text for text, _ in ex.branches]!r} differ from {ex.instruction!r} before it"
+        )
+    ids, kind, group, offset = prefix[:shared], [SEQUENCE] * shared, [-1] * shared, [0] * shared
+    label = [IGNORE] * shared
+    for g, (p, a) in enumerate(zip(prefixes, answers, strict=True)):
+        branch = p[shared:] + header + a
+        ids = ids + branch
+        kind += [SLOT] * len(branch)
+        group += [g] * len(branch)
+        offset += list(range(len(branch)))
+        label += [IGNORE] * (len(p) - shared) + header + a
+    return ids, kind, group, offset, label

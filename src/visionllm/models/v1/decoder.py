@@ -203,13 +203,14 @@ class LanguageDecoder(nn.Module):
             class_rows: (B, C, D) the classes in the LLM's space (`class_rows`).
 
         Returns:
-            (B, M, D): MLP(e_k) + Linear(sine(l_k)) + the token's class evidence sum_c p_kc * row_c.
+            (B, M, D): MLP(e_k) + Linear(sine(l_k)) + the token's class evidence s * sum_c p_kc * row_c
+            (s: `evidence_scale`).
         """
         tokens = self.image_proj(embeddings) + self.box_proj(sine_embed(boxes, 32).to(embeddings.dtype))
         if class_probs is None or class_rows is None:
             return tokens
         evidence = class_probs.to(class_rows.dtype) @ class_rows
-        return tokens + evidence.to(tokens.dtype)
+        return tokens + self.config.evidence_scale * evidence.to(tokens.dtype)
 
     def input_embeddings(self, input_ids: Tensor, image_tokens: Tensor) -> Tensor:
         """Token embeddings with the image tokens scattered into the <image> placeholders.

@@ -112,12 +112,29 @@ class VisionLLM(nn.Module):
         """
         tokens = self.tokenize(pixel_values, encoder)
         tokens, class_probs = arrange_tokens(tokens, self.config.decoder.duplicate_iou)
-        rows = self.decoder.class_rows(class_probs.shape[-1], encoder["phrase_mask"].any(1))
+        bound = encoder["phrase_mask"].any(1)
+        if self.config.decoder.default_evidence == "top1":
+            top = F.one_hot(class_probs.argmax(-1), class_probs.shape[-1]).to(class_probs.dtype)
+            class_probs = torch.where(bound[:, None, None], class_probs, class_probs * top)
+        rows = self.decoder.class_rows(class_probs.shape[-1], bound)
         image_tokens = self.decoder.embed_image_tokens(tokens.embeddings, tokens.boxes.detach(), class_probs, rows)
         return tokens, image_tokens
 
+    @property
+    def visual_frozen(self) -> bool:
+        """Whether nothing before the image tokens' projection trains (backbone, text encoder, tokenizer): their
+        pass then runs without a graph and L_tok is not computed."""
+        parts = (self.backbone, self.text_encoder, self.tokenizer)
+        return not any(p.requires_grad for part in parts for p in part.parameters())
+
     def tokenize(self, pixel_values: Tensor, encoder: dict[str, Tensor]) -> TokenizerOutput:
         """The language-guided tokenizer's output for (image, instruction) pairs (no LLM involved)."""
+        if self.training and self.visual_frozen:
+            with torch.no_grad():
+                return self._tokenize(pixel_values, encoder)
+        return self._tokenize(pixel_values, encoder)
+
+    def _tokenize(self, pixel_values: Tensor, encoder: dict[str, Tensor]) -> TokenizerOutput:
         features = self.backbone(pixel_values)
         text = self.text_encoder(encoder["input_ids"], encoder["attention_mask"])
         defaults = None
@@ -146,7 +163,10 @@ class VisionLLM(nn.Module):
             )
             return {"loss": tokenizer_loss_weight * l_tok, "tokenizer": l_tok.detach()}
         tokens, image_tokens = self.encode_images(batch.pixel_values, batch.encoder_inputs())
-        l_tok = self.tokenizer.loss(tokens, batch.token_targets, batch.token_classes)
+        if self.visual_frozen:
+            l_tok = image_tokens.new_zeros(())
+        else:
+            l_tok = self.tokenizer.loss(tokens, batch.token_targets, batch.token_classes)
         anchors = [
             select_anchor_tokens(tokens.logits[b : b + 1].detach(), self.processor.num_slots(fmt))[0]
             if fmt.structured
@@ -154,7 +174,7 @@ class VisionLLM(nn.Module):
             for b, fmt in enumerate(batch.formats)
         ]
         hidden = self.sequence_hidden(batch, image_tokens, anchors)
-        text_loss = self._text_loss(hidden, batch.labels)
+        text_loss = self._text_loss(hidden, batch.labels, batch.groups)
         slot_losses = []
         parts: dict[str, Tensor] = {}
         for b, fmt in enumerate(batch.formats):
@@ -175,12 +195,12 @@ class VisionLLM(nn.Module):
             **parts,
         }
 
-    def _text_loss(self, hidden: Tensor, labels: Tensor) -> Tensor:
+    def _text_loss(self, hidden: Tensor, labels: Tensor, groups: Tensor) -> Tensor:
         """Cross-entropy of the positions with labels (format headers and text answers).
 
-        Per sample (the default): each sample's tokens are averaged first, then the samples, so that a sample
+        Per answer (the default): each answer's tokens are averaged first, then the answers, so that an answer
         counts once whatever its length, and the 5 to 35 header tokens of a structured answer do not outweigh the
-        few words of a text answer.
+        few words of a text answer. An answer is a sample's sequence, or one branch of it (`groups`).
         """
         targets = labels[:, 1:]
         selected = targets != IGNORE
@@ -190,8 +210,10 @@ class VisionLLM(nn.Module):
         losses = F.cross_entropy(logits.float(), targets[selected], reduction="none")
         if not self.config.decoder.text_loss_per_sample:
             return losses.mean()
-        counts = selected.sum(1, keepdim=True).expand_as(selected)[selected].float()
-        return (losses / counts).sum() / selected.any(1).sum()
+        rows = torch.arange(len(labels), device=labels.device)[:, None].expand_as(targets)
+        answer = (rows * (groups.shape[1] + 1) + groups[:, 1:] + 1)[selected]
+        _, answer, counts = torch.unique(answer, return_inverse=True, return_counts=True)
+        return (losses / counts[answer].float()).sum() / len(counts)
 
     def sequence_hidden(self, batch: Batch, image_tokens: Tensor, anchors: Sequence[Tensor | None]) -> Tensor:
         """The LLM's last hidden states (B, L, D) for a batch whose slot groups are anchored at `anchors`
