@@ -430,10 +430,12 @@ def test_caption_metrics_says_how_to_install_java(monkeypatch: pytest.MonkeyPatc
 # --------------------------------------------------------------------------------------------------
 
 
-def vqa_annotation(question_id: int, answers: list[str], answer_type: str = "other") -> dict[str, Any]:
+def vqa_annotation(
+    question_id: int, answers: list[str], answer_type: str = "other", question_type: str = "what is"
+) -> dict[str, Any]:
     return {
         "question_id": question_id,
-        "question_type": "what is",
+        "question_type": question_type,
         "answer_type": answer_type,
         "answers": [
             {"answer": answer, "answer_confidence": "yes", "answer_id": i + 1} for i, answer in enumerate(answers)
@@ -483,10 +485,10 @@ def test_vqa_leave_one_out_removes_equal_answer_dicts_like_the_official_code() -
 
 def test_vqa_accuracy_per_answer_type() -> None:
     annotations = [
-        vqa_annotation(1, ["yes"] * 10, "yes/no"),
-        vqa_annotation(2, ["2"] * 2 + ["3"] * 8, "number"),
-        vqa_annotation(3, ["red"] * 10, "other"),
-        vqa_annotation(4, ["blue"] * 5 + ["navy"] * 5, "other"),
+        vqa_annotation(1, ["yes"] * 10, "yes/no", "is there a"),
+        vqa_annotation(2, ["2"] * 2 + ["3"] * 8, "number", "how many"),
+        vqa_annotation(3, ["red"] * 10, "other", "what color is the"),
+        vqa_annotation(4, ["blue"] * 5 + ["navy"] * 5, "other", "what color is the"),
     ]
     predictions = {1: "yes", 2: "two", 3: "green", 4: "Blue"}
     scores = vqa_accuracy(predictions, annotations)
@@ -496,8 +498,13 @@ def test_vqa_accuracy_per_answer_type() -> None:
             "accuracy/yes/no": 1.0,
             "accuracy/number": 0.6,
             "accuracy/other": 0.5,
+            "accuracy[is there a]": 1.0,
+            "accuracy[how many]": 0.6,
+            "accuracy[what color is the]": 0.5,
         }
     )
+    del annotations[0]["question_type"]  # optional, as in the official format
+    assert "accuracy[is there a]" not in vqa_accuracy(predictions, annotations)
 
 
 def test_vqa_missing_predictions(caplog: pytest.LogCaptureFixture) -> None:

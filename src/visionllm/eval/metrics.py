@@ -446,9 +446,11 @@ def vqa_accuracy(
             warning).
 
     Returns:
-        ``accuracy``, the mean over questions, and ``accuracy/<answer_type>`` (e.g.
-        ``accuracy/yes/no``, ``accuracy/number``, ``accuracy/other``) for each type present; all
-        in [0, 1] (the official tool reports percentages rounded to 2 decimals).
+        ``accuracy``, the mean over questions, ``accuracy/<answer_type>`` (e.g.
+        ``accuracy/yes/no``, ``accuracy/number``, ``accuracy/other``) for each type present, and
+        ``accuracy[<question_type>]`` (e.g. ``accuracy[what color is the]``) where the annotations
+        have a ``question_type`` (the official tool's per-question-type accuracy); all in [0, 1]
+        (the official tool reports percentages rounded to 2 decimals).
 
     Raises:
         ValueError: On no annotations, duplicate or answerless questions, or missing predictions
@@ -479,6 +481,7 @@ def vqa_accuracy(
 
     per_question: list[float] = []
     per_type: dict[str, list[float]] = {}
+    per_question_type: dict[str, list[float]] = {}
     for annotation in annotations:
         if not annotation["answers"]:
             raise ValueError(f"question {annotation['question_id']} has no answers")
@@ -486,10 +489,14 @@ def vqa_accuracy(
         score = 0.0 if prediction is None else _vqa_question_accuracy(prediction, annotation["answers"])
         per_question.append(score)
         per_type.setdefault(str(annotation["answer_type"]), []).append(score)
+        if "question_type" in annotation:
+            per_question_type.setdefault(str(annotation["question_type"]), []).append(score)
 
     scores = {"accuracy": math.fsum(per_question) / len(per_question)}
     for answer_type, values in per_type.items():
         scores[f"accuracy/{answer_type}"] = math.fsum(values) / len(values)
+    for question_type, values in per_question_type.items():
+        scores[f"accuracy[{question_type}]"] = math.fsum(values) / len(values)
     return scores
 
 

@@ -204,25 +204,28 @@ def evaluate_shapesworld(
         wanted = {s.qa.question_id for s in samples}
         annotations = [a for a in annotations if a["question_id"] in wanted]
 
-        def accuracy(answers: Sequence[str]) -> float:
+        def accuracy(answers: Sequence[str], name: str) -> dict[str, float]:
+            """`name` and `name[<question type>]` (how many, what color is the, ...)."""
             predictions = {s.qa.question_id: a for s, a in zip(samples, answers, strict=True)}
-            return vqa_accuracy(predictions, annotations)["accuracy"]
+            scores = vqa_accuracy(predictions, annotations)
+            by_type = {k.removeprefix("accuracy"): v for k, v in scores.items() if k.startswith("accuracy[")}
+            return {name: scores["accuracy"], **{name + k: v for k, v in sorted(by_type.items())}}
 
         def answers(images: Sequence[Path], desc: str) -> list[str]:
             pairs = list(zip(images, instructions, strict=True))
             return [_text(d) for d in _batched(model, pairs, batch_size, desc, progress)]
 
         images = [s.image_path for s in samples]
-        metrics = {"vqa_accuracy": accuracy(answers(images, "eval vqa"))}
+        metrics = accuracy(answers(images, "eval vqa"), "vqa_accuracy")
         if not controls:
             return metrics
         swapped = _swapped(images)
         if swapped is not None:
-            metrics["vqa_accuracy_blind"] = accuracy(answers(swapped, "eval vqa (blind)"))
+            metrics.update(accuracy(answers(swapped, "eval vqa (blind)"), "vqa_accuracy_blind"))
         train = load_split(root, "train", Task.VQA) if layout.vqa_questions("train").exists() else []
         if train:
             prior = QuestionPrior.fit(train)
-            metrics["vqa_prior"] = accuracy([prior.answer(s.qa.question) for s in samples])
+            metrics.update(accuracy([prior.answer(s.qa.question) for s in samples], "vqa_prior"))
         else:
             logger.warning("no train VQA questions in %s: vqa_prior left out", root)
         return metrics
