@@ -312,7 +312,7 @@ def train(config_path: str | Path, resume: bool = False, max_steps: int | None =
                 "lr": scheduler.get_last_lr()[0],
                 "elapsed_s": round(time.perf_counter() - started, 1),
             }
-            record.update({k: round(float(v), 4) for k, v in losses.items()})
+            record.update({k: round(float(v.detach()), 4) for k, v in losses.items()})
             bar.set_postfix(loss=record["loss"])
             _append(log_path, record)
         if step % config.save_every == 0 or step == config.max_steps:
