@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(VENV)/bin/visionllm demo --model $(DEFAULT_MODEL) --out $(DEMO_DIR)
 
 # Trains the shipped default model: stage 1 (the image tokenizer alone), then stage 2 (every v1 task), each resumable
-# from its last checkpoint; then writes it in fp16 to $(DEFAULT_MODEL). About 2 h 15 min on 2 CPU cores (budget 2.5 h).
+# from its last checkpoint; then writes it in fp16 to $(DEFAULT_MODEL). About 1 h 50 min on 2 CPU cores (budget 2.5 h).
 train-default: $(STAMP)
 	$(VENV)/bin/visionllm train --config configs/tiny_stage1.yaml --resume
 	$(VENV)/bin/visionllm train --config configs/tiny_stage2.yaml --resume
