@@ -1,6 +1,9 @@
 import random
 from collections import Counter
 
+import pytest
+
+from visionllm.config import ConfigError
 from visionllm.formats.tasks import Task
 from visionllm.train.data import MixConfig, TaskMixture
 from visionllm.train.loop import apply_freeze
@@ -76,3 +79,8 @@ def test_vqa_examples_ask_several_questions_of_one_image(micro_model, tiny_shape
     assert packed > 10
     single = TaskMixture(tiny_shapesworld.root, "train", micro_model.processor, MixConfig(tasks={"vqa": 1.0}))
     assert all(not single[i].branches for i in range(10))
+
+
+def test_a_vqa_example_asks_at_least_one_question():
+    with pytest.raises(ConfigError, match="questions_per_image"):
+        MixConfig(tasks={"vqa": 1.0}, questions_per_image=0)

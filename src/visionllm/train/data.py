@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from visionllm.config import ConfigError
 from visionllm.data.sample import ObjectAnnotation, Sample
 from visionllm.data.shapes.language import ObjectFacts, parse_phrase
 from visionllm.data.shapes.load import load_split
@@ -57,6 +58,10 @@ class MixConfig:
     negative_rate: float = 0.3
     task_per_batch: bool = True
     questions_per_image: int = 1
+
+    def __post_init__(self) -> None:
+        if self.questions_per_image < 1:
+            raise ConfigError(f"mix.questions_per_image must be at least 1, not {self.questions_per_image}")
 
 
 def _majority(answers: Sequence[str]) -> str:
