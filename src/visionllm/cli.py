@@ -71,11 +71,11 @@ def _cmd_data_sheet(args: argparse.Namespace) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from visionllm.config import ConfigError
-    from visionllm.train.loop import train
+    from visionllm.train.loop import UnsafeCheckpointError, train
 
     try:
         final = train(args.config, resume=args.resume, max_steps=args.max_steps)
-    except (ConfigError, FileExistsError) as error:
+    except (ConfigError, FileExistsError, UnsafeCheckpointError) as error:
         raise CliError(str(error)) from None
     print(f"final model: {final}")
 

@@ -1,5 +1,8 @@
 import copy
+import random
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,10 +13,14 @@ from visionllm.models.v1.batch import Example, collate
 from visionllm.train.loop import (
     OptimConfig,
     TrainConfig,
+    UnsafeCheckpointError,
     _initial_model,
+    _load_state,
     _param_groups,
+    _save_state,
     apply_freeze,
     load_run_config,
+    load_training_state,
 )
 
 
@@ -72,3 +79,55 @@ def test_a_frozen_visual_part_runs_without_a_graph_and_without_its_loss(micro_mo
     losses["loss"].backward()
     assert all(p.grad is None for p in model.tokenizer.parameters())
     assert model.decoder.image_proj[0].weight.grad.abs().sum() > 0
+
+
+class _RunsCode:
+    """Unpickling this calls `Path.touch` on a marker: what a crafted checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_training_state_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "ran"
+    torch.save({"step": 3, "rng": _RunsCode(marker)}, tmp_path / "training_state.pt")
+    with pytest.raises(UnsafeCheckpointError, match="could run code"):
+        load_training_state(tmp_path / "training_state.pt")
+    assert not marker.exists()
+
+
+def test_the_training_state_restores_every_random_generator(micro_model, tmp_path):
+    model = copy.deepcopy(micro_model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)
+    torch.manual_seed(1), np.random.seed(2), random.seed(3)
+    np.random.normal()  # NumPy's cached Gaussian is part of its state
+    _save_state(tmp_path, model, optimizer, scheduler, step=7, keep=2)
+    expected = (torch.rand(3), np.random.rand(3), np.random.normal(), random.random(), random.gauss(0, 1))
+    torch.manual_seed(9), np.random.seed(9), random.seed(9)
+    folder = tmp_path / "checkpoints" / "step-7"
+    assert torch.load(folder / "training_state.pt", weights_only=True)["step"] == 7  # plain values only
+    assert _load_state(folder, model, optimizer, scheduler) == 7
+    again = (torch.rand(3), np.random.rand(3), np.random.normal(), random.random(), random.gauss(0, 1))
+    assert torch.equal(again[0], expected[0]) and np.array_equal(again[1], expected[1])
+    assert again[2:] == expected[2:]
+
+
+def test_training_states_of_earlier_versions_still_resume(micro_model, tmp_path):
+    # Earlier versions pickled NumPy's and Python's RNG states in their own tuple formats.
+    model = copy.deepcopy(micro_model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)
+    _save_state(tmp_path, model, optimizer, scheduler, step=4, keep=1)
+    folder = tmp_path / "checkpoints" / "step-4"
+    state = torch.load(folder / "training_state.pt", weights_only=True)
+    np.random.seed(5), random.seed(5)
+    state["rng"]["numpy"], state["rng"]["python"] = np.random.get_state(), random.getstate()
+    expected = (np.random.rand(2), random.random())
+    torch.save(state, folder / "training_state.pt")
+    np.random.seed(0), random.seed(0)
+    assert _load_state(folder, model, optimizer, scheduler) == 4
+    assert np.array_equal(np.random.rand(2), expected[0]) and random.random() == expected[1]

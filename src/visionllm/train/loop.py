@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
 import shutil
 import time
@@ -357,7 +358,7 @@ def _save_state(output: Path, model: VisionLLM, optimizer, scheduler, step: int,
         "step": step,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        "rng": _rng_state(),
     }
     torch.save(state, tmp / "training_state.pt")
     final = folder / f"step-{step}"
@@ -372,10 +373,61 @@ def _load_state(folder: Path, model: VisionLLM, optimizer, scheduler) -> int:
 
     state = load_file(str(folder / "model.safetensors"))
     model.load_state_dict(state, strict=False)
-    training = torch.load(folder / "training_state.pt", weights_only=False)
+    training = load_training_state(folder / "training_state.pt")
     optimizer.load_state_dict(training["optimizer"])
     scheduler.load_state_dict(training["scheduler"])
-    torch.set_rng_state(training["rng"]["torch"])
-    np.random.set_state(training["rng"]["numpy"])
-    random.setstate(training["rng"]["python"])
+    _set_rng_state(training["rng"])
     return int(training["step"])
+
+
+# NumPy arrays of plain dtypes (data, not code): the RNG state in training-state files of earlier versions.
+_ARRAY_TYPES = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+class UnsafeCheckpointError(ValueError):
+    """A training-state file that holds more than tensors and plain values."""
+
+
+def load_training_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's training state (step, optimiser, scheduler, RNG states), read with `weights_only=True`: tensors
+    and plain values only, so that no file can run code when a run is resumed.
+
+    Raises:
+        UnsafeCheckpointError: the file holds other objects (a crafted file).
+
+    Files of earlier versions hold NumPy's RNG state as an array: NumPy arrays of plain dtypes are allowed too.
+    """
+    try:
+        with torch.serialization.safe_globals(_ARRAY_TYPES):
+            return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise UnsafeCheckpointError(
+            f"{path} holds objects other than tensors and plain values, and loading it could run code; refusing it. "
+            "Resume from a checkpoint this version wrote, or start the run again"
+        ) from error
+
+
+def _rng_state() -> dict[str, Any]:
+    """The torch, NumPy and Python RNG states as tensors and plain values (loadable with `weights_only=True`)."""
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64),
+                   "gauss_next": gauss_next},
+    }  # fmt: skip
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    """Restore `_rng_state()` (or the tuples of NumPy's and Python's own formats, as earlier versions stored them)."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    if isinstance(n, dict):
+        n = (n["name"], n["keys"].numpy().astype(np.uint32), n["position"], n["has_gauss"], n["gauss"])
+    np.random.set_state(n)
+    p = state["python"]
+    if isinstance(p, dict):
+        p = (p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss_next"])
+    random.setstate(p)
