@@ -301,6 +301,24 @@ def test_random_token_soup_never_raises(tokens, kind):
     decode_slots(slots, header, ["a", "b"], WH)
 
 
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.one_of(special, st.text(max_size=5)), max_size=40),
+    st.lists(st.sampled_from([tk.KPT, tk.CLS, tk.TEXT, "<x1>", "<y1>", "<x2>", "<y2>", "<c0>"]), max_size=6),
+)
+def test_token_soup_with_any_header_never_raises(tokens, header_body):
+    # The soup starts with <fmt>, then any header tokens: well-formed or not, as a constrained decoder may emit.
+    text = " ".join([tk.FMT_OPEN, *header_body, tk.FMT_CLOSE, *tokens])
+    decoded = decode_text(text, ["a"], WH)
+    assert isinstance(decoded.prediction, Detections | TextAnswer)
+
+
+@pytest.mark.parametrize("header", ["<fmt> <kpt> <cls> </fmt>", "<fmt> <cls> </fmt>", "<fmt> <kpt> </fmt>"])
+def test_headers_without_points_are_not_formats(header):
+    assert parse_format_header(header.split()) is None
+    decode_text(header, ["a"], (128, 128))  # and decoding them does not raise
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(-(2**40), 2**40), max_size=30))
 def test_random_ids_never_raise(ids):

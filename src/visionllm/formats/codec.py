@@ -141,7 +141,7 @@ def parse_format_header(tokens: Sequence[str]) -> OutputFormat | None:
     if body[1:] != expected:
         return None
     if keypoints:
-        return OutputFormat.keypoints(num_points)
+        return OutputFormat.keypoints(num_points) if num_points >= 1 else None
     if num_points == 2:
         return OutputFormat.boxes()
     return OutputFormat.polygons(num_points) if num_points >= 3 else None
