@@ -1,4 +1,5 @@
 import copy
+import json
 import random
 from pathlib import Path
 
@@ -18,9 +19,11 @@ from visionllm.train.loop import (
     _load_state,
     _param_groups,
     _save_state,
+    _trim_log,
     apply_freeze,
     load_run_config,
     load_training_state,
+    train,
 )
 
 
@@ -131,3 +134,22 @@ def test_training_states_of_earlier_versions_still_resume(micro_model, tmp_path)
     np.random.seed(0), random.seed(0)
     assert _load_state(folder, model, optimizer, scheduler) == 4
     assert np.array_equal(np.random.rand(2), expected[0]) and random.random() == expected[1]
+
+
+def test_a_resumed_run_logs_each_step_once(tmp_path):
+    log = tmp_path / "log.jsonl"
+    records = [{"step": s, "loss": 1.0 / s} for s in range(20, 201, 20)] + [{"step": 100, "eval": {"box_AP": 0.1}}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 22')  # the last line cut short
+    _trim_log(log, 100)  # resumed from the checkpoint of step 100
+    kept = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["step"] for r in kept] == [20, 40, 60, 80, 100, 100]
+    assert "eval" in kept[-1]
+
+
+@pytest.mark.parametrize("steps", [0, -1])
+def test_a_run_needs_at_least_one_step(tmp_path, steps):
+    with pytest.raises(ConfigError, match="max_steps must be at least 1"):
+        TrainConfig(max_steps=steps)
+    (tmp_path / "run.yaml").write_text("train: {max_steps: 5}\n")
+    with pytest.raises(ConfigError, match="--max-steps must be at least 1"):
+        train(tmp_path / "run.yaml", max_steps=steps)

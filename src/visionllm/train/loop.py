@@ -117,6 +117,9 @@ class TrainConfig:
             raise ConfigError(f"train.freeze: unknown group(s) {unknown}; groups: {list(FREEZE_GROUPS)}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ConfigError("train.mixed_precision must be 'no', 'bf16' or 'fp16'")
+        for name in ("max_steps", "batch_size", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be at least 1, not {getattr(self, name)}")
 
 
 def load_run_config(path: str | Path) -> tuple[VisionLLMConfig, TrainConfig]:
@@ -241,6 +244,8 @@ def train(config_path: str | Path, resume: bool = False, max_steps: int | None =
     """Run (or resume) one training stage; returns the final model folder."""
     model_config, config = load_run_config(config_path)
     if max_steps is not None:
+        if max_steps < 1:
+            raise ConfigError(f"--max-steps must be at least 1, not {max_steps}")
         config.max_steps = max_steps
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
@@ -263,6 +268,7 @@ def train(config_path: str | Path, resume: bool = False, max_steps: int | None =
     existing = _checkpoints(output)
     if resume and existing:
         start_step = _load_state(existing[-1], model, optimizer, scheduler)
+        _trim_log(output / "log.jsonl", start_step)
         logger.info("resumed from %s (step %d)", existing[-1], start_step)
     elif existing and not resume:
         raise FileExistsError(
@@ -340,6 +346,24 @@ def train(config_path: str | Path, resume: bool = False, max_steps: int | None =
     final = output / "final"
     accelerator.unwrap_model(model).save_pretrained(final)
     return final
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Drop the records of steps after `step` (those logged after the checkpoint a run resumes from: the resumed
+    run logs them again), so that the log holds each step once."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a killed run
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
 
 
 def _append(path: Path, record: dict) -> None:
