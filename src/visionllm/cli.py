@@ -151,10 +151,11 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     if args.save_vis:
         from PIL import Image
 
+        from visionllm.models.v1.processor import upright
         from visionllm.vis import draw_result
 
         args.save_vis.parent.mkdir(parents=True, exist_ok=True)
-        draw_result(Image.open(args.image), result, min_side=384).save(args.save_vis)
+        draw_result(upright(Image.open(args.image)), result, min_side=384).save(args.save_vis)
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:

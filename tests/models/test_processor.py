@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from PIL import Image
 
 from visionllm.formats.codec import OutputFormat
 from visionllm.formats.task_table import build_instruction
@@ -52,3 +53,22 @@ def test_phrases_cut_off_by_the_length_limit_are_marked_missing(micro_model):
     finally:
         proc.config.text_encoder.max_length = limit
     assert not out["phrase_mask"][0].all()
+
+
+def _rotated_jpeg(path) -> None:
+    """A 64 x 32 JPEG stored sideways: EXIF orientation 6 shows it 32 x 64, the stored left edge on top."""
+    pixels = np.zeros((32, 64, 3), dtype=np.uint8)
+    pixels[:, :16] = (255, 0, 0)  # stored: a red band on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    Image.fromarray(pixels).save(path, exif=exif.tobytes(), quality=95)
+
+
+def test_images_are_read_upright_as_displayed(micro_model, tmp_path):
+    _rotated_jpeg(tmp_path / "sideways.jpg")
+    loaded = micro_model.processor.image(tmp_path / "sideways.jpg")
+    assert loaded.size_wh == (32, 64)
+    red = loaded.pixels[0] > loaded.pixels[1]  # red channel above green: the band
+    assert red[:8].float().mean() > 0.9 and red[-8:].float().mean() < 0.1  # the band is now on top
+    with Image.open(tmp_path / "sideways.jpg") as image:  # a PIL image handed over directly, too
+        assert micro_model.processor.image(image).size_wh == (32, 64)

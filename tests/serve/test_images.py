@@ -90,3 +90,13 @@ def test_local_paths_only_inside_allowed_folders(tmp_path):
     with pytest.raises(RequestError) as caught:
         load_image(str(allowed / "missing.png"), limits)
     assert caught.value.status == 400 and "no image file" in caught.value.message
+
+
+def test_images_are_decoded_upright_as_displayed():
+    # A 64 x 32 JPEG stored sideways (EXIF orientation 6): the server sees, and answers for, the 32 x 64 image shown.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((32, 64, 3), dtype=np.uint8)).save(buffer, format="JPEG", exif=exif.tobytes())
+    reference = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+    assert load_image(reference, ImageLimits()).size == (32, 64)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from visionllm.models.v1.processor import upright
 from visionllm.serve.errors import RequestError
 
 # Decoders PIL may try; anything else is refused before a decoder runs.
@@ -97,6 +98,7 @@ def decode_image_bytes(data: bytes, limits: ImageLimits, param: str = "image") -
                     "too_many_pixels",
                 )
             image.load()
+            image = upright(image)  # as displayed: boxes and image_size match what users see
     except RequestError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:

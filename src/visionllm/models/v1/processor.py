@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
@@ -73,9 +73,19 @@ class ImageInput:
     size_wh: tuple[int, int]
 
 
+def upright(image: Image.Image) -> Image.Image:
+    """The image as viewers display it: its EXIF orientation applied (unchanged when it has none, or one that
+    cannot be read)."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # malformed EXIF: keep the stored orientation rather than refuse the image
+        return image
+
+
 def normalise_image(image: Image.Image, size: int, mean: Tensor, std: Tensor) -> ImageInput:
-    """RGB, resized to size x size (bilinear), in [0, 1], normalised by mean and std (3, 1, 1)."""
-    rgb = image.convert("RGB")
+    """Upright as displayed (EXIF orientation applied), RGB, resized to size x size (bilinear), in [0, 1], normalised
+    by mean and std (3, 1, 1). The original size is the displayed one, so results map onto the image as seen."""
+    rgb = upright(image).convert("RGB")
     resized = rgb.resize((size, size), Image.BILINEAR) if rgb.size != (size, size) else rgb
     pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
     return ImageInput((pixels - mean) / std, rgb.size)
