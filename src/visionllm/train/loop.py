@@ -160,7 +160,7 @@ def _initial_model(config: TrainConfig, model_config: VisionLLMConfig) -> Vision
             f"decoder.{', '.join(shaped)} of the run differ from {config.init_from}'s; they size the vocabulary, "
             "so a stage must keep its checkpoint's values"
         )
-    for name, value in asdict(ours).items():
+    for name, value in asdict(ours).items():  # in place: the model's decoder holds this same config object
         setattr(theirs, name, value)
     return model
 
@@ -405,7 +405,8 @@ def _load_state(folder: Path, model: VisionLLM, optimizer, scheduler) -> int:
 
 
 # NumPy arrays of plain dtypes (data, not code): the RNG state in training-state files of earlier versions.
-_ARRAY_TYPES = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+_NUMPY_CORE = getattr(np, "_core", None) or np.core  # NumPy 2 / 1
+_ARRAY_TYPES = [_NUMPY_CORE.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 class UnsafeCheckpointError(ValueError):

@@ -221,7 +221,7 @@ def _text_rows(
     label = [IGNORE] * shared
     for g, (p, a) in enumerate(zip(prefixes, answers, strict=True)):
         branch = p[shared:] + header + a
-        ids = ids + branch
+        ids += branch
         kind += [SLOT] * len(branch)
         group += [g] * len(branch)
         offset += list(range(len(branch)))

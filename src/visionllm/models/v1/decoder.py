@@ -191,8 +191,23 @@ class LanguageDecoder(nn.Module):
             own = F.pad(phrases[:num_classes], (0, 0, 0, max(0, num_classes - len(phrases))))
         return torch.where(has_classes[:, None, None], bound[None], own[None])
 
+    def class_evidence(self, class_probs: Tensor, bound: Tensor) -> Tensor:
+        """Each token's class evidence in the LLM's space (B, M, D): s * sum_c p_kc * row_c (`class_rows`,
+        s = `evidence_scale`); for samples without bound classes, with `default_evidence: top1`, only each token's
+        most probable default class counts.
+
+        Args:
+            class_probs: (B, M, C) each token's probability of each class (0 for duplicates and absent classes).
+            bound: (B,) whether the sample's instruction binds classes.
+        """
+        if self.config.default_evidence == "top1":
+            top = F.one_hot(class_probs.argmax(-1), class_probs.shape[-1]).to(class_probs.dtype)
+            class_probs = torch.where(bound[:, None, None], class_probs, class_probs * top)
+        rows = self.class_rows(class_probs.shape[-1], bound)
+        return self.config.evidence_scale * (class_probs.to(rows.dtype) @ rows)
+
     def embed_image_tokens(
-        self, embeddings: Tensor, boxes: Tensor, class_probs: Tensor | None = None, class_rows: Tensor | None = None
+        self, embeddings: Tensor, boxes: Tensor, class_probs: Tensor | None = None, bound: Tensor | None = None
     ) -> Tensor:
         """Image tokens in the LLM's embedding space.
 
@@ -200,17 +215,15 @@ class LanguageDecoder(nn.Module):
             embeddings: (B, M, d_tok) token embeddings e_k.
             boxes: (B, M, 4) token boxes l_k, cxcywh in [0, 1].
             class_probs: (B, M, C) each token's probability of each class (0 for duplicates and absent classes).
-            class_rows: (B, C, D) the classes in the LLM's space (`class_rows`).
+            bound: (B,) whether each sample's instruction binds classes (`class_evidence`).
 
         Returns:
-            (B, M, D): MLP(e_k) + Linear(sine(l_k)) + the token's class evidence s * sum_c p_kc * row_c
-            (s: `evidence_scale`).
+            (B, M, D): MLP(e_k) + Linear(sine(l_k)) + the token's class evidence (`class_evidence`).
         """
         tokens = self.image_proj(embeddings) + self.box_proj(sine_embed(boxes, 32).to(embeddings.dtype))
-        if class_probs is None or class_rows is None:
+        if class_probs is None or bound is None:
             return tokens
-        evidence = class_probs.to(class_rows.dtype) @ class_rows
-        return tokens + self.config.evidence_scale * evidence.to(tokens.dtype)
+        return tokens + self.class_evidence(class_probs, bound).to(tokens.dtype)
 
     def input_embeddings(self, input_ids: Tensor, image_tokens: Tensor) -> Tensor:
         """Token embeddings with the image tokens scattered into the <image> placeholders.

@@ -113,11 +113,7 @@ class VisionLLM(nn.Module):
         tokens = self.tokenize(pixel_values, encoder)
         tokens, class_probs = arrange_tokens(tokens, self.config.decoder.duplicate_iou)
         bound = encoder["phrase_mask"].any(1)
-        if self.config.decoder.default_evidence == "top1":
-            top = F.one_hot(class_probs.argmax(-1), class_probs.shape[-1]).to(class_probs.dtype)
-            class_probs = torch.where(bound[:, None, None], class_probs, class_probs * top)
-        rows = self.decoder.class_rows(class_probs.shape[-1], bound)
-        image_tokens = self.decoder.embed_image_tokens(tokens.embeddings, tokens.boxes.detach(), class_probs, rows)
+        image_tokens = self.decoder.embed_image_tokens(tokens.embeddings, tokens.boxes.detach(), class_probs, bound)
         return tokens, image_tokens
 
     @property

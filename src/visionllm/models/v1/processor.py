@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 from torch import Tensor
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
@@ -77,6 +77,8 @@ def upright(image: Image.Image) -> Image.Image:
     """The image as viewers display it: its EXIF orientation applied (unchanged when it has none, or one that
     cannot be read)."""
     try:
+        if image.getexif().get(ExifTags.Base.Orientation, 1) == 1:
+            return image  # nothing to turn: no copy (every image of training and serving passes here)
         return ImageOps.exif_transpose(image)
     except Exception:  # malformed EXIF: keep the stored orientation rather than refuse the image
         return image
