@@ -389,6 +389,7 @@ def report(args: argparse.Namespace, specialist: dict, generalist: dict | None) 
         "val images.",
         "",
     ]
+    rows = [("specialist", row) for row in specialist["rows"]]
     if generalist is None or "missing" in generalist:
         reason = generalist["missing"] if generalist else "no generalist runs given"
         lines += [f"Generalist: {reason}; the specialist alone is reported.", ""]
@@ -396,22 +397,39 @@ def report(args: argparse.Namespace, specialist: dict, generalist: dict | None) 
         lines += [
             f"Generalist: stage 1 {generalist['stage1_s'] / 60:.1f} min + {generalist['detection_share']:.3f} x "
             f"stage 2 {generalist['stage2_s'] / 60:.1f} min = {generalist['total_minutes']:.1f} min of detection "
-            f"(mix from {generalist['mix_source']}); its AP is the stage-2 evaluation nearest in time, on the first "
-            f"{generalist['eval_images'] or '?'} val images of its own data root.",
+            f"(mix from {generalist['mix_source']}); its AP is that of the LLM's slots at each stage-2 evaluation, on "
+            f"the first {generalist['eval_images'] or '?'} val images of its own data root. Its first "
+            f"{generalist['stage1_s'] / 60:.0f} minutes are stage 1, where the LLM has not yet been trained and "
+            "answers nothing: the generalist has no AP there.",
             "",
         ]
-    header = "| minutes | specialist step | specialist AP | AP50 |"
-    rule = "|---|---|---|---|"
+        rows += [("generalist", row) for row in generalist.get("rows", [])]
+    lines += [
+        "Both curves on one axis of detection-training minutes (each row is one side's evaluation):",
+        "",
+        "| minutes | specialist step | specialist AP | AP50 | generalist step | generalist AP | AP50 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for side, row in sorted(rows, key=lambda item: item[1]["minutes"]):
+        cells = f"{row['step']} | {row['box_AP']:.3f} | {row['box_AP50']:.3f}"
+        empty = "| | |"
+        line = f"| {row['minutes']:.1f} | " + (f"{cells} {empty}" if side == "specialist" else f"{empty} {cells}")
+        lines.append(line + " |")
     if generalist and generalist.get("rows"):
-        header += " generalist minutes | generalist step | generalist AP | AP50 |"
-        rule += "---|---|---|---|"
-    lines += [header, rule]
-    for row in specialist["rows"]:
-        line = f"| {row['minutes']:.1f} | {row['step']} | {row['box_AP']:.3f} | {row['box_AP50']:.3f} |"
-        if generalist and generalist.get("rows"):
-            g = min(generalist["rows"], key=lambda g: abs(g["minutes"] - row["minutes"]))
-            line += f" {g['minutes']:.1f} | {g['step']} | {g['box_AP']:.3f} | {g['box_AP50']:.3f} |"
-        lines.append(line)
+        last_g = generalist["rows"][-1]
+        last_s = specialist["rows"][-1]
+        reached = next((r for r in specialist["rows"] if r["box_AP"] >= last_g["box_AP"]), None)
+        lines += [
+            "",
+            f"At the generalist's whole detection budget ({last_g['minutes']:.0f} min): specialist box AP "
+            f"{last_s['box_AP']:.3f} / AP50 {last_s['box_AP50']:.3f}, generalist {last_g['box_AP']:.3f} / "
+            f"{last_g['box_AP50']:.3f}. "
+            + (
+                f"The specialist first reached the generalist's final AP after {reached['minutes']:.0f} min."
+                if reached
+                else "The specialist did not reach the generalist's final AP."
+            ),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -430,7 +448,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--report-from", type=Path, help="write the report again from a results JSON of an earlier run (no training)"
+    )
     args = parser.parse_args()
+    if args.report_from:
+        results = json.loads(args.report_from.read_text())
+        for key, value in results["args"].items():
+            if key not in ("out", "report_from"):
+                setattr(args, key, value)
+        text = report(args, results["specialist"], results["generalist"])
+        print(text)
+        if args.out:
+            args.out.write_text(text)
+        return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +17,59 @@ logger = logging.getLogger("visionllm")
 
 class CliError(Exception):
     """A user error: printed as one line, exit status 2."""
+
+
+def _whole(minimum: int, maximum: int | None = None):
+    """An argparse type: a whole number in [minimum, maximum]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+
+    return parse
+
+
+def _number(minimum: float, maximum: float | None = None):
+    """An argparse type: a finite number in [minimum, maximum] (nan and inf are refused)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum:g} and {maximum:g}" if maximum is not None else f">= {minimum:g}"
+            raise argparse.ArgumentTypeError(f"must be a number {bound}, got {text}")
+        return value
+
+    return parse
+
+
+_PORT = _whole(1, 65535)
+_POSITIVE = _whole(1)
+
+
+def _check_output_file(path: Path | None, flag: str, image: bool = False) -> None:
+    """Refuse an output path that cannot be written, before any long work."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise CliError(
+            f"{flag} {path} is a folder: give a file name, e.g. {path / ('result.png' if image else 'metrics.json')}"
+        )
+    if image:
+        from PIL import Image
+
+        if path.suffix.lower() not in Image.registered_extensions():
+            raise CliError(f"{flag} {path}: unknown picture format {path.suffix!r}; use .png or .jpg")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise CliError(f"{flag} {path}: {path.parent} is a file, not a folder")
 
 
 def _holdout_pairs(text: str) -> tuple[tuple[str, str], ...]:
@@ -69,15 +124,25 @@ def _cmd_data_sheet(args: argparse.Namespace) -> None:
     print(write_contact_sheet(args.root, args.split, args.out, count=args.count))
 
 
-def _cmd_train(args: argparse.Namespace) -> None:
+def _cmd_train(args: argparse.Namespace) -> int:
     from visionllm.config import ConfigError
-    from visionllm.train.loop import UnsafeCheckpointError, train
+    from visionllm.train.loop import NonFiniteLossError, TrainingInterrupted, UnsafeCheckpointError, train
 
     try:
         final = train(args.config, resume=args.resume, max_steps=args.max_steps)
     except (ConfigError, FileExistsError, UnsafeCheckpointError) as error:
         raise CliError(str(error)) from None
+    except TrainingInterrupted as stop:
+        print(
+            f"visionllm: training {stop}; continue with: visionllm train --config {args.config} --resume",
+            file=sys.stderr,
+        )
+        return 128 + stop.signal_number  # the shell's convention for "ended by this signal"
+    except NonFiniteLossError as error:
+        print(f"visionllm: training stopped: {error}", file=sys.stderr)
+        return 1
     print(f"final model: {final}")
+    return 0
 
 
 def _load_model(path: Path):
@@ -92,21 +157,26 @@ def _load_model(path: Path):
 def _cmd_eval(args: argparse.Namespace) -> None:
     import json
 
+    from visionllm.data.readers import DatasetFormatError
     from visionllm.eval.runner import evaluate_coco, evaluate_shapesworld
 
-    model = _load_model(args.model)
-    if args.coco_json:
-        if not args.images:
-            raise CliError("--coco-json needs --images (the folder its file_name entries are relative to)")
-        metrics = evaluate_coco(model, args.coco_json, args.images, args.task, points=args.points, limit=args.limit)
-    elif args.shapesworld:
-        tasks = args.tasks.split(",") if args.tasks else None
-        kwargs = {"tasks": tasks} if tasks else {}
-        metrics = evaluate_shapesworld(
-            model, args.shapesworld, args.split, limit=args.limit, controls=not args.no_controls, **kwargs
-        )
-    else:
+    if not (args.coco_json or args.shapesworld):
         raise CliError("give --coco-json ANN.json --images DIR, or --shapesworld DIR")
+    if args.coco_json and not args.images:
+        raise CliError("--coco-json needs --images (the folder its file_name entries are relative to)")
+    _check_output_file(args.out, "--out")
+    model = _load_model(args.model)
+    try:
+        if args.coco_json:
+            metrics = evaluate_coco(model, args.coco_json, args.images, args.task, points=args.points, limit=args.limit)
+        else:
+            tasks = args.tasks.split(",") if args.tasks else None
+            kwargs = {"tasks": tasks} if tasks else {}
+            metrics = evaluate_shapesworld(
+                model, args.shapesworld, args.split, limit=args.limit, controls=not args.no_controls, **kwargs
+            )
+    except DatasetFormatError as error:
+        raise CliError(str(error)) from None
     text = json.dumps({k: round(v, 4) for k, v in metrics.items()}, indent=2)
     print(text)
     if args.out:
@@ -122,9 +192,10 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     from visionllm.formats.tasks import Task
     from visionllm.models.v1.processor import ProcessorError, codec_config
 
+    if not args.image.is_file():
+        raise CliError(f"image {args.image} not found" + (" (it is a folder)" if args.image.is_dir() else ""))
+    _check_output_file(args.save_vis, "--save-vis", image=True)
     model = _load_model(args.model)
-    if not args.image.exists():
-        raise CliError(f"image {args.image} not found")
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else []
     try:
         if args.instruction:
@@ -177,8 +248,6 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     for folder in args.image_dir:
         if not folder.is_dir():
             raise CliError(f"--image-dir {folder} is not a folder")
-    if args.max_batch_size < 1 or args.max_wait_ms < 0:
-        raise CliError("--max-batch-size must be >= 1 and --max-wait-ms >= 0")
     limits = ImageLimits(max_bytes=args.max_image_bytes, max_pixels=args.max_pixels, image_dirs=tuple(args.image_dir))
     _serve(
         args.model,
@@ -188,6 +257,9 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
         max_body_bytes=args.max_body_bytes,
+        max_queue=args.max_queue,
+        max_queued_tokens=args.max_queued_tokens,
+        max_prompt_tokens=args.max_prompt_tokens,
         limits=limits,
         api_key=args.api_key or os.environ.get("VISIONLLM_API_KEY") or None,
     )
@@ -200,7 +272,14 @@ def _serve(model_dir: Path, host: str, port: int, model_id: str | None = None, *
 
     if not model_dir.exists():
         raise CliError(f"model folder {model_dir} not found (train one with `make train-default`)")
+    _check_port_free(host, port)
     model = _load_model(model_dir)
+    own_limit = model.config.decoder.max_prompt_tokens
+    if (settings.get("max_prompt_tokens") or 0) > own_limit:
+        raise CliError(
+            f"--max-prompt-tokens {settings['max_prompt_tokens']} is over the model's own limit of {own_limit} "
+            "(decoder.max_prompt_tokens in its config.json)"
+        )
     name = model_id or model_dir.resolve().name
     app = create_app(model, ServerSettings(model_id=name, **settings))
     auth = " (API key required on /v1/*)" if settings.get("api_key") else ""
@@ -208,6 +287,23 @@ def _serve(model_dir: Path, host: str, port: int, model_id: str | None = None, *
         print(f"warning: serving on {host} without --api-key: anyone who can reach this port can use it", flush=True)
     print(f"serving {name} at http://{host}:{port}/ : web page at /, OpenAI API at /v1{auth}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a port that cannot be bound, before the model is loaded."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise CliError(f"--host {host}: not an address of this machine ({error.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise CliError(f"cannot listen on {host}:{port} ({error.strerror}): choose another --port") from None
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
@@ -220,8 +316,24 @@ def _cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {folder} ({size / 1e6:.1f} MB)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: what was wrong and where the help is, without the whole usage block."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _quiet_component_loading() -> None:
+    """No progress bar per loaded component (transformers draws one for every set of weights it reads)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return
+    hf_logging.disable_progress_bar()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="visionllm", description="VisionLLM: vision tasks through language.")
+    parser = _Parser(prog="visionllm", description="VisionLLM: vision tasks through language.")
     parser.add_argument("--version", action="version", version=f"visionllm {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -235,14 +347,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write a ShapesWorld dataset, deterministic by seed. See docs/data.md for the layout.",
     )
     shapes.add_argument("--out", type=Path, required=True, help="dataset folder to write")
-    shapes.add_argument("--train", type=int, default=1000, help="training images (default 1000)")
-    shapes.add_argument("--val", type=int, default=500, help="validation images (default 500)")
-    shapes.add_argument("--size", type=int, default=128, help="image side in pixels, 64..512 (default 128)")
-    shapes.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
-    shapes.add_argument("--min-objects", type=int, default=1, help="objects per image, at least (default 1)")
-    shapes.add_argument("--max-objects", type=int, default=6, help="objects per image, at most (default 6)")
+    shapes.add_argument("--train", type=_whole(0), default=1000, help="training images (default 1000)")
+    shapes.add_argument("--val", type=_whole(0), default=500, help="validation images (default 500)")
+    shapes.add_argument("--size", type=_whole(64, 512), default=128, help="image side in pixels, 64..512 (default 128)")
+    shapes.add_argument("--seed", type=_whole(0), default=0, help="dataset seed (default 0)")
+    shapes.add_argument("--min-objects", type=_whole(0), default=1, help="objects per image, at least (default 1)")
+    shapes.add_argument("--max-objects", type=_POSITIVE, default=6, help="objects per image, at most (default 6)")
     shapes.add_argument(
-        "--person-probability", type=float, default=0.15, help="chance an object is a person (default 0.15)"
+        "--person-probability", type=_number(0.0, 1.0), default=0.15, help="chance an object is a person (default 0.15)"
     )
     shapes.add_argument(
         "--holdout",
@@ -263,13 +375,13 @@ def build_parser() -> argparse.ArgumentParser:
     sheet.add_argument("root", type=Path, help="dataset folder")
     sheet.add_argument("--split", default="val", choices=("train", "val"))
     sheet.add_argument("--out", type=Path, required=True, help="PNG to write")
-    sheet.add_argument("--count", type=int, default=8, help="images on the sheet (default 8)")
+    sheet.add_argument("--count", type=_POSITIVE, default=8, help="images on the sheet (default 8)")
     sheet.set_defaults(func=_cmd_data_sheet)
 
     train = commands.add_parser("train", help="train a model from a preset (see configs/)")
     train.add_argument("--config", type=Path, required=True, help="preset YAML with model: and train: sections")
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of the run")
-    train.add_argument("--max-steps", type=int, help="override train.max_steps")
+    train.add_argument("--max-steps", type=_POSITIVE, help="override train.max_steps")
     train.set_defaults(func=_cmd_train)
 
     evaluate = commands.add_parser("eval", help="evaluate a model on a COCO-format set or a ShapesWorld split")
@@ -277,11 +389,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--coco-json", type=Path, help="COCO annotations; its category names are the class set")
     evaluate.add_argument("--images", type=Path, help="folder of the COCO file's images")
     evaluate.add_argument("--task", default="detect", choices=("detect", "segment", "keypoints"))
-    evaluate.add_argument("--points", type=int, default=16, help="boundary points for --task segment (default 16)")
+    evaluate.add_argument(
+        "--points", type=_whole(3), default=16, help="boundary points for --task segment (default 16)"
+    )
     evaluate.add_argument("--shapesworld", type=Path, help="a ShapesWorld folder: every v1 task's metric")
     evaluate.add_argument("--split", default="val", choices=("train", "val"))
     evaluate.add_argument("--tasks", help="ShapesWorld tasks, comma-separated (default: all v1 tasks)")
-    evaluate.add_argument("--limit", type=int, help="evaluate on the first N images only")
+    evaluate.add_argument("--limit", type=_POSITIVE, help="evaluate on the first N images only")
     evaluate.add_argument(
         "--no-controls",
         action="store_true",
@@ -302,17 +416,19 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--classes", help="comma-separated class set for detection / segmentation")
     predict.add_argument("--expression", help="referring expression for grounding")
     predict.add_argument("--question", help="question for vqa")
-    predict.add_argument("--points", type=int, default=16, help="boundary points for segmentation")
-    predict.add_argument("--min-score", type=float, default=0.3, help="leave out weaker detections (default 0.3)")
+    predict.add_argument("--points", type=_whole(3), default=16, help="boundary points for segmentation")
+    predict.add_argument(
+        "--min-score", type=_number(0.0, 1.0), default=0.3, help="leave out weaker detections (default 0.3)"
+    )
     predict.add_argument("--save-vis", type=Path, help="write the image with the result drawn on it")
     predict.set_defaults(func=_cmd_predict)
 
     demo = commands.add_parser("demo", help="run a model on new ShapesWorld images for every v1 task")
     demo.add_argument("--model", type=Path, default=Path("checkpoints/visionllm-v1-tiny"), help="checkpoint folder")
     demo.add_argument("--out", type=Path, default=Path("demo-output"), help="folder for the annotated pictures")
-    demo.add_argument("--images", type=int, default=4, help="how many new images (default 4)")
+    demo.add_argument("--images", type=_POSITIVE, default=4, help="how many new images (default 4)")
     demo.add_argument("--web", action="store_true", help="serve the web page on 127.0.0.1 instead (see serve)")
-    demo.add_argument("--port", type=int, default=8000, help="port for --web (default 8000)")
+    demo.add_argument("--port", type=_PORT, default=8000, help="port for --web (default 8000)")
     demo.set_defaults(func=_cmd_demo)
 
     serve = commands.add_parser(
@@ -323,11 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--model", type=Path, default=Path("checkpoints/visionllm-v1-tiny"), help="checkpoint folder")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--port", type=_PORT, default=8000, help="port (default 8000)")
     serve.add_argument("--model-id", help="the model name clients send (default: the folder's name)")
-    serve.add_argument("--max-batch-size", type=int, default=8, help="most requests per model call (default 8)")
+    serve.add_argument("--max-batch-size", type=_POSITIVE, default=8, help="most requests per model call (default 8)")
     serve.add_argument(
-        "--max-wait-ms", type=float, default=10.0, help="how long a request waits to share a batch (default 10)"
+        "--max-wait-ms", type=_number(0.0), default=10.0, help="how long a request waits to share a batch (default 10)"
     )
     serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/* (or set VISIONLLM_API_KEY)")
     serve.add_argument(
@@ -337,11 +453,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="allow requests to name image files inside this folder (repeatable; default: none)",
     )
-    serve.add_argument("--max-image-bytes", type=int, default=10 * 2**20, help="largest encoded image (default 10 MiB)")
     serve.add_argument(
-        "--max-pixels", type=int, default=4096 * 4096, help="largest image, width x height (default 4096 x 4096)"
+        "--max-image-bytes", type=_POSITIVE, default=10 * 2**20, help="largest encoded image (default 10 MiB)"
     )
-    serve.add_argument("--max-body-bytes", type=int, default=16 * 2**20, help="largest request body (default 16 MiB)")
+    serve.add_argument(
+        "--max-pixels", type=_POSITIVE, default=4096 * 4096, help="largest image, width x height (default 4096 x 4096)"
+    )
+    serve.add_argument(
+        "--max-body-bytes", type=_POSITIVE, default=16 * 2**20, help="largest request body (default 16 MiB)"
+    )
+    serve.add_argument(
+        "--max-prompt-tokens",
+        type=_POSITIVE,
+        help="longest instruction accepted, in the LLM's tokens (default: the model's decoder.max_prompt_tokens)",
+    )
+    serve.add_argument(
+        "--max-queue",
+        type=_POSITIVE,
+        default=256,
+        help="requests waiting or running at most; more get 503 (default 256)",
+    )
+    serve.add_argument(
+        "--max-queued-tokens",
+        type=_POSITIVE,
+        default=200_000,
+        help="LLM tokens (prompt, image and longest answer) that waiting and running requests may add up to; "
+        "more get 503 (default 200000)",
+    )
     serve.set_defaults(func=_cmd_serve)
 
     export = commands.add_parser("export", help="re-save a checkpoint, e.g. in fp16 for shipping")
@@ -354,17 +492,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        args.func(args)
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # argparse has printed the usage and what was wrong (or --help, --version)
+        return int(stop.code or 0)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    _quiet_component_loading()
+    try:
+        code = args.func(args)
     except CliError as error:
         print(f"visionllm: error: {error}", file=sys.stderr)
         return 2
     except FileNotFoundError as error:
         print(f"visionllm: error: {error}", file=sys.stderr)
         return 2
-    return 0
+    return int(code or 0)
 
 
 if __name__ == "__main__":

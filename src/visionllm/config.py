@@ -6,8 +6,10 @@ and refuses unknown keys (a typo in a preset is an error, not a silently ignored
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import json
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,6 +181,8 @@ class DecoderConfig:
         class_cost, coord_cost, giou_cost: Hungarian matching costs.
         coord_l1_weight: weight of the L1 loss on the expected coordinate (bins are also trained by cross-entropy).
         max_new_tokens: longest generated text answer.
+        max_prompt_tokens: longest instruction the model answers, in LLM tokens without the image's M tokens;
+            a longer one is refused before any model work (it bounds a request's sequence length and cost).
         duplicate_iou: an image token's class evidence is silenced where a token that overlaps it by more than this
             IoU scores higher for that class (the LLM reads one token per object).
         nms_iou: class-wise NMS on structured answers at this IoU (None: off; the answer is the slots' set).
@@ -202,6 +206,7 @@ class DecoderConfig:
     giou_cost: float = 2.0
     coord_l1_weight: float = 5.0
     max_new_tokens: int = 32
+    max_prompt_tokens: int = 2048
     duplicate_iou: float = 0.7
     nms_iou: float | None = None
     text_loss_per_sample: bool = True
@@ -211,6 +216,8 @@ class DecoderConfig:
     def __post_init__(self) -> None:
         _check(self.max_points >= 17, "decoder.max_points must be >= 17 (COCO keypoints)")
         _check(self.default_evidence in ("soft", "top1"), "decoder.default_evidence must be 'soft' or 'top1'")
+        _check(self.max_new_tokens >= 1, "decoder.max_new_tokens must be >= 1")
+        _check(self.max_prompt_tokens >= 1, "decoder.max_prompt_tokens must be >= 1")
 
 
 @dataclass
@@ -260,11 +267,69 @@ def build(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}.{name} must be a mapping, got {value!r}")
             value = build(kind, value, f"{where}.{name}")
+        elif kind is None:
+            _check_type(value, typing.get_type_hints(cls)[name], f"{where}.{name}")
         kwargs[name] = value
     try:
         return cls(**kwargs)
     except TypeError as error:
         raise ConfigError(f"{where}: {error}") from None
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _type_ok(value: Any, hint: Any) -> bool | None:
+    """Whether `value` fits the annotation `hint` (None: a kind of annotation not checked here)."""
+    if hint is Any:
+        return True
+    if hint in (bool, int, float, str):
+        if isinstance(value, bool):
+            return hint is bool
+        return isinstance(value, hint) or (hint is float and isinstance(value, int))
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        verdicts = [_type_ok(value, arg) for arg in args]
+        return True if any(verdicts) else (None if None in verdicts else False)
+    if hint is type(None):
+        return value is None
+    if origin in (list, tuple, collections.abc.Sequence):
+        if not isinstance(value, list | tuple):
+            return False
+        inner = args[0] if args else Any
+        return all(_type_ok(item, inner) is not False for item in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    return None
+
+
+def _check_type(value: Any, hint: Any, where: str) -> None:
+    if _type_ok(value, hint) is False:
+        hint_text = ""
+        if isinstance(value, str) and _type_ok(1.0, hint) and _is_number(value):
+            hint_text = f" (YAML reads {value} as text: write it with a dot, e.g. {float(value):.1e})"
+        raise ConfigError(f"{where} must be {_describe(hint)}, got {value!r}{hint_text}")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _describe(hint: Any) -> str:
+    if hint in _TYPE_NAMES:
+        return _TYPE_NAMES[hint]
+    if hint is type(None):
+        return "null"
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in args)
+    if origin in (list, tuple, collections.abc.Sequence):
+        return f"a list of {_describe(args[0]).removeprefix('an ').removeprefix('a ')}s" if args else "a list"
+    return getattr(hint, "__name__", str(hint))
 
 
 def _nested_type(cls: type, name: str) -> type | None:
@@ -280,7 +345,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"config file {path} not found")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file is a mapping at the top level")
     return data

@@ -43,7 +43,7 @@ def test_predict_prints_json_and_draws(checkpoint, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--model", "/no/such/model", "--image", "x.png"], "not a VisionLLM checkpoint"),
+        (["--model", "/no/such/model", "--image", "IMAGE"], "not a VisionLLM checkpoint"),
         (["--image", "/no/such.png"], "not found"),
         (["--image", "IMAGE", "--task", "grounding"], "needs an expression"),
         (["--image", "IMAGE", "--classes", ",".join(f"c{i}" for i in range(20))], "can be bound"),

@@ -110,7 +110,7 @@ def test_streamed_text_arrives_in_order_for_each_request():
 
 def test_a_full_queue_refuses_with_503_and_stop_finishes_queued_work():
     model = Recorder(delay=0.3)
-    batcher = DynamicBatcher(model, max_batch_size=1, max_wait_s=0.0, max_queue=1)
+    batcher = DynamicBatcher(model, max_batch_size=1, max_wait_s=0.0, max_queue=2)  # the running one counts
     with pytest.raises(RuntimeError, match="not running"):
         batcher.submit(Job(BLANK, "early"))
     batcher.start()
@@ -122,6 +122,46 @@ def test_a_full_queue_refuses_with_503_and_stop_finishes_queued_work():
     assert caught.value.status == 503
     batcher.stop()
     assert first.result(1).prediction.text == "first" and second.result(1).prediction.text == "second"
+
+
+def test_the_queue_is_bounded_by_the_tokens_it_holds_not_only_by_its_length():
+    model = Recorder(delay=0.3)
+    batcher = DynamicBatcher(model, max_batch_size=1, max_wait_s=0.0, max_queue=100, max_queued_cost=10)
+    batcher.start()
+    try:
+        long_one = batcher.submit(Job(BLANK, "long", cost=8))
+        time.sleep(0.1)  # running
+        with pytest.raises(RequestError) as caught:
+            batcher.submit(Job(BLANK, "another long", cost=5))
+        assert caught.value.status == 503 and "too long" in caught.value.message
+        short = batcher.submit(Job(BLANK, "short", cost=2))  # what still fits gets in
+        assert batcher.pending == 2 and batcher.pending_cost == 10
+        assert long_one.result(5).prediction.text == "long" and short.result(5).prediction.text == "short"
+        assert batcher.pending == 0 and batcher.pending_cost == 0
+        alone = batcher.submit(Job(BLANK, "over the whole budget", cost=50))  # nothing pending: it gets in
+        assert alone.result(5).prediction.text == "over the whole budget"
+    finally:
+        batcher.stop()
+
+
+def test_cancelled_waiting_jobs_never_run_and_free_their_place_at_once():
+    model = Recorder(delay=0.3)
+    batcher = DynamicBatcher(model, max_batch_size=1, max_wait_s=0.0, max_queue=3, max_queued_cost=100)
+    batcher.start()
+    try:
+        running = batcher.submit(Job(BLANK, "running", cost=10))
+        time.sleep(0.1)
+        dropped = [batcher.submit(Job(BLANK, f"dropped {i}", cost=40)) for i in range(2)]
+        assert batcher.pending == 3
+        for future in dropped:
+            assert future.cancel()  # the client went away while it waited
+        assert batcher.pending == 1 and batcher.pending_cost == 10
+        kept = batcher.submit(Job(BLANK, "kept", cost=40))
+        assert running.result(5).prediction.text == "running" and kept.result(5).prediction.text == "kept"
+    finally:
+        batcher.stop()
+    assert [b for batch in model.batches for b in batch] == ["running", "kept"]
+    assert batcher.skipped == 2
 
 
 def test_each_request_keeps_its_own_min_score():

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
+from visionllm.data.readers import DatasetFormatError, read_coco_instances, read_coco_keypoints
 from visionllm.data.shapes.dataset import ShapesWorldLayout
 from visionllm.data.shapes.load import load_split
 from visionllm.eval.controls import QuestionPrior, derangement
@@ -62,6 +63,11 @@ def _codec(model: Any) -> CodecConfig:
     return CodecConfig(coord_range=d.coord_range, max_points=d.max_points, max_classes=d.max_classes)
 
 
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a whole number of images >= 1 (or None for all), got {limit!r}")
+
+
 def evaluate_coco(
     model: Predictor,
     annotation_path: str | Path,
@@ -80,10 +86,19 @@ def evaluate_coco(
     if task not in COCO_TASKS:
         raise ValueError(f"task must be one of {sorted(COCO_TASKS)}, got {task!r}")
     iou_type, kind = COCO_TASKS[task]
+    _check_limit(limit)
+    if ground_truth is None:
+        # The readers check every field and name the file and entry at fault (DatasetFormatError).
+        if kind is Task.KEYPOINTS:
+            read_coco_keypoints(annotation_path, image_dir)
+        else:
+            read_coco_instances(annotation_path, image_dir)
     gt = ground_truth if ground_truth is not None else json.loads(Path(annotation_path).read_text())
     categories = sorted(gt["categories"], key=lambda c: c["id"])
     if kind is Task.KEYPOINTS:
         categories = [c for c in categories if c.get("keypoints")]
+    if not categories:
+        raise DatasetFormatError(f"{annotation_path}: no categories to evaluate (`categories` is empty)")
     names = [c["name"] for c in categories]
     ids = {c["name"]: c["id"] for c in categories}
     images = sorted(gt["images"], key=lambda im: im["id"])[:limit]
@@ -95,6 +110,11 @@ def evaluate_coco(
     else:
         instruction = build_instruction(kind, classes=names, config=codec)
     pairs = [(Path(image_dir) / im["file_name"], instruction) for im in images]
+    missing = [str(path) for path, _ in pairs if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of the {len(pairs)} images of {annotation_path} are not in {image_dir}, e.g. {missing[0]}"
+        )
     decoded = _batched(model, pairs, batch_size, f"eval {task}", progress, min_score=0.01)
     results = []
     for im, d in zip(images, decoded, strict=True):
@@ -127,6 +147,7 @@ def evaluate_shapesworld(
         vqa_accuracy_blind, vqa_prior (for the tasks asked; a control that cannot be computed, on fewer than
         two images or without train questions, is left out with a warning).
     """
+    _check_limit(limit)
     layout = ShapesWorldLayout(Path(root))
     # Detection and segmentation bind the file's categories (the five shapes and person), as
     # `visionllm eval --coco-json` does for any COCO set.

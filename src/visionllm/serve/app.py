@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -70,6 +70,11 @@ class ServerSettings:
         max_batch_size: most requests per model call.
         max_wait_ms: how long a request waits for others to share its batch.
         max_queue: requests allowed to wait; more get 503.
+        max_queued_tokens: the LLM tokens (prompt, image tokens and longest answer) that the waiting and running
+            requests may add up to; a request that would go over gets 503. A long request weighs more than a
+            short one, so the wait behind the queue stays bounded.
+        max_prompt_tokens: longest instruction accepted, in LLM tokens (None: the model's own
+            `decoder.max_prompt_tokens`; a larger value is capped to it).
         max_body_bytes: largest request body.
         limits: image size limits and the folders local paths may come from.
         api_key: when set, /v1/* needs `Authorization: Bearer <api_key>`.
@@ -81,6 +86,8 @@ class ServerSettings:
     max_batch_size: int = 8
     max_wait_ms: float = 10.0
     max_queue: int = 256
+    max_queued_tokens: int = 200_000
+    max_prompt_tokens: int | None = None
     max_body_bytes: int = 16 * 2**20
     limits: ImageLimits = field(default_factory=ImageLimits)
     api_key: str | None = None
@@ -142,11 +149,71 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": payload})
 
 
+async def _send_error(send: Send, error: RequestError, headers: dict[bytes, bytes] | None = None) -> None:
+    payload = json.dumps(error.to_json()).encode()
+    fields = {b"content-type": b"application/json", b"content-length": str(len(payload)).encode(), **(headers or {})}
+    await send({"type": "http.response.start", "status": error.status, "headers": list(fields.items())})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class ApiKey:
+    """Refuses `/v1/*` requests without `Authorization: Bearer <key>` with 401, before their body is read."""
+
+    def __init__(self, app: ASGIApp, key: str | None) -> None:
+        self.app = app
+        self.expected = f"Bearer {key}".encode() if key is not None else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.expected is not None and scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            header = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(header, self.expected):
+                message = "missing or wrong API key: send the header 'Authorization: Bearer <key>'"
+                await _send_error(send, RequestError(401, message, code="invalid_api_key"))
+                return
+        await self.app(scope, receive, send)
+
+
+class CatchAll:
+    """Answers an unexpected error with a JSON 500 and keeps the connection usable.
+
+    Starlette's own last-resort handler re-raises after answering, and the server then drops the keep-alive
+    connection under the client's next request. Here the error ends with the response: nothing is re-raised.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as error:
+            logger.exception("internal error on %s", scope.get("path"))
+            if started:  # part of the answer is out: the client sees it cut short, nothing more can be sent
+                return
+            await _send_error(send, RequestError(500, f"internal error: {type(error).__name__}: {error}"))
+
+
 def create_app(model: Any, settings: ServerSettings) -> FastAPI:
-    """Build the app around a loaded model (anything with `VisionLLM`'s `predict` and `config`)."""
+    """Build the app around a loaded model (anything with `VisionLLM`'s `predict`, `check_request` and `config`)."""
     codec = codec_config(model.config)
     tasks = served_tasks(version=1)
-    batcher = DynamicBatcher(model.predict, settings.max_batch_size, settings.max_wait_ms / 1000.0, settings.max_queue)
+    batcher = DynamicBatcher(
+        model.predict,
+        settings.max_batch_size,
+        settings.max_wait_ms / 1000.0,
+        settings.max_queue,
+        settings.max_queued_tokens,
+    )
     samples = _sample_images(settings.samples, model.config.image_size)
 
     @asynccontextmanager
@@ -159,7 +226,10 @@ def create_app(model: Any, settings: ServerSettings) -> FastAPI:
 
     app = FastAPI(title="VisionLLM", version="1", lifespan=lifespan)
     app.state.batcher = batcher
+    # Outermost last: errors are caught around everything, the key is checked before the body is read.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ApiKey, key=settings.api_key)
+    app.add_middleware(CatchAll)
 
     # -- errors -------------------------------------------------------------------------------------
 
@@ -177,40 +247,41 @@ def create_app(model: Any, settings: ServerSettings) -> FastAPI:
         body = RequestError(error.status_code, message.get(error.status_code, str(error.detail))).to_json()
         return JSONResponse(body, status_code=error.status_code, headers=getattr(error, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def _internal_error(request: Request, error: Exception) -> JSONResponse:
-        logger.exception("internal error on %s", request.url.path)
-        body = RequestError(500, f"internal error: {type(error).__name__}: {error}").to_json()
-        return JSONResponse(body, status_code=500)
-
-    def require_key(request: Request) -> None:
-        if settings.api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        if not hmac.compare_digest(header.encode(), f"Bearer {settings.api_key}".encode()):
-            raise RequestError(
-                401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'", code="invalid_api_key"
-            )
-
     def check_model(name: str | None) -> None:
         if name is not None and name != settings.model_id:
             raise RequestError(
                 404, f"unknown model {name!r}; this server serves {settings.model_id!r}", "model", "model_not_found"
             )
 
-    async def prepare(params: TaskParams, image_ref: str, param: str) -> tuple[Image.Image, Instruction | str]:
+    async def prepare(params: TaskParams, image_ref: str, param: str) -> tuple[Image.Image, Instruction | str, int]:
+        """The request's image and instruction, and its cost in tokens; everything the model would refuse is
+        refused here, before the request joins a batch."""
         instruction = build_request_instruction(params, codec, tasks)
-        image = await run_in_threadpool(load_image, image_ref, settings.limits, param)
-        return image, instruction
-
-    async def answer(job: Job) -> Decoded:
-        future = asyncio.wrap_future(batcher.submit(job))
         try:
-            return await asyncio.wait_for(future, settings.request_timeout_s)
+            cost = await run_in_threadpool(model.check_request, instruction, settings.max_prompt_tokens)
+        except ProcessorError as error:
+            raise RequestError(400, str(error), "instruction", "invalid_instruction") from None
+        image = await run_in_threadpool(load_image, image_ref, settings.limits, param)
+        return image, instruction, cost
+
+    async def answer(job: Job, request: Request) -> Decoded:
+        """The job's answer; the job is cancelled if the client goes away first (a queued job never runs)."""
+        future = asyncio.wrap_future(batcher.submit(job))
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            done, _ = await asyncio.wait(
+                {future, gone}, timeout=settings.request_timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            if future in done:
+                return future.result()
+            future.cancel()
+            if gone in done:
+                raise RequestError(499, "the client closed the connection", code="client_closed")
+            raise RequestError(503, f"no answer within {settings.request_timeout_s:.0f} s; retry later")
         except (CodecError, ProcessorError) as error:
             raise RequestError(400, str(error), "instruction") from None
-        except TimeoutError:
-            raise RequestError(503, f"no answer within {settings.request_timeout_s:.0f} s; retry later") from None
+        finally:
+            gone.cancel()
 
     # -- routes -------------------------------------------------------------------------------------
 
@@ -227,14 +298,17 @@ def create_app(model: Any, settings: ServerSettings) -> FastAPI:
             "model": settings.model_id,
             "batches": sum(batcher.batch_sizes.values()),
             "batch_sizes": dict(sorted(batcher.batch_sizes.items())),
+            "pending": batcher.pending,
+            "pending_tokens": batcher.pending_cost,
+            "cancelled": batcher.skipped,
         }
 
-    @app.get("/v1/models", dependencies=[Depends(require_key)])
+    @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         entry = {"id": settings.model_id, "object": "model", "created": 0, "owned_by": "visionllm"}
         return {"object": "list", "data": [entry]}
 
-    @app.get("/v1/tasks", dependencies=[Depends(require_key)])
+    @app.get("/v1/tasks")
     async def task_list() -> dict[str, Any]:
         data = [
             {
@@ -259,11 +333,11 @@ def create_app(model: Any, settings: ServerSettings) -> FastAPI:
             raise RequestError(404, f"no sample {index}; there are {len(samples)}")
         return Response(samples[index], media_type="image/png")
 
-    @app.post("/v1/predict", dependencies=[Depends(require_key)])
-    async def predict(body: PredictRequest) -> dict[str, Any]:
+    @app.post("/v1/predict")
+    async def predict(body: PredictRequest, request: Request) -> dict[str, Any]:
         check_model(body.model)
-        image, instruction = await prepare(body, body.image, "image")
-        decoded = await answer(Job(image, instruction, body.min_score))
+        image, instruction, cost = await prepare(body, body.image, "image")
+        decoded = await answer(Job(image, instruction, body.min_score, cost=cost), request)
         response = {
             "id": f"pred-{uuid.uuid4().hex[:16]}",
             "model": settings.model_id,
@@ -274,16 +348,16 @@ def create_app(model: Any, settings: ServerSettings) -> FastAPI:
             response["visualization"] = to_data_url(picture)
         return response
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(require_key)], response_model=None)
-    async def chat(body: ChatRequest) -> dict[str, Any] | StreamingResponse:
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat(body: ChatRequest, request: Request) -> dict[str, Any] | StreamingResponse:
         check_model(body.model)
         image_ref, params = params_from_chat(body)
-        image, instruction = await prepare(params, image_ref, "messages")
+        image, instruction, cost = await prepare(params, image_ref, "messages")
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
 
         if not body.stream:
-            decoded = await answer(Job(image, instruction, params.min_score))
+            decoded = await answer(Job(image, instruction, params.min_score, cost=cost), request)
             return {
                 "id": completion_id,
                 "object": "chat.completion",
@@ -302,7 +376,11 @@ def create_app(model: Any, settings: ServerSettings) -> FastAPI:
         loop = asyncio.get_running_loop()
         deltas: asyncio.Queue[str] = asyncio.Queue()
         job = Job(
-            image, instruction, params.min_score, on_text=lambda d: loop.call_soon_threadsafe(deltas.put_nowait, d)
+            image,
+            instruction,
+            params.min_score,
+            on_text=lambda d: loop.call_soon_threadsafe(deltas.put_nowait, d),
+            cost=cost,
         )
         future = asyncio.wrap_future(batcher.submit(job))
 
@@ -318,6 +396,13 @@ def create_app(model: Any, settings: ServerSettings) -> FastAPI:
             return f"data: {json.dumps(payload)}\n\n"
 
         async def events() -> AsyncIterator[str]:
+            try:
+                async for event in stream():
+                    yield event
+            finally:  # the client went away (the response is cancelled) or the stream ended: a queued job never runs
+                future.cancel()
+
+        async def stream() -> AsyncIterator[str]:
             yield chunk({"role": "assistant", "content": ""})
             streamed = False
             while not future.done():
@@ -346,6 +431,14 @@ def create_app(model: Any, settings: ServerSettings) -> FastAPI:
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     return app
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has closed the connection (the request's body is already read)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
 
 
 def _validation_message(error: RequestValidationError) -> RequestError:

@@ -6,6 +6,10 @@ mixed: the model's batched predict handles any mix). While a batch runs, new req
 batch at once, so under load batches fill without waiting.
 
 A batch that fails is retried one request at a time, so one bad request cannot fail the others.
+
+Admission is bounded twice: by the number of requests waiting or running, and by their cost in LLM tokens (a
+request's prompt, image tokens and longest answer), so a few long requests cannot hold the worker for everyone.
+A request whose future is cancelled (its client went away) is skipped without running, and stops counting at once.
 """
 
 from __future__ import annotations
@@ -41,7 +45,9 @@ class Job:
         instruction: the instruction (an `Instruction` from the task table, or free text).
         min_score: structured results below this score are left out.
         on_text: receives the text answer's new characters as they are generated (streaming), or None.
-        future: resolves to the `Decoded` answer.
+        future: resolves to the `Decoded` answer; cancelling it before it runs skips the job.
+        cost: what the job weighs against the queue's token budget (`VisionLLM.check_request`).
+        streamed: whether part of its answer went out already.
     """
 
     image: Image.Image
@@ -49,6 +55,7 @@ class Job:
     min_score: float = 0.3
     on_text: Callable[[str], None] | None = None
     future: Future = field(default_factory=Future)
+    cost: int = 1
     streamed: bool = False
 
 
@@ -59,20 +66,37 @@ class DynamicBatcher:
         predict: the model's batched predict (`VisionLLM.predict`).
         max_batch_size: most requests per model call.
         max_wait_s: how long the first request of a batch waits for company.
-        max_queue: requests allowed to wait; beyond it `submit` refuses with 503.
+        max_queue: requests allowed to wait or run; beyond it `submit` refuses with 503.
+        max_queued_cost: the costs of the requests waiting or running may add up to this; a request that would
+            go over is refused with 503 (unless nothing is pending: one request always gets in).
     """
 
-    def __init__(self, predict: PredictFn, max_batch_size: int = 8, max_wait_s: float = 0.01, max_queue: int = 256):
+    def __init__(
+        self,
+        predict: PredictFn,
+        max_batch_size: int = 8,
+        max_wait_s: float = 0.01,
+        max_queue: int = 256,
+        max_queued_cost: int | None = None,
+    ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if max_wait_s < 0:
             raise ValueError(f"max_wait_s must be >= 0, got {max_wait_s}")
+        if max_queue < 1 or (max_queued_cost is not None and max_queued_cost < 1):
+            raise ValueError(f"max_queue and max_queued_cost must be >= 1, got {max_queue}, {max_queued_cost}")
         self.predict = predict
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
-        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
+        self.max_queue = max_queue
+        self.max_queued_cost = max_queued_cost
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self.pending = 0
+        self.pending_cost = 0
         self._thread: threading.Thread | None = None
         self.batch_sizes: Counter[int] = Counter()
+        self.skipped = 0
 
     def start(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -90,17 +114,33 @@ class DynamicBatcher:
         """Queue a job; its future resolves to the answer (or raises what predicting it raised)."""
         if self._thread is None or not self._thread.is_alive():
             raise RuntimeError("the batcher is not running: call start() first")
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            raise RequestError(503, "the server is busy: too many requests are waiting; retry shortly") from None
+        with self._lock:
+            if self.pending >= self.max_queue:
+                raise RequestError(503, "the server is busy: too many requests are waiting; retry shortly")
+            budget = self.max_queued_cost
+            if budget is not None and self.pending and self.pending_cost + job.cost > budget:
+                raise RequestError(
+                    503, "the server is busy: the waiting requests are too long to add this one; retry shortly"
+                )
+            self.pending += 1
+            self.pending_cost += job.cost
+        job.future.add_done_callback(lambda _: self._release(job))
+        self._queue.put(job)
         return job.future
+
+    def _release(self, job: Job) -> None:
+        with self._lock:
+            self.pending -= 1
+            self.pending_cost -= job.cost
 
     def _run(self) -> None:
         while True:
             first = self._queue.get()
             if first is None:
                 return
+            if first.future.cancelled():
+                self.skipped += 1
+                continue
             batch, stopping = [first], False
             deadline = time.monotonic() + self.max_wait_s
             while len(batch) < self.max_batch_size:
@@ -112,13 +152,18 @@ class DynamicBatcher:
                 if job is None:
                     stopping = True
                     break
+                if job.future.cancelled():
+                    self.skipped += 1
+                    continue
                 batch.append(job)
             self._answer(batch)
             if stopping:
                 return
 
     def _answer(self, batch: Sequence[Job]) -> None:
-        batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
+        running = [job for job in batch if job.future.set_running_or_notify_cancel()]
+        self.skipped += len(batch) - len(running)
+        batch = running
         if not batch:
             return
         self.batch_sizes[len(batch)] += 1

@@ -14,6 +14,8 @@ class RequestError(Exception):
     """
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+        # A message may quote what the client sent: characters that cannot be sent as UTF-8 are escaped.
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
         super().__init__(message)
         self.status = status
         self.message = message

@@ -14,13 +14,14 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from visionllm.formats.codec import CodecError
 from visionllm.formats.results import Decoded, Detections, TextAnswer
 from visionllm.formats.task_table import TASK_TABLE, Instruction, build_instruction
 from visionllm.formats.tasks import Task
 from visionllm.formats.tokens import IMAGE, CodecConfig
+from visionllm.models.v1.processor import ProcessorError, check_text
 from visionllm.serve.errors import RequestError
 
 # The form fields each task needs (the web page builds its form from this table).
@@ -49,8 +50,10 @@ class TaskParams(BaseModel):
     classes: list[str] = Field(default_factory=list, description="class set (detection, instance_segmentation)")
     expression: str | None = Field(None, description="referring expression (grounding)")
     question: str | None = Field(None, description="question (vqa)")
-    points: int = Field(16, ge=3, description="boundary points per object (instance_segmentation)")
-    min_score: float = Field(0.3, ge=0.0, le=1.0, description="leave out detections scored below this")
+    points: int = Field(16, ge=3, strict=True, description="boundary points per object (instance_segmentation)")
+    min_score: float = Field(
+        0.3, ge=0.0, le=1.0, strict=True, description="leave out detections scored below this (a number in [0, 1])"
+    )
 
 
 class PredictRequest(TaskParams):
@@ -58,7 +61,7 @@ class PredictRequest(TaskParams):
 
     model: str | None = Field(None, description="the served model's id (optional)")
     image: str = Field(..., description="data URL (data:image/png;base64,...), bare base64, or an allowed path")
-    render: bool = Field(False, description="also return the picture with the result drawn (a PNG data URL)")
+    render: StrictBool = Field(False, description="also return the picture with the result drawn (a PNG data URL)")
 
 
 class ImageURL(BaseModel):
@@ -86,7 +89,7 @@ class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str
     messages: list[ChatMessage] = Field(..., min_length=1)
-    stream: bool = False
+    stream: StrictBool = False
     visionllm: TaskParams | None = None
 
 
@@ -94,8 +97,10 @@ def build_request_instruction(params: TaskParams, codec: CodecConfig, tasks: lis
     """The instruction a request asks for.
 
     Raises:
-        RequestError: 400 with what is missing or wrong (unknown task, no classes, too many classes, ...).
+        RequestError: 400 with what is missing or wrong (unknown task, no classes, too many classes, text that is
+            not valid Unicode, ...).
     """
+    _check_unicode(params)
     if params.instruction is not None:
         text = params.instruction.strip()
         if not text:
@@ -131,6 +136,16 @@ def build_request_instruction(params: TaskParams, codec: CodecConfig, tasks: lis
         )
     except CodecError as error:
         raise RequestError(400, str(error), _param_of(str(error))) from None
+
+
+def _check_unicode(params: TaskParams) -> None:
+    fields = {"task": params.task, "instruction": params.instruction, "expression": params.expression}
+    fields |= {"question": params.question, **{f"classes[{i}]": name for i, name in enumerate(params.classes)}}
+    for name, value in fields.items():
+        try:
+            check_text(value or "", name)
+        except ProcessorError as error:
+            raise RequestError(400, str(error), name.split("[")[0], "invalid_text") from None
 
 
 def _param_of(message: str) -> str | None:
@@ -182,7 +197,8 @@ def params_from_chat(request: ChatRequest) -> tuple[str, TaskParams]:
             params.expression = last_user_text
         return images[-1], params
     extra = request.visionllm.model_dump(exclude={"task", "instruction"}) if request.visionllm else {}
-    return images[-1], TaskParams(**_params_from_text(last_user_text), **{k: v for k, v in extra.items() if v})
+    fields = _params_from_text(last_user_text) | {k: v for k, v in extra.items() if v}  # explicit fields win
+    return images[-1], TaskParams(**fields)
 
 
 def _params_from_text(text: str) -> dict[str, Any]:

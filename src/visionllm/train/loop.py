@@ -6,6 +6,10 @@ Runs as a single CPU process by default and unchanged under `accelerate launch` 
 Checkpoints are written atomically every `save_every` steps (model folder + optimiser, scheduler,
 step and RNG states); `--resume` continues from the newest one and, since example i of the data
 stream is a function of (seed, i), sees exactly the batches an uninterrupted run would have seen.
+
+SIGTERM and Ctrl-C (SIGINT) stop a run after the step in progress, with a checkpoint of that step
+(`TrainingInterrupted`). A loss or gradient that is not finite stops the run before it reaches the
+weights (`NonFiniteLossError`), or skips the step, as `train.on_nonfinite_loss` says.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import os
 import pickle
 import random
 import shutil
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -84,6 +90,9 @@ class TrainConfig:
             the visual part as an open-vocabulary detector at a fraction of a full step's cost (the LLM and the
             periodic evaluation, which reads the LLM's answers, are left out).
         eval_tasks, eval_images: what the periodic evaluation measures, on how many val images.
+        on_nonfinite_loss: "stop": a step whose loss or gradient norm is nan or inf ends the run before the
+            optimiser uses it (the last checkpoint is intact); "skip": the step is left out and the run goes on
+            (logged), and MAX_SKIPPED_IN_A_ROW skipped steps in a row end it.
     """
 
     output_dir: str = "runs/default"
@@ -105,6 +114,7 @@ class TrainConfig:
     eval_tasks: list[str] = field(default_factory=lambda: ["detection"])
     eval_images: int = 100
     num_threads: int | None = None
+    on_nonfinite_loss: str = "stop"
 
     @property
     def frozen_groups(self) -> list[str]:
@@ -115,6 +125,8 @@ class TrainConfig:
         unknown = sorted(set(self.freeze) - set(FREEZE_GROUPS))
         if unknown:
             raise ConfigError(f"train.freeze: unknown group(s) {unknown}; groups: {list(FREEZE_GROUPS)}")
+        if self.on_nonfinite_loss not in ("stop", "skip"):
+            raise ConfigError(f"train.on_nonfinite_loss must be 'stop' or 'skip', not {self.on_nonfinite_loss!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ConfigError("train.mixed_precision must be 'no', 'bf16' or 'fp16'")
         for name in ("max_steps", "batch_size", "save_every", "log_every"):
@@ -240,8 +252,65 @@ def _checkpoints(output: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
+MAX_SKIPPED_IN_A_ROW = 10
+"""With `on_nonfinite_loss: skip`, this many non-finite steps in a row end the run: it has diverged."""
+
+
+class TrainingInterrupted(Exception):
+    """The run stopped on SIGTERM or SIGINT after saving a checkpoint of its last step.
+
+    Attributes:
+        step: the last step done (and saved).
+        signal_number: the signal received.
+        checkpoint: the checkpoint folder to resume from.
+    """
+
+    def __init__(self, step: int, signal_number: int, checkpoint: Path) -> None:
+        self.step, self.signal_number, self.checkpoint = step, signal_number, checkpoint
+        name = signal.Signals(signal_number).name
+        super().__init__(f"stopped by {name} after step {step}; checkpoint {checkpoint}")
+
+
+class NonFiniteLossError(RuntimeError):
+    """A step's loss or gradient norm was nan or inf (and the run was told to stop on it)."""
+
+
+class _StopOnSignals:
+    """Within the block, SIGTERM and SIGINT ask the loop to stop after the current step instead of killing it.
+
+    Handlers can only be installed from the main thread; elsewhere (a run started from a worker thread) the
+    signals keep their usual effect.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopOnSignals:
+        if threading.current_thread() is threading.main_thread():
+            for number in self.SIGNALS:
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def _handle(self, number: int, frame: Any) -> None:
+        if self.received is None:
+            logger.warning("%s received: stopping after this step, with a checkpoint", signal.Signals(number).name)
+        self.received = number
+
+    def __exit__(self, *exc: Any) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+
 def train(config_path: str | Path, resume: bool = False, max_steps: int | None = None) -> Path:
-    """Run (or resume) one training stage; returns the final model folder."""
+    """Run (or resume) one training stage; returns the final model folder.
+
+    Raises:
+        TrainingInterrupted: SIGTERM or SIGINT arrived; a checkpoint of the last step was saved first.
+        NonFiniteLossError: a non-finite loss with `on_nonfinite_loss: stop` (or too many skipped in a row).
+    """
     model_config, config = load_run_config(config_path)
     if max_steps is not None:
         if max_steps < 1:
@@ -300,52 +369,100 @@ def train(config_path: str | Path, resume: bool = False, max_steps: int | None =
     step = start_step
     started = time.perf_counter()
     bar = tqdm(total=config.max_steps, initial=start_step, desc="train", disable=not accelerator.is_main_process)
-    for batch in loader:
-        with accelerator.autocast():
-            losses = model(
-                batch, tokenizer_loss_weight=config.tokenizer_loss_weight, tokenizer_only=config.tokenizer_only
-            )
-        accelerator.backward(losses["loss"])
-        if config.optim.grad_clip:
-            accelerator.clip_grad_norm_(trainable, config.optim.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        bar.update(1)
-        if step % config.log_every == 0 or step == config.max_steps:
-            record = {
-                "step": step,
-                "lr": scheduler.get_last_lr()[0],
-                "elapsed_s": round(time.perf_counter() - started, 1),
-            }
-            record.update({k: round(float(v.detach()), 4) for k, v in losses.items()})
-            bar.set_postfix(loss=record["loss"])
-            _append(log_path, record)
-        if step % config.save_every == 0 or step == config.max_steps:
-            _save_state(output, accelerator.unwrap_model(model), optimizer, scheduler, step, config.keep_checkpoints)
-        if (
-            config.eval_every
-            and not config.tokenizer_only
-            and (step % config.eval_every == 0 or step == config.max_steps)
-        ):
-            metrics = evaluate_shapesworld(
-                accelerator.unwrap_model(model),
-                root,
-                "val",
-                config.eval_tasks,
-                limit=config.eval_images,
-                progress=False,
-                controls=False,
-            )
-            model.train()
-            _append(log_path, {"step": step, "eval": metrics})
-            logger.info("step %d: %s", step, metrics)
-            bar.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
-    bar.close()
+    skipped_in_a_row = 0
+    with _StopOnSignals() as stop, bar:
+        for batch in loader:
+            with accelerator.autocast():
+                losses = model(
+                    batch, tokenizer_loss_weight=config.tokenizer_loss_weight, tokenizer_only=config.tokenizer_only
+                )
+            finite = bool(torch.isfinite(losses["loss"].detach()))
+            if finite:
+                accelerator.backward(losses["loss"])
+                if config.optim.grad_clip:
+                    norm = accelerator.clip_grad_norm_(trainable, config.optim.grad_clip)
+                    finite = norm is None or bool(torch.isfinite(torch.as_tensor(norm)))
+            if finite:
+                optimizer.step()
+                skipped_in_a_row = 0
+            else:
+                skipped_in_a_row += 1
+                _nonfinite_step(config, log_path, step + 1, losses, skipped_in_a_row, _checkpoints(output))
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            if step % config.log_every == 0 or step == config.max_steps:
+                record = {
+                    "step": step,
+                    "lr": scheduler.get_last_lr()[0],
+                    "elapsed_s": round(time.perf_counter() - started, 1),
+                }
+                record.update(_loss_record(losses))
+                bar.set_postfix(loss=record["loss"])
+                _append(log_path, record)
+            saved = step % config.save_every == 0 or step == config.max_steps
+            if saved:
+                _save_state(
+                    output, accelerator.unwrap_model(model), optimizer, scheduler, step, config.keep_checkpoints
+                )
+            if stop.received is not None:
+                if not saved:
+                    _save_state(
+                        output, accelerator.unwrap_model(model), optimizer, scheduler, step, config.keep_checkpoints
+                    )
+                name = signal.Signals(stop.received).name
+                _append(log_path, {"step": step, "interrupted": name})
+                raise TrainingInterrupted(step, stop.received, _checkpoints(output)[-1])
+            if (
+                config.eval_every
+                and not config.tokenizer_only
+                and (step % config.eval_every == 0 or step == config.max_steps)
+            ):
+                metrics = evaluate_shapesworld(
+                    accelerator.unwrap_model(model),
+                    root,
+                    "val",
+                    config.eval_tasks,
+                    limit=config.eval_images,
+                    progress=False,
+                    controls=False,
+                )
+                model.train()
+                _append(log_path, {"step": step, "eval": metrics})
+                logger.info("step %d: %s", step, metrics)
+                bar.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
     final = output / "final"
     accelerator.unwrap_model(model).save_pretrained(final)
     return final
+
+
+def _loss_record(losses: dict[str, torch.Tensor]) -> dict[str, float | str]:
+    """The loss parts for the log: rounded numbers, and "nan" / "inf" as text (JSON has no such numbers)."""
+    record: dict[str, float | str] = {}
+    for key, value in losses.items():
+        number = float(value.detach())
+        record[key] = round(number, 4) if math.isfinite(number) else str(number)
+    return record
+
+
+def _nonfinite_step(
+    config: TrainConfig, log_path: Path, step: int, losses: dict[str, torch.Tensor], in_a_row: int, saved: list[Path]
+) -> None:
+    """Log a step whose loss or gradient is not finite; raise `NonFiniteLossError` unless it is to be skipped."""
+    parts = _loss_record(losses)
+    described = ", ".join(f"{k} {v}" for k, v in parts.items())
+    last = f"the last checkpoint is {saved[-1]}" if saved else "no checkpoint was saved yet"
+    if config.on_nonfinite_loss == "skip" and in_a_row < MAX_SKIPPED_IN_A_ROW:
+        logger.warning("step %d: non-finite loss or gradient (%s): step skipped", step, described)
+        _append(log_path, {"step": step, "skipped": "non-finite loss or gradient", **parts})
+        return
+    _append(log_path, {"step": step, "stopped": "non-finite loss or gradient", **parts})
+    why = f"{in_a_row} steps in a row had" if in_a_row > 1 else "the loss or its gradient was"
+    raise NonFiniteLossError(
+        f"step {step}: {why} not finite ({described}); stopped before the weights were changed; {last}. "
+        "Lower optim.lr or raise optim.warmup_steps, or set train.on_nonfinite_loss: skip to leave such steps out"
+    )
 
 
 def _trim_log(path: Path, step: int) -> None:

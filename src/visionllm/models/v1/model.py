@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
-from visionllm.config import VisionLLMConfig
+from visionllm.config import ConfigError, VisionLLMConfig
 from visionllm.formats import tokens as tk
 from visionllm.formats.codec import OutputFormat, decode_slots, parse_class_binding, parse_format_header
 from visionllm.formats.results import Decoded, Detections, Dropped, TextAnswer
@@ -280,6 +280,36 @@ class VisionLLM(nn.Module):
         finally:
             self.train(was_training)
 
+    def check_request(self, instruction: str | Instruction, max_prompt_tokens: int | None = None) -> int:
+        """Check, without model work, that `predict` can answer this instruction; its cost in LLM tokens.
+
+        Args:
+            instruction: as for `predict`.
+            max_prompt_tokens: a lower limit on the instruction's tokens than the model's own, or None.
+
+        Returns:
+            The most tokens the LLM runs for it: the prompt with its image tokens, the format header and the
+            longest answer (text tokens or slot tokens).
+
+        Raises:
+            ProcessorError: what `predict` would refuse (see `VisionLLMProcessor.prompt_ids`).
+        """
+        if isinstance(instruction, Instruction):
+            text, classes = instruction.text, instruction.class_names
+        else:
+            text, classes = instruction, _bound_classes(instruction)
+        prompt = len(self.processor.prompt_ids(text, classes, max_prompt_tokens))
+        decoder = self.config.decoder
+        header = 2 * decoder.max_points + 4
+        fmt = instruction.output_format if isinstance(instruction, Instruction) else None
+        if fmt is not None and fmt.structured:
+            answer = self.processor.num_slots(fmt) * fmt.slot_length
+        elif fmt is not None:
+            answer = decoder.max_new_tokens
+        else:
+            answer = max(decoder.max_new_tokens, decoder.max_slot_tokens)
+        return prompt + header + answer
+
     def _predict(
         self,
         images: list[ImageInput],
@@ -292,7 +322,7 @@ class VisionLLM(nn.Module):
         expected = [r.output_format if isinstance(r, Instruction) else None for r in requests]
         class_sets = [r.class_names if isinstance(r, Instruction) else _bound_classes(r) for r in requests]
         grounding = [isinstance(r, Instruction) and r.task is Task.GROUNDING for r in requests]
-        prefixes = [self.processor.prefix_ids(t) for t in texts]
+        prefixes = [self.processor.prompt_ids(t, c) for t, c in zip(texts, class_sets, strict=True)]
         encoder = self.processor.encoder_inputs(texts, class_sets)
         pixels = torch.stack([im.pixels for im in images]).to(device)
         tokens, image_tokens = self.encode_images(pixels, {k: v.to(device) for k, v in encoder.items()})
@@ -575,14 +605,37 @@ class VisionLLM(nn.Module):
         for name in (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_DIR):
             if not (folder / name).exists():
                 raise CheckpointError(f"{folder} is not a VisionLLM checkpoint: {name} is missing")
-        config = VisionLLMConfig.from_dict(json.loads((folder / CONFIG_NAME).read_text()))
-        model = cls(config, tokenizer=load_tokenizer(folder / TOKENIZER_DIR), load_weights=False)
+        config = _read_config(folder / CONFIG_NAME)
+        try:
+            tokenizer = load_tokenizer(folder / TOKENIZER_DIR)
+        except Exception as error:  # tokenizers raises plain Exceptions for damaged files
+            raise CheckpointError(
+                f"{folder / TOKENIZER_DIR} cannot be loaded ({_one_line(error)}): the tokenizer files are damaged; "
+                "copy the checkpoint again"
+            ) from None
+        try:
+            model = cls(config, tokenizer=tokenizer, load_weights=False)
+        except Exception as error:  # the components raise their own error types for impossible sizes
+            raise CheckpointError(
+                f"{folder / CONFIG_NAME} describes a model that cannot be built: {_one_line(error)}"
+            ) from None
         # Weights referenced by the config (frozen text-encoder layers) come from their source.
         if model.referenced_parameters():
             reference = TextEncoder(config.text_encoder, load_weights=True)
             model.text_encoder.load_state_dict(reference.state_dict())
-        state = load_file(str(folder / WEIGHTS_NAME))
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            state = load_file(str(folder / WEIGHTS_NAME))
+        except Exception as error:  # safetensors raises its own error type for truncated or damaged files
+            raise CheckpointError(
+                f"{folder / WEIGHTS_NAME} cannot be read ({_one_line(error)}): the file is damaged or cut short; "
+                "copy the checkpoint again"
+            ) from None
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as error:
+            raise CheckpointError(
+                f"{folder / WEIGHTS_NAME} does not match its config.json: {_one_line(error)[:300]}"
+            ) from None
         allowed_missing = model.referenced_parameters() | set(_shared_names(model.state_dict()))
         bad_missing = sorted(set(missing) - allowed_missing)
         if bad_missing or unexpected:
@@ -592,6 +645,26 @@ class VisionLLM(nn.Module):
             )
         model.float()
         return model.to(device).eval()
+
+
+def _read_config(path: Path) -> VisionLLMConfig:
+    """A checkpoint's config.json, or a `CheckpointError` that names the file and what is wrong in it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(
+            f"{path} is not valid JSON ({error}): the file is damaged; copy the checkpoint again"
+        ) from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object of config sections, got {type(data).__name__}")
+    try:
+        return VisionLLMConfig.from_dict(data)
+    except ConfigError as error:
+        raise CheckpointError(f"{path}: {error}") from None
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _llm_tokenizer(config: VisionLLMConfig) -> PreTrainedTokenizerBase:

@@ -30,8 +30,32 @@ from visionllm.formats.tokens import CodecConfig, CodecVocabulary
 _CODEC_TOKEN = re.compile(r"<(?:image|c\d+|p-?\d+|p-inv|x\d+|y\d+|fmt|/fmt|text|cls|kpt|sep|no-obj)>")
 
 
+# A class token in an instruction's text.
+_CLASS_TOKEN = re.compile(r"<c(\d+)>")
+
+# A longer instruction is refused from its length alone, without tokenising it: no LLM token covers more characters
+# than this in practice, so such text is over `decoder.max_prompt_tokens` anyway (and tokenising megabytes is work).
+MAX_CHARS_PER_TOKEN = 16
+
+
 class ProcessorError(ValueError):
     """An input the processor cannot turn into model inputs (bad instruction, bad image)."""
+
+
+def check_text(text: str, what: str) -> None:
+    """Refuse text that is not valid Unicode (a lone surrogate such as "\\ud800", which no tokenizer can encode).
+
+    Raises:
+        ProcessorError: naming `what` and where the bad character is.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = ascii(text[error.start : error.end])
+        raise ProcessorError(
+            f"{what} is not valid Unicode: it holds a lone surrogate {bad} at character {error.start}; "
+            "send UTF-8 text (pair surrogates or drop the character)"
+        ) from None
 
 
 def codec_config(config: VisionLLMConfig) -> CodecConfig:
@@ -167,6 +191,50 @@ class VisionLLMProcessor:
             raise ProcessorError(f"an instruction must contain {tk.IMAGE} exactly once, found {count}: {instruction!r}")
         before, after = instruction.split(tk.IMAGE)
         return [self.bos_id, *self._ids(before), *[self.image_id] * self.num_image_tokens, *self._ids(after)]
+
+    def prompt_ids(
+        self, instruction: str, class_names: Sequence[str] = (), max_prompt_tokens: int | None = None
+    ) -> list[int]:
+        """`prefix_ids` of a user's instruction, once it is known that the model can answer it at a bounded cost.
+
+        Args:
+            instruction: the instruction text, with one <image>.
+            class_names: the classes it binds to <c0>, <c1>, ...
+            max_prompt_tokens: a lower limit than the model's `decoder.max_prompt_tokens` (a server's), or None.
+
+        Raises:
+            ProcessorError: text that is not valid Unicode, more classes than the model has class tokens, a class
+                token the model does not have, no or several <image>, or more instruction tokens than the limit.
+        """
+        check_text(instruction, "the instruction")
+        for name in class_names:
+            check_text(name, "a class name")
+        max_classes = self.config.decoder.max_classes
+        if len(class_names) > max_classes:
+            raise ProcessorError(
+                f"the instruction binds {len(class_names)} classes; this model has class tokens for at most "
+                f"{max_classes} (<c0>..<c{max_classes - 1}>): ask for fewer classes at a time"
+            )
+        unknown = sorted({int(i) for i in _CLASS_TOKEN.findall(instruction) if int(i) >= max_classes})
+        if unknown:
+            raise ProcessorError(
+                f"the instruction uses the class token <c{unknown[0]}>; this model has <c0>..<c{max_classes - 1}>"
+            )
+        limit = self.config.decoder.max_prompt_tokens
+        if max_prompt_tokens is not None:
+            limit = min(limit, max_prompt_tokens)
+        if len(instruction) > limit * MAX_CHARS_PER_TOKEN:
+            raise ProcessorError(
+                f"the instruction is {len(instruction)} characters long, over the limit of {limit} tokens "
+                f"({limit * MAX_CHARS_PER_TOKEN} characters at most): shorten it"
+            )
+        ids = self.prefix_ids(instruction)
+        length = len(ids) - self.num_image_tokens
+        if length > limit:
+            raise ProcessorError(
+                f"the instruction is {length} tokens long, over the limit of {limit} tokens: shorten it"
+            )
+        return ids
 
     def header_ids(self, fmt: OutputFormat) -> list[int]:
         return self.vocab.encode(fmt.header_tokens())
