@@ -44,7 +44,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=Path("checkpoints/visionllm-v1-tiny"))
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--requests", type=int, default=320)
+    parser.add_argument("--requests", type=int, default=320, help="requests per round")
+    parser.add_argument("--rounds", type=int, default=3, help="measured rounds")
+    parser.add_argument("--warmup-rounds", type=int, default=2, help="unmeasured rounds first")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-report", action="store_true", help="print only; leave docs/RELIABILITY.md as it is")
     args = parser.parse_args()
@@ -67,13 +69,10 @@ def main() -> None:
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
-    position = iter(range(len(plan)))
 
-    with running_server(args.model, ["--max-batch-size", "8"]) as (process, url):
-        with httpx.Client(base_url=url, timeout=300) as warm:
-            for body in valid[:20]:
-                warm.post("/v1/predict", content=body, headers={"content-type": "application/json"})
-        rss_before = rss_mb(process.pid)
+    def run_round(url: str, record: bool) -> float:
+        """Send the whole plan from `--clients` threads; the wall time. Counted only when `record`."""
+        position = iter(range(len(plan)))
 
         def client() -> None:
             with httpx.Client(base_url=url, timeout=300) as http:
@@ -86,7 +85,7 @@ def main() -> None:
                     if kind == "hang-up":
                         hang_up(url, body)
                         with lock:
-                            by_kind[kind]["sent"] += 1
+                            by_kind[kind]["sent"] += record
                         continue
                     start = time.perf_counter()
                     try:
@@ -96,6 +95,8 @@ def main() -> None:
                     except httpx.HTTPError as error:
                         status = f"{type(error).__name__}"
                     elapsed = time.perf_counter() - start
+                    if not record:
+                        continue
                     with lock:
                         statuses[status] += 1
                         by_kind[kind][status] += 1
@@ -112,9 +113,19 @@ def main() -> None:
             thread.start()
         for thread in threads:
             thread.join()
-        wall = time.perf_counter() - started
+        return time.perf_counter() - started
+
+    rss: list[float] = []
+    with running_server(args.model, ["--max-batch-size", "8"]) as (process, url):
+        for _ in range(args.warmup_rounds):  # the same load, so that the allocator reaches its working size
+            run_round(url, record=False)
         time.sleep(1.0)
-        rss_after = rss_mb(process.pid)
+        rss.append(rss_mb(process.pid))
+        wall = 0.0
+        for _ in range(args.rounds):
+            wall += run_round(url, record=True)
+            time.sleep(1.0)
+            rss.append(rss_mb(process.pid))
         health = httpx.get(f"{url}/health").json()
         alive = process.poll() is None
 
@@ -128,9 +139,11 @@ def main() -> None:
         "## Load",
         "",
         f"Command: `python bench/load_test.py --model {args.model} --clients {args.clients} "
-        f"--requests {args.requests}` ({machine()}).",
+        f"--requests {args.requests} --rounds {args.rounds} --warmup-rounds {args.warmup_rounds}` ({machine()}).",
         "",
-        f"{args.clients} concurrent clients, {len(plan)} requests to a `visionllm serve` process (max batch 8): "
+        f"{args.clients} concurrent clients send a `visionllm serve` process (max batch 8) "
+        f"{args.warmup_rounds} warm-up round(s) and "
+        f"{args.rounds} measured rounds of {len(plan)} requests; in the measured rounds, "
         f"{sum(by_kind['valid'].values())} valid, {sum(by_kind['malformed'].values())} malformed, "
         f"{by_kind['hang-up']['sent']} sent by clients that hang up without reading the answer.",
         "",
@@ -144,10 +157,11 @@ def main() -> None:
         f"| malformed requests refused with a 4xx | {refused} of {sum(by_kind['malformed'].values())} |",
         f"| 5xx answers | {five_xx} |",
         f"| statuses | {dict(sorted((str(k), v) for k, v in statuses.items()))} |",
-        f"| requests cancelled because their client left | {health.get('cancelled', 'n/a')} |",
-        f"| mean batch | {mean_batch:.2f} |",
-        f"| server RSS after warm-up / at the end | {rss_before:.0f} / {rss_after:.0f} MB "
-        f"({rss_after - rss_before:+.0f} MB) |",
+        f"| requests cancelled because their client left (all rounds) | {health.get('cancelled', 'n/a')} |",
+        f"| mean batch (all rounds) | {mean_batch:.2f} |",
+        "| server RSS after the warm-up, then after each measured round | "
+        + " / ".join(f"{value:.0f}" for value in rss)
+        + f" MB ({rss[-1] - rss[0]:+.0f} MB) |",
         f"| server alive at the end | {'yes' if alive else 'NO'} |",
     ]
     if errors:
