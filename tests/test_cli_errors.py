@@ -69,6 +69,7 @@ def coco(tmp_path: Path, content) -> Path:
 
 
 GOOD_IMAGE = {"id": 1, "file_name": "in.png", "width": 60, "height": 40}
+CATEGORY = {"id": 1, "name": "circle"}
 BAD_COCO = {
     "a list": ([1, 2], "should be an object"),
     "no categories": ({"images": [GOOD_IMAGE], "annotations": []}, "missing `categories`"),
@@ -82,7 +83,7 @@ BAD_COCO = {
         "`bbox` should be",
     ),
     "missing image file": (
-        {"images": [{**GOOD_IMAGE, "file_name": "gone.png"}], "annotations": [], "categories": [{"id": 1, "name": "a"}]},
+        {"images": [{**GOOD_IMAGE, "file_name": "gone.png"}], "annotations": [], "categories": [CATEGORY]},
         "not in",
     ),
 }
