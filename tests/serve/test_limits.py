@@ -155,12 +155,12 @@ def test_a_500_keeps_the_connection_usable(micro_model, image_url, live_server):
             assert ok.status_code == 200, ok.text
 
 
-def post_and_hang_up(url, body):
+def post_and_hang_up(url, body, route="/v1/predict"):
     """Send a request and close the connection without waiting for the answer."""
     host, port = url.removeprefix("http://").split(":")
     payload = json.dumps(body).encode()
     with socket.create_connection((host, int(port))) as sock:
-        head = f"POST /v1/predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        head = f"POST {route} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
         sock.sendall(f"{head}Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
         time.sleep(0.1)
 
@@ -174,8 +174,9 @@ def test_work_of_clients_that_went_away_is_cancelled(micro_model, image_url, liv
         )
         first.start()
         time.sleep(0.3)  # the worker is busy with it
-        for i in range(5):
+        for i in range(4):
             post_and_hang_up(url, vqa(image_url, f"dropped {i}?"))
+        post_and_hang_up(url, chat(image_url, "dropped stream?", stream=True), "/v1/chat/completions")
         first.join()
         last = http.post(f"{url}/v1/predict", json=vqa(image_url, "last?"))
         assert last.status_code == 200
