@@ -26,7 +26,6 @@ from harness import machine, update_section
 from visionllm.formats import tokens as tk
 from visionllm.formats.codec import OutputFormat, decode_slots, decode_text
 from visionllm.models.v1.model import VisionLLM
-from visionllm.models.v1.processor import codec_config
 
 HEADER_TOKENS = [tk.KPT, tk.CLS, tk.TEXT, "<x1>", "<y1>", "<x2>", "<y2>", "<x3>", "<y3>", "<c0>", tk.SEP]
 
@@ -60,7 +59,7 @@ def main() -> None:
 
     model = VisionLLM.from_pretrained(args.model)
     tokenizer, vocab = model.processor.tokenizer, model.processor.vocab
-    config = codec_config(model.config)
+    config = model.config.codec()
     codec_ids = list(range(vocab.offset, vocab.offset + len(vocab)))
     class_names = ["red circle", "person", "star"]
     wh = (model.config.image_size, model.config.image_size)

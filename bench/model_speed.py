@@ -30,7 +30,6 @@ from visionllm.formats.task_table import build_instruction
 from visionllm.formats.tasks import Task
 from visionllm.models.v1.batch import collate
 from visionllm.models.v1.model import VisionLLM
-from visionllm.models.v1.processor import codec_config
 from visionllm.train.data import MixConfig, TaskMixture
 from visionllm.train.loop import apply_freeze, load_run_config
 
@@ -105,7 +104,7 @@ def training_rate(config_path: Path, data_root: Path, steps: int, warmup: int = 
 
 
 def inference_rows(model: VisionLLM, repeats: int) -> list[dict]:
-    codec = codec_config(model.config)
+    codec = model.config.codec()
     image = np.zeros((model.config.image_size,) * 2 + (3,), np.uint8)
     rows = []
     for name, instruction in (

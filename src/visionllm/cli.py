@@ -146,10 +146,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _load_model(path: Path):
-    from visionllm.models.v1.model import CheckpointError, VisionLLM
+    from visionllm.models.common.checkpoint import CheckpointError
+    from visionllm.models.loading import load_pretrained
 
     try:
-        return VisionLLM.from_pretrained(path)
+        return load_pretrained(path)
     except (CheckpointError, FileNotFoundError) as error:
         raise CliError(str(error)) from None
 
@@ -190,7 +191,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     from visionllm.formats.codec import CodecError
     from visionllm.formats.task_table import build_instruction
     from visionllm.formats.tasks import Task
-    from visionllm.models.v1.processor import ProcessorError, codec_config
+    from visionllm.models.common.inputs import ProcessorError
 
     if not args.image.is_file():
         raise CliError(f"image {args.image} not found" + (" (it is a folder)" if args.image.is_dir() else ""))
@@ -209,7 +210,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
                 expression=args.expression,
                 question=args.question,
                 num_points=args.points,
-                config=codec_config(model.config),
+                config=model.config.codec(),
             )
         decoded = model.predict([args.image], [instruction], min_score=args.min_score)[0]
     except (CodecError, ProcessorError, ValueError) as error:
@@ -222,7 +223,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     if args.save_vis:
         from PIL import Image
 
-        from visionllm.models.v1.processor import upright
+        from visionllm.models.common.inputs import upright
         from visionllm.vis import draw_result
 
         args.save_vis.parent.mkdir(parents=True, exist_ok=True)

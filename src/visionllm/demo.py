@@ -13,8 +13,7 @@ from visionllm.data.shapes.scene import SKELETON, ShapesWorldConfig
 from visionllm.formats.results import Detections, TextAnswer
 from visionllm.formats.task_table import build_instruction
 from visionllm.formats.tasks import Task
-from visionllm.models.v1.model import VisionLLM
-from visionllm.models.v1.processor import codec_config
+from visionllm.models.loading import load_pretrained
 from visionllm.vis import contact_sheet, draw_detections, draw_text_below
 
 logger = logging.getLogger(__name__)
@@ -28,10 +27,10 @@ def run_demo(model_dir: str | Path, out: str | Path, images: int = 4, seed: int 
     Returns:
         The results table as text.
     """
-    model = VisionLLM.from_pretrained(model_dir)
+    model = load_pretrained(model_dir)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    codec = codec_config(model.config)
+    codec = model.config.codec()
     size = model.config.image_size
     records = [
         make_image(seed, "val", i, ShapesWorldConfig(image_size=size, person_probability=0.3)) for i in range(images)

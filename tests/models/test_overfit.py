@@ -24,7 +24,6 @@ from visionllm.formats.task_table import build_instruction
 from visionllm.formats.tasks import Task
 from visionllm.models.v1.batch import Example, collate
 from visionllm.models.v1.model import VisionLLM
-from visionllm.models.v1.processor import codec_config
 
 CLASSES = [*SHAPES, "person"]
 
@@ -56,7 +55,7 @@ def test_overfits_eight_images(tmp_path):
         tmp_path / "w", train=8, val=0, config=ShapesWorldConfig(image_size=64, max_objects=4), seed=3, progress=False
     )
     model = VisionLLM(small_config())
-    instruction = build_instruction(Task.DETECTION, classes=CLASSES, config=codec_config(model.config))
+    instruction = build_instruction(Task.DETECTION, classes=CLASSES, config=model.config.codec())
     samples = load_split(layout.root, "train", Task.DETECTION)
     examples = []
     for s in samples:

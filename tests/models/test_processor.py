@@ -5,7 +5,7 @@ from PIL import Image
 from visionllm.formats.codec import OutputFormat
 from visionllm.formats.task_table import build_instruction
 from visionllm.formats.tasks import Task
-from visionllm.models.v1.processor import ProcessorError, codec_config
+from visionllm.models.common.inputs import ProcessorError
 
 
 def test_prefix_expands_image_into_m_placeholders(micro_model):
@@ -29,7 +29,7 @@ def test_slot_layout_respects_the_token_budget(micro_model):
 def test_class_phrases_are_located_in_the_encoder_input(micro_model):
     proc = micro_model.processor
     classes = ["red circle", "star", "circle"]
-    instruction = build_instruction(Task.DETECTION, classes=classes, config=codec_config(micro_model.config))
+    instruction = build_instruction(Task.DETECTION, classes=classes, config=micro_model.config.codec())
     caption = build_instruction(Task.CAPTION)
     out = proc.encoder_inputs([instruction.text, caption.text], [classes, ()])
     assert out["phrase_weights"].shape[:2] == (2, 3)
@@ -45,7 +45,7 @@ def test_class_phrases_are_located_in_the_encoder_input(micro_model):
 def test_phrases_cut_off_by_the_length_limit_are_marked_missing(micro_model):
     proc = micro_model.processor
     classes = [f"class number {i}" for i in range(16)]
-    long = build_instruction(Task.DETECTION, classes=classes, config=codec_config(micro_model.config)).text
+    long = build_instruction(Task.DETECTION, classes=classes, config=micro_model.config.codec()).text
     limit = proc.config.text_encoder.max_length
     proc.config.text_encoder.max_length = 40
     try:

@@ -7,14 +7,15 @@ import torch
 from visionllm.formats.results import Detections, TextAnswer
 from visionllm.formats.task_table import build_instruction
 from visionllm.formats.tasks import Task
+from visionllm.models.common.checkpoint import CheckpointError
+from visionllm.models.common.inputs import ProcessorError
 from visionllm.models.v1.batch import Example, collate
 from visionllm.models.v1.decoder import PAD, SEQUENCE, SLOT, ImageTokenMismatch, block_mask, select_anchor_tokens
-from visionllm.models.v1.model import CheckpointError, VisionLLM
-from visionllm.models.v1.processor import ProcessorError, codec_config
+from visionllm.models.v1.model import VisionLLM
 
 
 def examples(model: VisionLLM, images) -> list[Example]:
-    codec = codec_config(model.config)
+    codec = model.config.codec()
     proc = model.processor
     det = build_instruction(Task.DETECTION, classes=["red circle", "star"], config=codec)
     seg = build_instruction(Task.INSTANCE_SEGMENTATION, classes=["square"], num_points=4, config=codec)
@@ -105,7 +106,7 @@ def test_parallel_slot_decoding_equals_decoding_each_slot_alone(micro_model, ima
 
 
 def _requests(model):
-    codec = codec_config(model.config)
+    codec = model.config.codec()
     return [
         build_instruction(Task.DETECTION, classes=["red circle", "star"], config=codec),
         build_instruction(Task.CAPTION),
@@ -170,9 +171,8 @@ def test_loading_refuses_incomplete_folders(tmp_path):
 def test_streamed_text_adds_up_to_each_answer(micro_model, images):
     from visionllm.formats.task_table import build_instruction
     from visionllm.formats.tasks import Task
-    from visionllm.models.v1.processor import codec_config
 
-    codec = codec_config(micro_model.config)
+    codec = micro_model.config.codec()
     instructions = [
         build_instruction(Task.CAPTION),
         build_instruction(Task.DETECTION, classes=["circle"], config=codec),

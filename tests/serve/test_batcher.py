@@ -8,7 +8,6 @@ from PIL import Image
 from visionllm.formats.results import Decoded, Detections, TextAnswer
 from visionllm.formats.task_table import build_instruction
 from visionllm.formats.tasks import Task
-from visionllm.models.v1.processor import codec_config
 from visionllm.serve.batcher import DynamicBatcher, Job
 from visionllm.serve.errors import RequestError
 
@@ -183,7 +182,7 @@ def test_each_request_keeps_its_own_min_score():
 
 @pytest.mark.slow
 def test_batched_answers_equal_one_at_a_time_answers_of_a_real_model(micro_model):
-    codec = codec_config(micro_model.config)
+    codec = micro_model.config.codec()
     rng = np.random.default_rng(1)
     images = [Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)) for _ in range(4)]
     instructions = [

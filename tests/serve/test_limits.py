@@ -75,7 +75,7 @@ def test_over_long_prompts_are_refused_in_tokens_before_any_model_work(client, s
 
 
 def test_the_model_refuses_over_long_prompts_in_the_python_api_too(micro_model):
-    from visionllm.models.v1.processor import ProcessorError
+    from visionllm.models.common.inputs import ProcessorError
 
     limit = micro_model.config.decoder.max_prompt_tokens
     with pytest.raises(ProcessorError, match=f"over the limit of {limit} tokens"):

@@ -39,7 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from visionllm.formats.codec import CodecError
 from visionllm.formats.results import Decoded
 from visionllm.formats.task_table import Instruction
-from visionllm.models.v1.processor import ProcessorError, codec_config
+from visionllm.models.common.inputs import ProcessorError
 from visionllm.serve.batcher import DynamicBatcher, Job
 from visionllm.serve.errors import RequestError
 from visionllm.serve.images import ImageLimits, load_image, to_data_url
@@ -205,7 +205,7 @@ class CatchAll:
 
 def create_app(model: Any, settings: ServerSettings) -> FastAPI:
     """Build the app around a loaded model (anything with `VisionLLM`'s `predict`, `check_request` and `config`)."""
-    codec = codec_config(model.config)
+    codec = model.config.codec()
     tasks = served_tasks(version=1)
     batcher = DynamicBatcher(
         model.predict,

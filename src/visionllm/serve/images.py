@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from visionllm.models.v1.processor import upright
+from visionllm.models.common.inputs import upright
 from visionllm.serve.errors import RequestError
 
 # Decoders PIL may try; anything else is refused before a decoder runs.

@@ -21,7 +21,7 @@ from visionllm.formats.results import Decoded, Detections, TextAnswer
 from visionllm.formats.task_table import TASK_TABLE, Instruction, build_instruction
 from visionllm.formats.tasks import Task
 from visionllm.formats.tokens import IMAGE, CodecConfig
-from visionllm.models.v1.processor import ProcessorError, check_text
+from visionllm.models.common.inputs import ProcessorError, check_text
 from visionllm.serve.errors import RequestError
 
 # The form fields each task needs (the web page builds its form from this table).

@@ -29,6 +29,13 @@ from visionllm.formats.results import Decoded, Detections, Dropped, TextAnswer
 from visionllm.formats.task_table import Instruction, build_instruction
 from visionllm.formats.tasks import Task
 from visionllm.models.common.backbone import Backbone
+from visionllm.models.common.checkpoint import (
+    CONFIG_NAME,
+    TOKENIZER_DIR,
+    WEIGHTS_NAME,
+    CheckpointError,
+    read_config_data,
+)
 from visionllm.models.common.text_encoder import TextEncoder, load_text_tokenizer
 from visionllm.models.common.vocabulary import instruction_corpus, train_wordpiece
 from visionllm.models.v1.batch import IGNORE, Batch
@@ -42,21 +49,13 @@ from visionllm.models.v1.decoder import (
     select_anchor_tokens,
     slot_positions,
 )
-from visionllm.models.v1.processor import ImageInput, VisionLLMProcessor, codec_config, load_tokenizer
+from visionllm.models.v1.processor import ImageInput, VisionLLMProcessor, load_tokenizer
 from visionllm.models.v1.tokenizer import LanguageGuidedTokenizer, TokenizerOutput, arrange_tokens
 from visionllm.ops.boxes import nms
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
-TOKENIZER_DIR = "tokenizer"
-
 ImageLike = Image.Image | np.ndarray | str | Path
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder that cannot be loaded."""
 
 
 class VisionLLM(nn.Module):
@@ -513,7 +512,7 @@ class VisionLLM(nn.Module):
             fmt,
             classes,
             (w, h),
-            codec_config(self.config),
+            self.config.codec(),
             anchors_xy_px=np.asarray(anchors).reshape(-1, 2),
             scores=kept_scores,
         )
@@ -531,7 +530,7 @@ class VisionLLM(nn.Module):
     def detect(self, image: ImageLike, classes: Sequence[str], min_score: float = 0.05) -> Detections:
         """Objects of any class set, as boxes in the image's pixels."""
         return self._one(
-            image, build_instruction(Task.DETECTION, classes=classes, config=codec_config(self.config)), min_score
+            image, build_instruction(Task.DETECTION, classes=classes, config=self.config.codec()), min_score
         )
 
     def segment(
@@ -539,19 +538,19 @@ class VisionLLM(nn.Module):
     ) -> Detections:
         """Instance polygons with `points` boundary points each."""
         instruction = build_instruction(
-            Task.INSTANCE_SEGMENTATION, classes=classes, num_points=points, config=codec_config(self.config)
+            Task.INSTANCE_SEGMENTATION, classes=classes, num_points=points, config=self.config.codec()
         )
         return self._one(image, instruction, min_score)
 
     def ground(self, image: ImageLike, expression: str) -> Detections:
         """The one object a referring expression names (empty if none)."""
         return self._one(
-            image, build_instruction(Task.GROUNDING, expression=expression, config=codec_config(self.config)), 0.0
+            image, build_instruction(Task.GROUNDING, expression=expression, config=self.config.codec()), 0.0
         )
 
     def keypoints(self, image: ImageLike, min_score: float = 0.05) -> Detections:
         """People with their 17 COCO keypoints."""
-        return self._one(image, build_instruction(Task.KEYPOINTS, config=codec_config(self.config)), min_score)
+        return self._one(image, build_instruction(Task.KEYPOINTS, config=self.config.codec()), min_score)
 
     def caption(self, image: ImageLike) -> str:
         return self._one(image, build_instruction(Task.CAPTION)).text
@@ -605,7 +604,7 @@ class VisionLLM(nn.Module):
         for name in (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_DIR):
             if not (folder / name).exists():
                 raise CheckpointError(f"{folder} is not a VisionLLM checkpoint: {name} is missing")
-        config = _read_config(folder / CONFIG_NAME)
+        config = _read_config(folder)
         try:
             tokenizer = load_tokenizer(folder / TOKENIZER_DIR)
         except Exception as error:  # tokenizers raises plain Exceptions for damaged files
@@ -647,20 +646,12 @@ class VisionLLM(nn.Module):
         return model.to(device).eval()
 
 
-def _read_config(path: Path) -> VisionLLMConfig:
-    """A checkpoint's config.json, or a `CheckpointError` that names the file and what is wrong in it."""
+def _read_config(folder: Path) -> VisionLLMConfig:
+    """A checkpoint's config, or a `CheckpointError` that names the file and what is wrong in it."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(
-            f"{path} is not valid JSON ({error}): the file is damaged; copy the checkpoint again"
-        ) from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object of config sections, got {type(data).__name__}")
-    try:
-        return VisionLLMConfig.from_dict(data)
+        return VisionLLMConfig.from_dict(read_config_data(folder))
     except ConfigError as error:
-        raise CheckpointError(f"{path}: {error}") from None
+        raise CheckpointError(f"{folder / CONFIG_NAME}: {error}") from None
 
 
 def _one_line(error: BaseException) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import ExifTags, Image, ImageOps
+from PIL import Image
 from torch import Tensor
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
@@ -25,6 +25,7 @@ from visionllm.config import VisionLLMConfig
 from visionllm.formats import tokens as tk
 from visionllm.formats.codec import OutputFormat
 from visionllm.formats.tokens import CodecConfig, CodecVocabulary
+from visionllm.models.common.inputs import ProcessorError, check_text, upright
 
 # Codec tokens (<image>, <c0>, <p-inv>, ...) are removed from the text encoder's input.
 _CODEC_TOKEN = re.compile(r"<(?:image|c\d+|p-?\d+|p-inv|x\d+|y\d+|fmt|/fmt|text|cls|kpt|sep|no-obj)>")
@@ -36,31 +37,6 @@ _CLASS_TOKEN = re.compile(r"<c(\d+)>")
 # A longer instruction is refused from its length alone, without tokenising it: no LLM token covers more characters
 # than this in practice, so such text is over `decoder.max_prompt_tokens` anyway (and tokenising megabytes is work).
 MAX_CHARS_PER_TOKEN = 16
-
-
-class ProcessorError(ValueError):
-    """An input the processor cannot turn into model inputs (bad instruction, bad image)."""
-
-
-def check_text(text: str, what: str) -> None:
-    """Refuse text that is not valid Unicode (a lone surrogate such as "\\ud800", which no tokenizer can encode).
-
-    Raises:
-        ProcessorError: naming `what` and where the bad character is.
-    """
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as error:
-        bad = ascii(text[error.start : error.end])
-        raise ProcessorError(
-            f"{what} is not valid Unicode: it holds a lone surrogate {bad} at character {error.start}; "
-            "send UTF-8 text (pair surrogates or drop the character)"
-        ) from None
-
-
-def codec_config(config: VisionLLMConfig) -> CodecConfig:
-    d = config.decoder
-    return CodecConfig(coord_range=d.coord_range, max_points=d.max_points, max_classes=d.max_classes)
 
 
 def prepare_llm_tokenizer(tokenizer: PreTrainedTokenizerBase, codec: CodecConfig) -> CodecVocabulary:
@@ -97,17 +73,6 @@ class ImageInput:
     size_wh: tuple[int, int]
 
 
-def upright(image: Image.Image) -> Image.Image:
-    """The image as viewers display it: its EXIF orientation applied (unchanged when it has none, or one that
-    cannot be read)."""
-    try:
-        if image.getexif().get(ExifTags.Base.Orientation, 1) == 1:
-            return image  # nothing to turn: no copy (every image of training and serving passes here)
-        return ImageOps.exif_transpose(image)
-    except Exception:  # malformed EXIF: keep the stored orientation rather than refuse the image
-        return image
-
-
 def normalise_image(image: Image.Image, size: int, mean: Tensor, std: Tensor) -> ImageInput:
     """Upright as displayed (EXIF orientation applied), RGB, resized to size x size (bilinear), in [0, 1], normalised
     by mean and std (3, 1, 1). The original size is the displayed one, so results map onto the image as seen."""
@@ -132,7 +97,7 @@ class VisionLLMProcessor:
         self.config = config
         self.tokenizer = tokenizer
         self.text_tokenizer = text_tokenizer
-        self.codec = codec_config(config)
+        self.codec = config.codec()
         self.vocab = prepare_llm_tokenizer(tokenizer, self.codec)
         self.num_image_tokens = config.tokenizer.num_queries
         self.image_id = self.vocab.token_to_id(tk.IMAGE)
