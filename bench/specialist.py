@@ -203,6 +203,8 @@ class TrainStream:
 class SpecialistPredictor:
     """The runner's view of the specialist: boxes in the input image's pixels, classes bound by the instruction."""
 
+    version = 1
+
     def __init__(self, model: SlotDetector, config: VisionLLMConfig, classes: list[str]) -> None:
         self.model, self.config, self.classes = model, config, classes
 

@@ -166,3 +166,13 @@ def test_a_port_in_use_is_refused_before_the_model_loads(tmp_path, capsys):
         assert main(["serve", "--model", str(SHIPPED_MODEL), "--port", str(port)]) == 2
     err = capsys.readouterr().err
     assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err, err
+
+
+def test_tasks_the_model_does_not_answer_are_refused_by_name(image, capsys):
+    argv = ["predict", "--model", str(SHIPPED_MODEL), "--image", str(image), "--task", "editing"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "v1 model and does not answer editing; it answers: detection," in err and err.count("\n") == 1, err
+    assert main(["eval", "--model", str(SHIPPED_MODEL), "--shapesworld", str(image.parent), "--tasks", "bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown task(s) ['bogus']" in err and err.count("\n") == 1, err

@@ -176,7 +176,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
             metrics = evaluate_shapesworld(
                 model, args.shapesworld, args.split, limit=args.limit, controls=not args.no_controls, **kwargs
             )
-    except DatasetFormatError as error:
+    except (DatasetFormatError, ValueError) as error:  # a malformed file, an unknown task, a bad limit
         raise CliError(str(error)) from None
     text = json.dumps({k: round(v, 4) for k, v in metrics.items()}, indent=2)
     print(text)
@@ -189,7 +189,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     import json
 
     from visionllm.formats.codec import CodecError
-    from visionllm.formats.task_table import build_instruction
+    from visionllm.formats.task_table import build_instruction, tasks_of_version
     from visionllm.formats.tasks import Task
     from visionllm.models.common.inputs import ProcessorError
 
@@ -197,6 +197,12 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         raise CliError(f"image {args.image} not found" + (" (it is a folder)" if args.image.is_dir() else ""))
     _check_output_file(args.save_vis, "--save-vis", image=True)
     model = _load_model(args.model)
+    answered = tasks_of_version(model.version)
+    if not args.instruction and Task(args.task) not in answered:
+        raise CliError(
+            f"{args.model} is a v{model.version} model and does not answer {args.task}; "
+            f"it answers: {', '.join(task.value for task in answered)}"
+        )
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else []
     try:
         if args.instruction:
@@ -334,6 +340,8 @@ def _quiet_component_loading() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from visionllm.formats.task_table import TASK_TABLE
+
     parser = _Parser(prog="visionllm", description="VisionLLM: vision tasks through language.")
     parser.add_argument("--version", action="version", version=f"visionllm {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -409,9 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", type=Path, required=True, help="checkpoint folder")
     predict.add_argument("--image", type=Path, required=True)
     predict.add_argument(
-        "--task",
-        default="detection",
-        choices=("detection", "instance_segmentation", "grounding", "keypoints", "caption", "vqa"),
+        "--task", default="detection", choices=[task.value for task in TASK_TABLE], help="the task (default detection)"
     )
     predict.add_argument("--instruction", help="a free instruction instead of --task (add <image> where it goes)")
     predict.add_argument("--classes", help="comma-separated class set for detection / segmentation")

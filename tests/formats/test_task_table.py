@@ -87,3 +87,25 @@ def test_random_templates_are_deterministic_by_seed():
 def test_bad_requests_raise_clear_errors(task, kwargs, message):
     with pytest.raises(CodecError, match=message):
         build_instruction(task, **kwargs)
+
+
+FIELD_VALUES = {
+    "classes": ["red circle"],
+    "points": 8,
+    "expression": "the red circle",
+    "question": "what colour is it?",
+    "regions": "region1 <region>",
+    "description": "a red circle on grey",
+    "edit": "make the circle blue",
+}
+
+
+@pytest.mark.parametrize("task", list(Task))
+def test_the_fields_of_each_task_are_what_its_instruction_needs(task):
+    spec = TASK_TABLE[task]
+    given = {"num_points" if f == "points" else f: FIELD_VALUES[f] for f in spec.fields}
+    instruction = build_instruction(task, **given)
+    assert instruction.task is task
+    for field in set(spec.fields) - {"points"}:  # points has a default
+        with pytest.raises(CodecError):
+            build_instruction(task, **{k: v for k, v in given.items() if k != field})

@@ -20,6 +20,7 @@ class Spy:
     def __init__(self, model, delay=0.0, fail_on=None):
         self.model = model
         self.config = model.config
+        self.version = model.version
         self.delay = delay
         self.fail_on = fail_on
         self.instructions = []

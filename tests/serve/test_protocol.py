@@ -1,6 +1,6 @@
 import pytest
 
-from visionllm.formats.task_table import Instruction
+from visionllm.formats.task_table import Instruction, tasks_of_version
 from visionllm.formats.tasks import Task
 from visionllm.formats.tokens import CodecConfig
 from visionllm.serve.errors import RequestError
@@ -9,11 +9,10 @@ from visionllm.serve.protocol import (
     TaskParams,
     build_request_instruction,
     params_from_chat,
-    served_tasks,
 )
 
 CODEC = CodecConfig(coord_range=32, max_points=20, max_classes=4)
-TASKS = served_tasks(version=1)
+TASKS = tasks_of_version(1)
 IMAGE_PART = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
 
 

@@ -22,9 +22,8 @@ from visionllm.data.shapes.load import load_split
 from visionllm.eval.controls import QuestionPrior, derangement
 from visionllm.eval.metrics import caption_metrics, coco_metrics, grounding_precision, vqa_accuracy
 from visionllm.formats.results import Decoded, Detections, TextAnswer
-from visionllm.formats.task_table import Instruction, build_instruction
+from visionllm.formats.task_table import Instruction, build_instruction, tasks_of_version
 from visionllm.formats.tasks import Task
-from visionllm.formats.tokens import CodecConfig
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +35,9 @@ COCO_TASKS = {
 
 
 class Predictor(Protocol):
-    """What the runner needs of a model."""
+    """What the runner needs of a model: `predict`, and its `version` (which tasks it answers)."""
+
+    version: int
 
     def predict(
         self, images: Sequence[Any], instructions: Sequence[str | Instruction], min_score: float = ...
@@ -58,9 +59,8 @@ def _batched(
     return out
 
 
-def _codec(model: Any) -> CodecConfig:
-    d = model.config.decoder
-    return CodecConfig(coord_range=d.coord_range, max_points=d.max_points, max_classes=d.max_classes)
+SHAPESWORLD_TASKS = ("detection", "instance_segmentation", "keypoints", "grounding", "caption", "vqa")
+"""The tasks `evaluate_shapesworld` has a metric for, in the order it runs them."""
 
 
 def _check_limit(limit: int | None) -> None:
@@ -102,7 +102,7 @@ def evaluate_coco(
     names = [c["name"] for c in categories]
     ids = {c["name"]: c["id"] for c in categories}
     images = sorted(gt["images"], key=lambda im: im["id"])[:limit]
-    codec = _codec(model)
+    codec = model.config.codec()
     if kind is Task.KEYPOINTS:
         instruction = build_instruction(kind, classes=names, config=codec)
     elif kind is Task.INSTANCE_SEGMENTATION:
@@ -127,7 +127,7 @@ def evaluate_shapesworld(
     model: Predictor,
     root: str | Path,
     split: str = "val",
-    tasks: Sequence[str] = ("detection", "instance_segmentation", "keypoints", "grounding", "caption", "vqa"),
+    tasks: Sequence[str] | None = None,
     limit: int | None = None,
     batch_size: int = 8,
     progress: bool = True,
@@ -148,7 +148,17 @@ def evaluate_shapesworld(
         two images or without train questions, is left out with a warning).
     """
     _check_limit(limit)
+    if tasks is None:  # every task of the table the model answers and ShapesWorld evaluates
+        tasks = [task.value for task in tasks_of_version(model.version) if task.value in SHAPESWORLD_TASKS]
+    unknown = sorted(set(tasks) - set(SHAPESWORLD_TASKS))
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; choose from {list(SHAPESWORLD_TASKS)}")
     layout = ShapesWorldLayout(Path(root))
+    if not layout.card.exists():
+        raise FileNotFoundError(
+            f"{root} is not a ShapesWorld folder ({layout.card.name} is missing): write one with "
+            f"`visionllm data shapes --out {root}`"
+        )
     # Detection and segmentation bind the file's categories (the five shapes and person), as
     # `visionllm eval --coco-json` does for any COCO set.
     view = json.loads(layout.instances(split).read_text())
@@ -189,7 +199,7 @@ def evaluate_shapesworld(
 
     def grounding() -> dict[str, float]:
         refs = load_split(root, split, Task.GROUNDING)[: limit * 2 if limit else None]
-        codec = _codec(model)
+        codec = model.config.codec()
         pairs = [
             (r.image_path, build_instruction(Task.GROUNDING, expression=r.expressions[0], config=codec)) for r in refs
         ]
@@ -259,9 +269,6 @@ def evaluate_shapesworld(
         "caption": captions,
         "vqa": vqa,
     }
-    unknown = sorted(set(tasks) - set(runners))
-    if unknown:
-        raise ValueError(f"unknown task(s) {unknown}; choose from {sorted(runners)}")
     metrics: dict[str, float] = {}
     for task in tasks:
         metrics.update(runners[task]())

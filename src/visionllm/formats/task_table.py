@@ -28,13 +28,24 @@ class TaskSpec:
         task: the task.
         output: the kind of answer.
         templates: paraphrased instruction templates (see the module docstring for placeholders).
+        fields: what a request for the task must give besides the image (the names of `build_instruction`'s
+            arguments as the server and the page call them: classes, points, expression, question, regions,
+            description, edit).
         version: 1 for tasks v1 answers, 2 for tasks that need v2's parts.
     """
 
     task: Task
     output: OutputKind
     templates: tuple[str, ...]
+    fields: tuple[str, ...] = ()
     version: int = 1
+
+    @property
+    def result(self) -> str:
+        """What a client gets back: "text", "detections" (boxes, polygons, keypoints), "masks" or "image"."""
+        if self.output in (OutputKind.TEXT, OutputKind.MASKS, OutputKind.IMAGE):
+            return self.output.value
+        return "detections"
 
 
 _DETECTION = (
@@ -250,21 +261,26 @@ _EDITING = (
 TASK_TABLE: dict[Task, TaskSpec] = {
     spec.task: spec
     for spec in (
-        TaskSpec(Task.DETECTION, OutputKind.BOXES, _DETECTION),
-        TaskSpec(Task.INSTANCE_SEGMENTATION, OutputKind.POLYGONS, _SEGMENTATION),
-        TaskSpec(Task.GROUNDING, OutputKind.BOXES, _GROUNDING),
+        TaskSpec(Task.DETECTION, OutputKind.BOXES, _DETECTION, ("classes",)),
+        TaskSpec(Task.INSTANCE_SEGMENTATION, OutputKind.POLYGONS, _SEGMENTATION, ("classes", "points")),
+        TaskSpec(Task.GROUNDING, OutputKind.BOXES, _GROUNDING, ("expression",)),
         TaskSpec(Task.KEYPOINTS, OutputKind.KEYPOINTS, _KEYPOINTS),
         TaskSpec(Task.CAPTION, OutputKind.TEXT, _CAPTION),
-        TaskSpec(Task.VQA, OutputKind.TEXT, _VQA),
-        TaskSpec(Task.CHAT, OutputKind.TEXT, _CHAT, version=2),
-        TaskSpec(Task.REGION_CAPTION, OutputKind.TEXT, _REGION_CAPTION, version=2),
-        TaskSpec(Task.INTERACTIVE_SEGMENTATION, OutputKind.MASKS, _INTERACTIVE_SEGMENTATION, version=2),
-        TaskSpec(Task.SEMANTIC_SEGMENTATION, OutputKind.MASKS, _SEMANTIC_SEGMENTATION, version=2),
+        TaskSpec(Task.VQA, OutputKind.TEXT, _VQA, ("question",)),
+        TaskSpec(Task.CHAT, OutputKind.TEXT, _CHAT, ("question",), version=2),
+        TaskSpec(Task.REGION_CAPTION, OutputKind.TEXT, _REGION_CAPTION, ("regions",), version=2),
+        TaskSpec(Task.INTERACTIVE_SEGMENTATION, OutputKind.MASKS, _INTERACTIVE_SEGMENTATION, ("regions",), version=2),
+        TaskSpec(Task.SEMANTIC_SEGMENTATION, OutputKind.MASKS, _SEMANTIC_SEGMENTATION, ("classes",), version=2),
         TaskSpec(Task.GROUNDED_CAPTION, OutputKind.TEXT, _GROUNDED_CAPTION, version=2),
-        TaskSpec(Task.GENERATION, OutputKind.IMAGE, _GENERATION, version=2),
-        TaskSpec(Task.EDITING, OutputKind.IMAGE, _EDITING, version=2),
+        TaskSpec(Task.GENERATION, OutputKind.IMAGE, _GENERATION, ("description",), version=2),
+        TaskSpec(Task.EDITING, OutputKind.IMAGE, _EDITING, ("edit",), version=2),
     )
 }
+
+
+def tasks_of_version(version: int) -> list[Task]:
+    """The tasks a model of this version answers, in table order."""
+    return [task for task, spec in TASK_TABLE.items() if spec.version <= version]
 
 
 def template_fields(template: str) -> set[str]:

@@ -38,13 +38,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from visionllm.formats.codec import CodecError
 from visionllm.formats.results import Decoded
-from visionllm.formats.task_table import Instruction
+from visionllm.formats.task_table import TASK_TABLE, Instruction, tasks_of_version
 from visionllm.models.common.inputs import ProcessorError
 from visionllm.serve.batcher import DynamicBatcher, Job
 from visionllm.serve.errors import RequestError
 from visionllm.serve.images import ImageLimits, load_image, to_data_url
 from visionllm.serve.protocol import (
-    TASK_FIELDS,
     ChatRequest,
     PredictRequest,
     TaskParams,
@@ -52,7 +51,6 @@ from visionllm.serve.protocol import (
     answer_text,
     build_request_instruction,
     params_from_chat,
-    served_tasks,
 )
 from visionllm.vis import draw_result
 
@@ -204,9 +202,10 @@ class CatchAll:
 
 
 def create_app(model: Any, settings: ServerSettings) -> FastAPI:
-    """Build the app around a loaded model (anything with `VisionLLM`'s `predict`, `check_request` and `config`)."""
+    """Build the app around a loaded model (anything with `VisionLLM`'s `predict`, `check_request`, `config` and
+    `version`)."""
     codec = model.config.codec()
-    tasks = served_tasks(version=1)
+    tasks = tasks_of_version(model.version)
     batcher = DynamicBatcher(
         model.predict,
         settings.max_batch_size,
@@ -311,11 +310,7 @@ def create_app(model: Any, settings: ServerSettings) -> FastAPI:
     @app.get("/v1/tasks")
     async def task_list() -> dict[str, Any]:
         data = [
-            {
-                "task": task.value,
-                "fields": list(TASK_FIELDS[task]),
-                "output": "text" if task.value in ("caption", "vqa") else "detections",
-            }
+            {"task": task.value, "fields": list(TASK_TABLE[task].fields), "output": TASK_TABLE[task].result}
             for task in tasks
         ]
         return {"object": "list", "data": data}

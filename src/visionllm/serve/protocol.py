@@ -18,26 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from visionllm.formats.codec import CodecError
 from visionllm.formats.results import Decoded, Detections, TextAnswer
-from visionllm.formats.task_table import TASK_TABLE, Instruction, build_instruction
+from visionllm.formats.task_table import Instruction, build_instruction
 from visionllm.formats.tasks import Task
 from visionllm.formats.tokens import IMAGE, CodecConfig
 from visionllm.models.common.inputs import ProcessorError, check_text
 from visionllm.serve.errors import RequestError
-
-# The form fields each task needs (the web page builds its form from this table).
-TASK_FIELDS: dict[Task, tuple[str, ...]] = {
-    Task.DETECTION: ("classes",),
-    Task.INSTANCE_SEGMENTATION: ("classes", "points"),
-    Task.GROUNDING: ("expression",),
-    Task.KEYPOINTS: (),
-    Task.CAPTION: (),
-    Task.VQA: ("question",),
-}
-
-
-def served_tasks(version: int = 1) -> list[Task]:
-    """The tasks a model of this version answers, in table order."""
-    return [task for task, spec in TASK_TABLE.items() if spec.version <= version and task in TASK_FIELDS]
 
 
 class TaskParams(BaseModel):

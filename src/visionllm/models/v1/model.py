@@ -67,6 +67,9 @@ class VisionLLM(nn.Module):
         load_weights: load pretrained component weights named in the config (False when a checkpoint follows).
     """
 
+    version = 1
+    """The tasks of the task table up to this version are the ones this model answers."""
+
     def __init__(
         self, config: VisionLLMConfig, tokenizer: PreTrainedTokenizerBase | None = None, load_weights: bool = True
     ) -> None:
