@@ -9,8 +9,9 @@ from visionllm.formats.task_table import build_instruction
 from visionllm.formats.tasks import Task
 from visionllm.models.common.checkpoint import CheckpointError
 from visionllm.models.common.inputs import ProcessorError
+from visionllm.models.common.llm import PlaceholderMismatch
 from visionllm.models.v1.batch import Example, collate
-from visionllm.models.v1.decoder import PAD, SEQUENCE, SLOT, ImageTokenMismatch, block_mask, select_anchor_tokens
+from visionllm.models.v1.decoder import PAD, SEQUENCE, SLOT, block_mask, select_anchor_tokens
 from visionllm.models.v1.model import VisionLLM
 
 
@@ -65,7 +66,7 @@ def test_image_tokens_are_scattered_into_placeholders_and_counts_must_match(micr
     where = (ids[0] == decoder.image_id).nonzero().squeeze(1)
     assert len(where) == m
     torch.testing.assert_close(embeds[0, where], tokens[0])
-    with pytest.raises(ImageTokenMismatch, match="placeholders"):
+    with pytest.raises(PlaceholderMismatch, match="placeholders"):
         decoder.input_embeddings(ids, torch.randn(1, m - 1, decoder.hidden_size))
     with pytest.raises(ProcessorError, match="exactly once"):
         micro_model.processor.prefix_ids("no image here")

@@ -18,22 +18,18 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from visionllm.config import DecoderConfig, LLMConfig
 from visionllm.formats import tokens as tk
 from visionllm.formats.codec import OutputFormat, OutputKind
 from visionllm.formats.tokens import CodecVocabulary
 from visionllm.models.common.backbone import sine_embed
+from visionllm.models.common.llm import CausalLanguageModel
 from visionllm.models.common.matcher import hungarian_match
 from visionllm.ops.tensor_boxes import elementwise_generalized_iou, generalized_iou
 
 # Kinds of sequence positions.
 PAD, SEQUENCE, SLOT = 0, 1, 2
-
-
-class ImageTokenMismatch(ValueError):
-    """The number of <image> placeholders differs from the number of image tokens."""
 
 
 @dataclass
@@ -68,31 +64,9 @@ class SlotOutputs:
     token_index: Tensor
 
 
-def build_causal_lm(config: LLMConfig, vocab_size: int, load_weights: bool = True) -> PreTrainedModel:
-    """The LLM: a local pretrained causal LM, or a LLaMA built from the config's layout."""
-    if config.pretrained:
-        if load_weights:
-            lm = AutoModelForCausalLM.from_pretrained(config.pretrained, attn_implementation="sdpa")
-        else:
-            lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(config.pretrained))
-    else:
-        llama = LlamaConfig(
-            vocab_size=vocab_size,
-            hidden_size=config.hidden_size,
-            intermediate_size=config.intermediate_size,
-            num_hidden_layers=config.num_layers,
-            num_attention_heads=config.num_heads,
-            num_key_value_heads=config.num_kv_heads,
-            max_position_embeddings=config.max_positions,
-            tie_word_embeddings=config.tie_embeddings,
-        )
-        llama._attn_implementation = "sdpa"
-        lm = LlamaForCausalLM(llama)
-    return lm
-
-
-class LanguageDecoder(nn.Module):
-    """The LLM with the added vocabulary, the image-token projection and the slot heads.
+class LanguageDecoder(CausalLanguageModel):
+    """v1's side of the LLM (`CausalLanguageModel`): the image-token projection, the class evidence and the slot
+    heads.
 
     Args:
         llm_config: which LLM.
@@ -114,16 +88,8 @@ class LanguageDecoder(nn.Module):
         default_phrase_ids: Sequence[Sequence[int]] = (),
         load_weights: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(llm_config, vocab, vocab_size, load_weights)
         self.config = decoder_config
-        self.vocab = vocab
-        self.lm = build_causal_lm(llm_config, vocab_size, load_weights)
-        base_rows = self.lm.get_input_embeddings().weight.shape[0]
-        if base_rows < vocab_size:
-            self.lm.resize_token_embeddings(vocab_size, mean_resizing=False)
-        self.hidden_size: int = self.lm.config.hidden_size
-        if load_weights or not llm_config.pretrained:
-            self._init_added_rows(first_new=min(base_rows, vocab.offset))
         d = self.hidden_size
         self.image_proj = nn.Sequential(nn.Linear(token_dim, d), nn.GELU(), nn.Linear(d, d))
         self.box_proj = nn.Linear(4 * 32, d)
@@ -137,41 +103,8 @@ class LanguageDecoder(nn.Module):
         rows = [list(ids) + [-1] * (width - len(ids)) for ids in default_phrase_ids]
         self.default_phrase_mask = torch.tensor(rows, dtype=torch.long, device="cpu") >= 0
         self.default_phrase_ids = torch.tensor(rows, dtype=torch.long, device="cpu").clamp(min=0)
-        if llm_config.freeze:
-            self.lm.requires_grad_(False)
-        if llm_config.lora is not None:
-            from peft import LoraConfig, get_peft_model
-
-            lora = llm_config.lora
-            self.lm = get_peft_model(
-                self.lm,
-                LoraConfig(
-                    r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules
-                ),
-            )
-
-    @torch.no_grad()
-    def _init_added_rows(self, first_new: int) -> None:
-        """New embedding rows start near the old rows' mean, spread like the old rows so that each is
-        distinct (class tokens must be told apart to be copied from the binding); location tokens also
-        get a sine code of their value so that neighbouring bins start out similar."""
-        matrices = (self.lm.get_input_embeddings().weight, self.lm.get_output_embeddings().weight)
-        r = self.config.coord_range
-        ids = torch.tensor(self.vocab.encode(tk.loc_token(v) for v in range(-r, r + 1)))
-        values = torch.arange(-r, r + 1, dtype=torch.float32) / (2 * r) + 0.5
-        for matrix in {id(m): m for m in matrices}.values():
-            old = matrix[:first_new]
-            mean, std = old.mean(0), old.std(0).mean().clamp(min=1e-3)
-            matrix[first_new:] = mean + torch.randn_like(matrix[first_new:]) * std
-            code = sine_embed(values[:, None], matrix.shape[1])[:, : matrix.shape[1]]
-            matrix[ids] = mean + std * code.to(matrix.dtype)
 
     # -- pieces ---------------------------------------------------------------------------------
-
-    @property
-    def backbone_lm(self) -> PreTrainedModel:
-        """The causal LM without LoRA wrapping."""
-        return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
 
     def class_rows(self, num_classes: int, has_classes: Tensor) -> Tensor:
         """Each class's embedding in the LLM's space, per sample (B, C, D).
@@ -229,35 +162,9 @@ class LanguageDecoder(nn.Module):
         """Token embeddings with the image tokens scattered into the <image> placeholders.
 
         Raises:
-            ImageTokenMismatch: a sample's placeholder count differs from its number of image tokens.
+            PlaceholderMismatch: a sample's placeholder count differs from its number of image tokens.
         """
-        embeds = self.backbone_lm.get_input_embeddings()(input_ids)
-        placeholders = input_ids == self.image_id
-        counts = placeholders.sum(1)
-        if (counts != image_tokens.shape[1]).any():
-            raise ImageTokenMismatch(
-                f"{counts.tolist()} <image> placeholders per sample but {image_tokens.shape[1]} image tokens each; "
-                "the processor expands <image> into exactly M placeholders"
-            )
-        return embeds.masked_scatter(placeholders.unsqueeze(-1), image_tokens.to(embeds.dtype))
-
-    def run(self, embeds: Tensor, mask4d: Tensor, position_ids: Tensor, cache=None):
-        """The LLM body: (B, L, D) embeddings -> last hidden states (B, L, D) (and the cache)."""
-        model = self.backbone_lm.model
-        out = model(
-            inputs_embeds=embeds,
-            attention_mask=mask4d,
-            position_ids=position_ids,
-            cache=cache,
-            use_cache=cache is not None,
-        )
-        return out.last_hidden_state, out.cache
-
-    def head_weight(self) -> Tensor:
-        return self.backbone_lm.get_output_embeddings().weight
-
-    def vocab_logits(self, hidden: Tensor) -> Tensor:
-        return self.backbone_lm.get_output_embeddings()(hidden)
+        return self.fill_placeholders(self.embed_ids(input_ids), input_ids, self.image_id, image_tokens)
 
     def slot_logits(
         self, hidden: Tensor, fmt: OutputFormat, num_bound: int, prior: Tensor | None = None

@@ -393,9 +393,7 @@ class VisionLLM(nn.Module):
             all_kinds = torch.cat([kv_kinds, step_kinds], 1)
             all_groups = torch.cat([kv_groups, step_groups], 1)
             step_pos = (all_kinds == SEQUENCE).long().sum(1, keepdim=True) - 1
-            step_embeds = self.decoder.backbone_lm.get_input_embeddings()(
-                torch.tensor(next_ids, device=device)[:, None]
-            )
+            step_embeds = self.decoder.embed_ids(torch.tensor(next_ids, device=device)[:, None])
             mask = block_mask(step_kinds, step_groups, all_kinds, all_groups).unsqueeze(1)
             hidden, cache = self.decoder.run(step_embeds, mask, step_pos.clamp(min=0), cache)
             kv_kinds, kv_groups = all_kinds, all_groups
@@ -466,7 +464,7 @@ class VisionLLM(nn.Module):
         kinds = torch.tensor([[SLOT] * len(r) + [PAD] * (width - len(r)) for r in rows], device=device)
         groups = torch.full_like(kinds, -1)
         offsets = torch.zeros_like(kinds)
-        embeds = self.decoder.backbone_lm.get_input_embeddings()(ids)
+        embeds = self.decoder.embed_ids(ids)
         for b in samples:
             fmt, k = formats[b], len(index[b])
             length = fmt.slot_length
