@@ -6,8 +6,8 @@ import torch
 from visionllm.formats.codec import OutputFormat
 from visionllm.formats.task_table import build_instruction
 from visionllm.formats.tasks import Task
-from visionllm.models.v1.batch import IGNORE, Example, collate
-from visionllm.models.v1.decoder import SEQUENCE, SLOT
+from visionllm.models.common.sequence import IGNORE, SEQUENCE, SLOT
+from visionllm.models.v1.batch import Example, collate
 
 QUESTIONS = ["What color is the circle?", "How many stars are there in the picture?", "Is there a red square?"]
 ANSWERS = ["red", "2", "no"]

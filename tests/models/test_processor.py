@@ -6,6 +6,7 @@ from visionllm.formats.codec import OutputFormat
 from visionllm.formats.task_table import build_instruction
 from visionllm.formats.tasks import Task
 from visionllm.models.common.inputs import ProcessorError
+from visionllm.models.common.sequence import Segments
 
 
 def test_prefix_expands_image_into_m_placeholders(micro_model):
@@ -22,7 +23,9 @@ def test_slot_layout_respects_the_token_budget(micro_model):
     boxes, polygons = OutputFormat.boxes(), OutputFormat.polygons(16)
     assert proc.num_slots(boxes) == min(proc.num_image_tokens, 120 // 5)
     assert proc.num_slots(polygons) == 120 // 33
-    assert len(proc.slot_query_ids(polygons)) == proc.num_slots(polygons) * 33
+    row = proc.add_slot_groups(Segments(), polygons)
+    assert len(row) == proc.num_slots(polygons) * 33 and max(row.groups) == proc.num_slots(polygons) - 1
+    assert proc.vocab.decode(row.ids[:3]) == ["<cls>", "<x1>", "<y1>"]
     assert proc.vocab.decode(proc.header_ids(boxes)) == list(boxes.header_tokens())
 
 

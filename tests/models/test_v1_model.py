@@ -10,8 +10,9 @@ from visionllm.formats.tasks import Task
 from visionllm.models.common.checkpoint import CheckpointError
 from visionllm.models.common.inputs import ProcessorError
 from visionllm.models.common.llm import PlaceholderMismatch
+from visionllm.models.common.sequence import PAD, SEQUENCE, SLOT, block_mask
 from visionllm.models.v1.batch import Example, collate
-from visionllm.models.v1.decoder import PAD, SEQUENCE, SLOT, block_mask, select_anchor_tokens
+from visionllm.models.v1.decoder import select_anchor_tokens
 from visionllm.models.v1.model import VisionLLM
 
 

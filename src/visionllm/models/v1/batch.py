@@ -11,10 +11,9 @@ from torch import Tensor
 
 from visionllm.formats.codec import OutputFormat
 from visionllm.formats.tasks import Task
-from visionllm.models.v1.decoder import PAD, SEQUENCE, SLOT, SlotTargets
+from visionllm.models.common.sequence import Segments, pad_segments
+from visionllm.models.v1.decoder import SlotTargets
 from visionllm.models.v1.processor import ImageInput, VisionLLMProcessor
-
-IGNORE = -100
 
 
 @dataclass
@@ -113,7 +112,7 @@ class Batch:
 
 def collate(examples: Sequence[Example], processor: VisionLLMProcessor) -> Batch:
     """Build one batch; ids are assembled segment by segment, so labels line up by construction."""
-    rows, kinds, groups, offsets, labels = [], [], [], [], []
+    rows: list[Segments] = []
     slot_targets: list[SlotTargets | None] = []
     token_targets, token_classes = [], []
     for ex in examples:
@@ -122,13 +121,7 @@ def collate(examples: Sequence[Example], processor: VisionLLMProcessor) -> Batch
         w, h = ex.image.size_wh
         scale = np.array([w, h], dtype=np.float64)
         if ex.fmt.structured:
-            slot_ids = processor.slot_query_ids(ex.fmt)
-            k, length = processor.num_slots(ex.fmt), ex.fmt.slot_length
-            ids = prefix + header + slot_ids
-            kind = [SEQUENCE] * (len(prefix) + len(header)) + [SLOT] * len(slot_ids)
-            group = [-1] * (len(prefix) + len(header)) + [g for g in range(k) for _ in range(length)]
-            offset = [0] * (len(prefix) + len(header)) + list(range(length)) * k
-            label = [IGNORE] * len(prefix) + header + [IGNORE] * len(slot_ids)
+            row = processor.add_slot_groups(Segments().add(prefix).add(header, labelled=True), ex.fmt)
             points = np.asarray(ex.points_xy_px, dtype=np.float64).reshape(len(ex.class_index), ex.fmt.num_points, 2)
             slot_targets.append(
                 SlotTargets(
@@ -140,13 +133,9 @@ def collate(examples: Sequence[Example], processor: VisionLLMProcessor) -> Batch
         else:
             if ex.answer is None:
                 raise ValueError(f"a {ex.task.value} example needs an answer text")
-            ids, kind, group, offset, label = _text_rows(ex, prefix, header, processor)
+            row = _text_row(ex, prefix, header, processor)
             slot_targets.append(None)
-        rows.append(ids)
-        kinds.append(kind)
-        groups.append(group)
-        offsets.append(offset)
-        labels.append(label)
+        rows.append(row)
         boxes = np.asarray(ex.token_boxes_xyxy_px, dtype=np.float64).reshape(-1, 4) / np.tile(scale, 2)
         cxcywh = np.stack(
             [
@@ -169,11 +158,6 @@ def collate(examples: Sequence[Example], processor: VisionLLMProcessor) -> Batch
         else:
             classes = np.zeros(len(boxes))
         token_classes.append(torch.as_tensor(classes, dtype=torch.long))
-    width = max(len(r) for r in rows)
-
-    def pad(values: list[list[int]], fill: int) -> Tensor:
-        return torch.tensor([v + [fill] * (width - len(v)) for v in values], dtype=torch.long)
-
     encoder = processor.encoder_inputs([ex.instruction for ex in examples], [ex.class_names for ex in examples])
     return Batch(
         pixel_values=torch.stack([ex.image.pixels for ex in examples]),
@@ -182,11 +166,7 @@ def collate(examples: Sequence[Example], processor: VisionLLMProcessor) -> Batch
         text_attention_mask=encoder["attention_mask"],
         phrase_weights=encoder["phrase_weights"],
         phrase_mask=encoder["phrase_mask"],
-        input_ids=pad(rows, processor.pad_id),
-        kinds=pad(kinds, PAD),
-        groups=pad(groups, -1),
-        slot_offsets=pad(offsets, 0),
-        labels=pad(labels, IGNORE),
+        **pad_segments(rows, processor.pad_id),
         formats=[ex.fmt for ex in examples],
         class_counts=[len(ex.class_names) for ex in examples],
         slot_targets=slot_targets,
@@ -195,16 +175,13 @@ def collate(examples: Sequence[Example], processor: VisionLLMProcessor) -> Batch
     )
 
 
-def _text_rows(
-    ex: Example, prefix: list[int], header: list[int], processor: VisionLLMProcessor
-) -> tuple[list[int], list[int], list[int], list[int], list[int]]:
-    """ids, kinds, groups, offsets and labels of a text example: one sequence, or, with branches, the prefix
-    the instructions share followed by one group per (instruction, answer), each holding the rest of its
-    instruction, the header and the answer (so that each group's positions are those of a single sequence)."""
+def _text_row(ex: Example, prefix: list[int], header: list[int], processor: VisionLLMProcessor) -> Segments:
+    """A text example: one sequence, or, with branches, the prefix the instructions share followed by one group per
+    (instruction, answer), each holding the rest of its instruction, the header and the answer (so that each group's
+    positions are those of a single sequence)."""
     answer = processor.text_answer_ids(ex.answer or "")
     if not ex.branches:
-        ids = prefix + header + answer
-        return ids, [SEQUENCE] * len(ids), [-1] * len(ids), [0] * len(ids), [IGNORE] * len(prefix) + header + answer
+        return Segments().add(prefix).add(header, labelled=True).add(answer, labelled=True)
     prefixes = [prefix, *(processor.prefix_ids(text) for text, _ in ex.branches)]
     answers = [answer, *(processor.text_answer_ids(text) for _, text in ex.branches)]
     shared = min(len(p) for p in prefixes) - 1  # every group keeps one instruction token: labels never cross groups
@@ -217,13 +194,7 @@ def _text_rows(
             f"the branches of a {ex.task.value} example must share the instruction up to and including the image; "
             f"{[text for text, _ in ex.branches]!r} differ from {ex.instruction!r} before it"
         )
-    ids, kind, group, offset = prefix[:shared], [SEQUENCE] * shared, [-1] * shared, [0] * shared
-    label = [IGNORE] * shared
+    row = Segments().add(prefix[:shared])
     for g, (p, a) in enumerate(zip(prefixes, answers, strict=True)):
-        branch = p[shared:] + header + a
-        ids += branch
-        kind += [SLOT] * len(branch)
-        group += [g] * len(branch)
-        offset += list(range(len(branch)))
-        label += [IGNORE] * (len(p) - shared) + header + a
-    return ids, kind, group, offset, label
+        row.add(p[shared:], group=g).add(header, labelled=True, group=g).add(a, labelled=True, group=g)
+    return row

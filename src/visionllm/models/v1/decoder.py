@@ -28,9 +28,6 @@ from visionllm.models.common.llm import CausalLanguageModel
 from visionllm.models.common.matcher import hungarian_match
 from visionllm.ops.tensor_boxes import elementwise_generalized_iou, generalized_iou
 
-# Kinds of sequence positions.
-PAD, SEQUENCE, SLOT = 0, 1, 2
-
 
 @dataclass
 class SlotTargets:
@@ -263,43 +260,6 @@ def two_bin_targets(offsets: Tensor, coord_range: int, num_bins: int) -> Tensor:
     soft.scatter_add_(-1, low.long().unsqueeze(-1), (1 - w_high).unsqueeze(-1))
     soft.scatter_add_(-1, high.long().unsqueeze(-1), w_high.unsqueeze(-1))
     return soft
-
-
-def block_mask(
-    kinds: Tensor, groups: Tensor, kv_kinds: Tensor | None = None, kv_groups: Tensor | None = None
-) -> Tensor:
-    """Boolean attention mask (B, Q, KV) for sequences of normal tokens followed by slot groups.
-
-    A normal token sees the normal tokens up to itself; a slot token sees every normal token and the
-    tokens of its own group up to itself; padding sees nothing but itself (so softmax stays finite).
-
-    Args:
-        kinds: (B, Q) PAD / SEQUENCE / SLOT of the query positions (the newest positions of the sequence).
-        groups: (B, Q) slot number of slot positions (-1 elsewhere).
-        kv_kinds, kv_groups: the same for all key positions (B, KV) when they extend beyond the queries
-            (cached positions come first); default: the queries themselves.
-    """
-    if kv_kinds is None:
-        kv_kinds, kv_groups = kinds, groups
-    q_len, kv_len = kinds.shape[1], kv_kinds.shape[1]
-    offset = kv_len - q_len
-    q_pos = torch.arange(q_len, device=kinds.device)[:, None] + offset
-    k_pos = torch.arange(kv_len, device=kinds.device)[None, :]
-    causal = (k_pos <= q_pos)[None]
-    key_seq = (kv_kinds == SEQUENCE)[:, None, :]
-    q_seq = (kinds == SEQUENCE)[:, :, None]
-    q_slot = (kinds == SLOT)[:, :, None]
-    same_group = (groups[:, :, None] == kv_groups[:, None, :]) & (kv_kinds == SLOT)[:, None, :]
-    allowed = (q_seq & key_seq & causal) | (q_slot & (key_seq | (same_group & causal)))
-    diagonal = (k_pos == q_pos)[None] & (kinds == PAD)[:, :, None]
-    return allowed | diagonal
-
-
-def slot_positions(kinds: Tensor, groups: Tensor, slot_offsets: Tensor) -> Tensor:
-    """Position ids: normal tokens count up; slot token j of any group sits at (normal tokens) + j."""
-    normal = (kinds == SEQUENCE).long().cumsum(1) - 1
-    start = (kinds == SEQUENCE).long().sum(1, keepdim=True)
-    return torch.where(kinds == SLOT, start + slot_offsets, normal.clamp(min=0))
 
 
 def select_anchor_tokens(logits: Tensor, num_slots: int) -> Tensor:

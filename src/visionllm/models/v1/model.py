@@ -36,19 +36,20 @@ from visionllm.models.common.checkpoint import (
     CheckpointError,
     read_config_data,
 )
-from visionllm.models.common.text_encoder import TextEncoder, load_text_tokenizer
-from visionllm.models.common.vocabulary import instruction_corpus, train_wordpiece
-from visionllm.models.v1.batch import IGNORE, Batch
-from visionllm.models.v1.decoder import (
+from visionllm.models.common.sequence import (
+    IGNORE,
     PAD,
     SEQUENCE,
     SLOT,
-    LanguageDecoder,
-    SlotOutputs,
+    Segments,
     block_mask,
-    select_anchor_tokens,
+    pad_segments,
     slot_positions,
 )
+from visionllm.models.common.text_encoder import TextEncoder, load_text_tokenizer
+from visionllm.models.common.vocabulary import instruction_corpus, train_wordpiece
+from visionllm.models.v1.batch import Batch
+from visionllm.models.v1.decoder import LanguageDecoder, SlotOutputs, select_anchor_tokens
 from visionllm.models.v1.processor import ImageInput, VisionLLMProcessor, load_tokenizer
 from visionllm.models.v1.tokenizer import LanguageGuidedTokenizer, TokenizerOutput, arrange_tokens
 from visionllm.ops.boxes import nms
@@ -329,11 +330,9 @@ class VisionLLM(nn.Module):
         pixels = torch.stack([im.pixels for im in images]).to(device)
         tokens, image_tokens = self.encode_images(pixels, {k: v.to(device) for k, v in encoder.items()})
         batch = len(images)
-        width = max(len(p) for p in prefixes)
         pad = self.processor.pad_id
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prefixes], device=device)
-        kinds = torch.tensor([[PAD] * (width - len(p)) + [SEQUENCE] * len(p) for p in prefixes], device=device)
-        groups = torch.full_like(kinds, -1)
+        prompt = pad_segments([Segments().add(p) for p in prefixes], pad, side="left")  # all rows end together
+        input_ids, kinds, groups = (prompt[key].to(device) for key in ("input_ids", "kinds", "groups"))
         embeds = self.decoder.input_embeddings(input_ids, image_tokens)
         cache = DynamicCache()
         positions = slot_positions(kinds, groups, torch.zeros_like(kinds))
@@ -451,25 +450,18 @@ class VisionLLM(nn.Module):
     ):
         device = self.device
         batch = len(formats)
-        rows: list[list[int]] = [[] for _ in range(batch)]
+        rows = [Segments() for _ in range(batch)]
         index: dict[int, Tensor] = {}
         for b in samples:
-            fmt = formats[b]
-            k = self.processor.num_slots(fmt)
-            index[b] = select_anchor_tokens(tokens.logits[b : b + 1], k)[0]
-            rows[b] = self.processor.slot_query_ids(fmt)
-        width = max(len(r) for r in rows)
-        pad = self.processor.pad_id
-        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
-        kinds = torch.tensor([[SLOT] * len(r) + [PAD] * (width - len(r)) for r in rows], device=device)
-        groups = torch.full_like(kinds, -1)
-        offsets = torch.zeros_like(kinds)
+            index[b] = select_anchor_tokens(tokens.logits[b : b + 1], self.processor.num_slots(formats[b]))[0]
+            self.processor.add_slot_groups(rows[b], formats[b], len(index[b]))
+        slots = pad_segments(rows, self.processor.pad_id)
+        ids, kinds, groups, offsets = (
+            slots[key].to(device) for key in ("input_ids", "kinds", "groups", "slot_offsets")
+        )
         embeds = self.decoder.embed_ids(ids)
         for b in samples:
-            fmt, k = formats[b], len(index[b])
-            length = fmt.slot_length
-            groups[b, : k * length] = torch.arange(k, device=device).repeat_interleave(length)
-            offsets[b, : k * length] = torch.arange(length, device=device).repeat(k)
+            k, length = len(index[b]), formats[b].slot_length
             embeds[b, : k * length] += image_tokens[b, index[b]].repeat_interleave(length, dim=0)
         all_kinds = torch.cat([kv_kinds, kinds], 1)
         all_groups = torch.cat([kv_groups, groups], 1)

@@ -26,6 +26,7 @@ from visionllm.formats import tokens as tk
 from visionllm.formats.codec import OutputFormat
 from visionllm.formats.tokens import CodecConfig, CodecVocabulary
 from visionllm.models.common.inputs import ProcessorError, check_text, upright
+from visionllm.models.common.sequence import Segments
 
 # Codec tokens (<image>, <c0>, <p-inv>, ...) are removed from the text encoder's input.
 _CODEC_TOKEN = re.compile(r"<(?:image|c\d+|p-?\d+|p-inv|x\d+|y\d+|fmt|/fmt|text|cls|kpt|sep|no-obj)>")
@@ -215,8 +216,12 @@ class VisionLLMProcessor:
         """K: slots per answer, limited by M and by the slot-token budget."""
         return max(1, min(self.num_image_tokens, self.config.decoder.max_slot_tokens // fmt.slot_length))
 
-    def slot_query_ids(self, fmt: OutputFormat) -> list[int]:
-        return self.vocab.encode(self.slot_tokens(fmt)) * self.num_slots(fmt)
+    def add_slot_groups(self, row: Segments, fmt: OutputFormat, count: int | None = None) -> Segments:
+        """Append an answer's slot groups to `row`: `count` (default K) groups of its query tokens <cls> <x1> ..."""
+        slot = self.vocab.encode(self.slot_tokens(fmt))
+        for group in range(self.num_slots(fmt) if count is None else count):
+            row.add(slot, group=group)
+        return row
 
     def encoder_inputs(self, instructions: Sequence[str], class_sets: Sequence[Sequence[str]]) -> dict[str, Tensor]:
         """The text encoder's inputs: the instructions without <image> and without the codec's tokens (the class
