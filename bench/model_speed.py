@@ -29,9 +29,10 @@ from visionllm.data.shapes.scene import ShapesWorldConfig
 from visionllm.formats.task_table import build_instruction
 from visionllm.formats.tasks import Task
 from visionllm.models.v1.batch import collate
+from visionllm.models.v1.data import TaskMixture
 from visionllm.models.v1.model import VisionLLM
-from visionllm.train.data import MixConfig, TaskMixture
 from visionllm.train.loop import apply_freeze, load_run_config
+from visionllm.train.mix import MixConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = {

@@ -243,6 +243,7 @@ class VisionLLMConfig:
 
     def __post_init__(self) -> None:
         _check(self.image_size % 32 == 0 and self.image_size >= 64, "image_size must be a multiple of 32, >= 64")
+        _check(self.model_type == "visionllm-v1", f"model_type must be 'visionllm-v1', not {self.model_type!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -37,9 +37,8 @@ from visionllm.config import ConfigError, VisionLLMConfig, build, load_yaml
 from visionllm.data.shapes.dataset import ShapesWorldLayout, generate_shapesworld
 from visionllm.data.shapes.scene import ShapesWorldConfig
 from visionllm.eval.runner import evaluate_shapesworld
-from visionllm.models.v1.batch import collate
-from visionllm.models.v1.model import VisionLLM
-from visionllm.train.data import MixConfig, TaskMixture
+from visionllm.models.loading import MODEL_CLASSES, load_pretrained
+from visionllm.train.mix import MixConfig
 
 logger = logging.getLogger(__name__)
 
@@ -157,12 +156,12 @@ def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _initial_model(config: TrainConfig, model_config: VisionLLMConfig) -> VisionLLM:
+def _initial_model(config: TrainConfig, model_config: VisionLLMConfig) -> torch.nn.Module:
     """A new model, or the init_from checkpoint with the run's own decoder settings (thresholds, loss and evidence
     options: those that do not change a weight's shape), so that a stage can change how the model decodes."""
     if not config.init_from:
-        return VisionLLM(model_config)
-    model = VisionLLM.from_pretrained(config.init_from)
+        return MODEL_CLASSES[model_config.model_type](model_config)
+    model = load_pretrained(config.init_from)
     ours, theirs = model_config.decoder, model.config.decoder
     shaped = [
         name for name in ("coord_range", "max_points", "max_classes") if getattr(ours, name) != getattr(theirs, name)
@@ -177,7 +176,7 @@ def _initial_model(config: TrainConfig, model_config: VisionLLMConfig) -> Vision
     return model
 
 
-def apply_freeze(model: VisionLLM, groups: list[str]) -> None:
+def apply_freeze(model: torch.nn.Module, groups: list[str]) -> None:
     if "backbone" in groups:
         model.backbone.requires_grad_(False)
     if "text_encoder" in groups:
@@ -347,20 +346,12 @@ def train(config_path: str | Path, resume: bool = False, max_steps: int | None =
         json.dumps({"model": model_config.to_dict(), "train": asdict(config)}, indent=2)
     )
 
-    dataset = TaskMixture(
-        root,
-        "train",
-        model.processor,
-        config.mix,
-        seed=config.seed,
-        batch_size=config.batch_size,
-        default_classes=model.config.tokenizer.default_classes,
-    )
+    dataset = model.training_stream(root, "train", config.mix, seed=config.seed, batch_size=config.batch_size)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=config.batch_size,
         sampler=StepSampler(start_step, config.max_steps, config.batch_size),
-        collate_fn=lambda examples: collate(examples, model.processor),
+        collate_fn=model.collate,
         num_workers=0,
     )
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
@@ -488,7 +479,7 @@ def _append(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def _save_state(output: Path, model: VisionLLM, optimizer, scheduler, step: int, keep: int) -> None:
+def _save_state(output: Path, model: torch.nn.Module, optimizer, scheduler, step: int, keep: int) -> None:
     """Write checkpoints/step-N atomically (a temporary folder renamed into place), keep the newest `keep`."""
     folder = output / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
@@ -509,7 +500,7 @@ def _save_state(output: Path, model: VisionLLM, optimizer, scheduler, step: int,
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_state(folder: Path, model: VisionLLM, optimizer, scheduler) -> int:
+def _load_state(folder: Path, model: torch.nn.Module, optimizer, scheduler) -> int:
     from safetensors.torch import load_file
 
     state = load_file(str(folder / "model.safetensors"))

@@ -48,11 +48,13 @@ from visionllm.models.common.sequence import (
 )
 from visionllm.models.common.text_encoder import TextEncoder, load_text_tokenizer
 from visionllm.models.common.vocabulary import instruction_corpus, train_wordpiece
-from visionllm.models.v1.batch import Batch
+from visionllm.models.v1.batch import Batch, Example, collate
+from visionllm.models.v1.data import TaskMixture
 from visionllm.models.v1.decoder import LanguageDecoder, SlotOutputs, select_anchor_tokens
 from visionllm.models.v1.processor import ImageInput, VisionLLMProcessor, load_tokenizer
 from visionllm.models.v1.tokenizer import LanguageGuidedTokenizer, TokenizerOutput, arrange_tokens
 from visionllm.ops.boxes import nms
+from visionllm.train.mix import MixConfig
 
 logger = logging.getLogger(__name__)
 
@@ -282,6 +284,26 @@ class VisionLLM(nn.Module):
             return self._predict([self.processor.image(im) for im in images], list(instructions), min_score, on_text)
         finally:
             self.train(was_training)
+
+    # -- training data ------------------------------------------------------------------------
+
+    def training_stream(
+        self, root: str | Path, split: str, mix: MixConfig, seed: int = 0, batch_size: int = 1
+    ) -> torch.utils.data.Dataset:
+        """The training examples of a task mix over a ShapesWorld split: example i is a function of (seed, i)."""
+        return TaskMixture(
+            root,
+            split,
+            self.processor,
+            mix,
+            seed=seed,
+            batch_size=batch_size,
+            default_classes=self.config.tokenizer.default_classes,
+        )
+
+    def collate(self, examples: Sequence[Example]) -> Batch:
+        """One model batch from examples of `training_stream` (any mix of tasks)."""
+        return collate(examples, self.processor)
 
     def check_request(self, instruction: str | Instruction, max_prompt_tokens: int | None = None) -> int:
         """Check, without model work, that `predict` can answer this instruction; its cost in LLM tokens.

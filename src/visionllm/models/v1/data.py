@@ -14,54 +14,24 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from visionllm.config import ConfigError
 from visionllm.data.sample import ObjectAnnotation, Sample
 from visionllm.data.shapes.language import ObjectFacts, parse_phrase
 from visionllm.data.shapes.load import load_split
 from visionllm.data.shapes.scene import COLORS, SHAPES
-from visionllm.formats.task_table import TASK_TABLE, build_instruction
+from visionllm.formats.task_table import TASK_TABLE, build_instruction, tasks_of_version
 from visionllm.formats.tasks import Task
 from visionllm.formats.tokens import IMAGE
 from visionllm.models.v1.batch import Example
 from visionllm.models.v1.processor import VisionLLMProcessor
 from visionllm.ops.polygons import resample_polygon
+from visionllm.train.mix import MixConfig
 
-V1_TASKS = (Task.DETECTION, Task.INSTANCE_SEGMENTATION, Task.GROUNDING, Task.KEYPOINTS, Task.CAPTION, Task.VQA)
-
-
-@dataclass
-class MixConfig:
-    """Which tasks to train and how often, and how class sets are drawn.
-
-    Attributes:
-        tasks: task name -> sampling weight.
-        max_classes: largest class set in a detection / segmentation instruction.
-        polygon_points: boundary point counts to ask for (drawn uniformly).
-        negative_rate: expected share of absent classes in a class set.
-        task_per_batch: the examples of one batch share their task (and polygon point count), so that a batch's
-            sequences have one layout and one length: no padding, no mixed formats in one LLM pass.
-        questions_per_image: a VQA example asks up to this many of its image's questions. They share the image,
-            its tokens and the instruction up to the question, and are answered in parallel branches of one
-            sequence (`batch.collate`), each seeing exactly what a single question sees: one image pass trains
-            several answers. Templates that put the question before the image ask one.
-    """
-
-    tasks: dict[str, float] = field(default_factory=lambda: {"detection": 1.0})
-    max_classes: int = 12
-    polygon_points: list[int] = field(default_factory=lambda: [8, 16])
-    negative_rate: float = 0.3
-    task_per_batch: bool = True
-    questions_per_image: int = 1
-
-    def __post_init__(self) -> None:
-        if self.questions_per_image < 1:
-            raise ConfigError(f"mix.questions_per_image must be at least 1, not {self.questions_per_image}")
+V1_TASKS = tuple(tasks_of_version(1))
 
 
 def _majority(answers: Sequence[str]) -> str:

@@ -5,8 +5,9 @@ import pytest
 
 from visionllm.config import ConfigError
 from visionllm.formats.tasks import Task
-from visionllm.train.data import MixConfig, TaskMixture
+from visionllm.models.v1.data import TaskMixture
 from visionllm.train.loop import apply_freeze
+from visionllm.train.mix import MixConfig
 
 DEFAULTS = ["red circle", "circle", "square", "triangle", "star", "hexagon", "person"]
 
