@@ -31,7 +31,7 @@ from visionllm.formats.tasks import Task
 from visionllm.models.v1.batch import collate
 from visionllm.models.v1.data import TaskMixture
 from visionllm.models.v1.model import VisionLLM
-from visionllm.train.loop import apply_freeze, load_run_config
+from visionllm.train.loop import load_run_config
 from visionllm.train.mix import MixConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +51,7 @@ def training_rate(config_path: Path, data_root: Path, steps: int, warmup: int = 
     model_config, train = load_run_config(config_path)
     torch.manual_seed(0)
     model = VisionLLM(model_config).train()
-    apply_freeze(model, train.frozen_groups)
+    model.freeze(train.frozen_groups)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
 

@@ -6,7 +6,6 @@ import pytest
 from visionllm.config import ConfigError
 from visionllm.formats.tasks import Task
 from visionllm.models.v1.data import TaskMixture
-from visionllm.train.loop import apply_freeze
 from visionllm.train.mix import MixConfig
 
 DEFAULTS = ["red circle", "circle", "square", "triangle", "star", "hexagon", "person"]
@@ -52,7 +51,7 @@ def _sample(stream: TaskMixture, example):
 def test_freezing_the_visual_tokenizer_leaves_only_its_text_fusion_trainable(micro_model):
     model = micro_model
     try:
-        apply_freeze(model, ["tokenizer_visual"])
+        model.freeze(["tokenizer_visual"])
         trainable = {n.split(".")[0] for n, p in model.tokenizer.named_parameters() if p.requires_grad}
         assert trainable == {"text_proj", "fusion"}
         assert not model.tokenizer.class_bias.requires_grad and not model.tokenizer.level_embed.requires_grad

@@ -20,7 +20,6 @@ from visionllm.train.loop import (
     _param_groups,
     _save_state,
     _trim_log,
-    apply_freeze,
     load_run_config,
     load_training_state,
     train,
@@ -71,7 +70,7 @@ def test_a_stage_decodes_with_its_own_settings_on_the_checkpoints_weights(micro_
 
 def test_a_frozen_visual_part_runs_without_a_graph_and_without_its_loss(micro_model, images):
     model = copy.deepcopy(micro_model).train()
-    apply_freeze(model, ["backbone", "tokenizer", "text_encoder"])
+    model.freeze(["backbone", "tokenizer", "text_encoder"])
     assert model.visual_frozen
     instruction = build_instruction(Task.CAPTION)
     example = Example(
@@ -153,3 +152,11 @@ def test_a_run_needs_at_least_one_step(tmp_path, steps):
     (tmp_path / "run.yaml").write_text("train: {max_steps: 5}\n")
     with pytest.raises(ConfigError, match="--max-steps must be at least 1"):
         train(tmp_path / "run.yaml", max_steps=steps)
+
+
+def test_an_unknown_freeze_group_is_refused_before_any_data_is_written(tmp_path):
+    data = tmp_path / "world"
+    (tmp_path / "run.yaml").write_text(f"train: {{freeze: [eyes], data: {{root: {data}}}}}\n")
+    with pytest.raises(ConfigError, match=r"train.freeze: unknown group\(s\) \['eyes'\]; groups: \['backbone'"):
+        train(tmp_path / "run.yaml")
+    assert not data.exists()

@@ -42,8 +42,6 @@ from visionllm.train.mix import MixConfig
 
 logger = logging.getLogger(__name__)
 
-FREEZE_GROUPS = ("backbone", "tokenizer", "tokenizer_visual", "text_encoder", "llm")
-
 
 @dataclass
 class DataConfig:
@@ -121,9 +119,6 @@ class TrainConfig:
         return [*self.freeze, "llm"] if self.tokenizer_only else list(self.freeze)
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.freeze) - set(FREEZE_GROUPS))
-        if unknown:
-            raise ConfigError(f"train.freeze: unknown group(s) {unknown}; groups: {list(FREEZE_GROUPS)}")
         if self.on_nonfinite_loss not in ("stop", "skip"):
             raise ConfigError(f"train.on_nonfinite_loss must be 'stop' or 'skip', not {self.on_nonfinite_loss!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -176,32 +171,15 @@ def _initial_model(config: TrainConfig, model_config: VisionLLMConfig) -> torch.
     return model
 
 
-def apply_freeze(model: torch.nn.Module, groups: list[str]) -> None:
-    if "backbone" in groups:
-        model.backbone.requires_grad_(False)
-    if "text_encoder" in groups:
-        model.text_encoder.requires_grad_(False)
-    if "llm" in groups:
-        model.decoder.lm.requires_grad_(False)
-    if "tokenizer" in groups:
-        model.tokenizer.requires_grad_(False)
-    if "tokenizer_visual" in groups:
-        # Every parameter of the tokenizer, its own (class bias, level embedding, ...) as well as its modules',
-        # but those of its text fusion.
-        for name, param in model.tokenizer.named_parameters():
-            if name.split(".")[0] not in ("text_proj", "fusion"):
-                param.requires_grad_(False)
-
-
 def _param_groups(model: torch.nn.Module, optim: OptimConfig) -> list[dict[str, Any]]:
-    """AdamW groups: with and without weight decay (biases, norms, embeddings), each for the visual part
-    (backbone, tokenizer; at `visual_lr_scale`) and the rest."""
+    """AdamW groups: with and without weight decay (biases, norms, embeddings), each for the model's visual part
+    (`VISUAL_PARTS`: backbone and tokenizer in v1; at `visual_lr_scale`) and the rest."""
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         decays = not (param.ndim < 2 or "norm" in name or "embed" in name)
-        visual = name.split(".")[0] in ("backbone", "tokenizer")
+        visual = name.split(".")[0] in model.VISUAL_PARTS
         groups.setdefault((decays, visual), []).append(param)
     return [
         {
@@ -311,6 +289,10 @@ def train(config_path: str | Path, resume: bool = False, max_steps: int | None =
         NonFiniteLossError: a non-finite loss with `on_nonfinite_loss: stop` (or too many skipped in a row).
     """
     model_config, config = load_run_config(config_path)
+    groups = MODEL_CLASSES[model_config.model_type].FREEZE_GROUPS
+    unknown = sorted(set(config.frozen_groups) - set(groups))
+    if unknown:  # before any data is generated or weights are built
+        raise ConfigError(f"train.freeze: unknown group(s) {unknown}; groups: {list(groups)}")
     if max_steps is not None:
         if max_steps < 1:
             raise ConfigError(f"--max-steps must be at least 1, not {max_steps}")
@@ -327,7 +309,7 @@ def train(config_path: str | Path, resume: bool = False, max_steps: int | None =
 
     model = _initial_model(config, model_config)
     model.train()
-    apply_freeze(model, config.frozen_groups)
+    model.freeze(config.frozen_groups)
     optimizer = torch.optim.AdamW(
         _param_groups(model, config.optim), lr=config.optim.lr, betas=tuple(config.optim.betas)
     )

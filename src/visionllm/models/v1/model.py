@@ -121,6 +121,37 @@ class VisionLLM(nn.Module):
         image_tokens = self.decoder.embed_image_tokens(tokens.embeddings, tokens.boxes.detach(), class_probs, bound)
         return tokens, image_tokens
 
+    FREEZE_GROUPS = ("backbone", "tokenizer", "tokenizer_visual", "text_encoder", "llm")
+    """The parts a training stage may keep fixed (`train.freeze`)."""
+
+    VISUAL_PARTS = ("backbone", "tokenizer")
+    """Top-level modules that train at `optim.visual_lr_scale` times the learning rate."""
+
+    def freeze(self, groups: Sequence[str]) -> None:
+        """Keep these parts fixed: backbone, tokenizer (all of it), tokenizer_visual (the tokenizer but its text
+        fusion), text_encoder, llm.
+
+        Raises:
+            ValueError: a group this model does not have.
+        """
+        unknown = sorted(set(groups) - set(self.FREEZE_GROUPS))
+        if unknown:
+            raise ValueError(f"unknown freeze group(s) {unknown}; groups: {list(self.FREEZE_GROUPS)}")
+        if "backbone" in groups:
+            self.backbone.requires_grad_(False)
+        if "text_encoder" in groups:
+            self.text_encoder.requires_grad_(False)
+        if "llm" in groups:
+            self.decoder.lm.requires_grad_(False)
+        if "tokenizer" in groups:
+            self.tokenizer.requires_grad_(False)
+        if "tokenizer_visual" in groups:
+            # Every parameter of the tokenizer, its own (class bias, level embedding, ...) as well as its modules',
+            # but those of its text fusion.
+            for name, param in self.tokenizer.named_parameters():
+                if name.split(".")[0] not in ("text_proj", "fusion"):
+                    param.requires_grad_(False)
+
     @property
     def visual_frozen(self) -> bool:
         """Whether nothing before the image tokens' projection trains (backbone, text encoder, tokenizer): their
