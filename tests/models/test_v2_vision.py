@@ -1,0 +1,51 @@
+"""v2's CLIP encoder read at its penultimate layer, its region levels, the bridge, and the paper's sizes."""
+
+import pytest
+import torch
+
+from visionllm.config import ConfigError
+from visionllm.models.v2.regions import RegionEncoder
+from visionllm.models.v2.vision import Bridge, VisionConfig, VisionEncoder
+
+TINY = VisionConfig(image_size=64, patch_size=8, hidden_size=32, num_layers=4, num_heads=2, intermediate_size=64)
+
+
+def test_image_tokens_come_from_the_penultimate_layer_without_the_class_token():
+    torch.manual_seed(0)
+    encoder = VisionEncoder(TINY).eval()
+    pixels = torch.randn(2, 3, 64, 64)
+    tokens, levels = encoder(pixels)
+    assert tokens.shape == (2, 64, 32) and len(levels) == 3 and levels[-1].shape == (2, 8, 8, 32)
+    states = encoder.clip(pixel_values=pixels, output_hidden_states=True).hidden_states
+    assert torch.equal(tokens, states[-2][:, 1:]) and torch.equal(levels[0].flatten(1, 2), states[-4][:, 1:])
+    assert not any(p.requires_grad for p in encoder.parameters())  # frozen, as in every stage of the paper
+    region = RegionEncoder(32, 48, patch=8)
+    masks = torch.zeros(1, 64, 64)
+    masks[0, 8:24, 8:24] = 1
+    assert region(pixels, masks, torch.tensor([1]), levels).shape == (1, 48)
+    assert Bridge(32, 48)(tokens).shape == (2, 64, 48)
+
+
+def test_the_paper_preset_has_clip_l_14_336_and_its_bridge_and_region_encoder_sizes():
+    with torch.device("meta"):
+        encoder = VisionEncoder(VisionConfig())
+        bridge = Bridge(1024, 4096)
+        region = RegionEncoder(1024, 4096, patch=14)
+    assert sum(p.numel() for p in encoder.parameters()) == 303_507_456  # CLIP ViT-L/14-336's vision tower
+    assert VisionConfig().grid ** 2 == 576
+    assert sum(p.numel() for p in bridge.parameters()) == 1024 * 4096 + 4096 + 4096 * 4096 + 4096
+    assert region.mask_stack[0].kernel_size == (7, 7) and region.mask_stack[0].stride == (7, 7)
+    assert region.mask_stack[3].kernel_size == (2, 2) and region.mask_stack[6].out_channels == 1024
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"image_size": 100}, "multiple of"),
+        ({"feature_layer": 0}, "counts from the end"),
+        ({"region_levels": 0}, "at least 1"),
+    ],
+)
+def test_impossible_vision_configs_are_refused(fields, words):
+    with pytest.raises(ConfigError, match=words):
+        VisionConfig(**fields)
