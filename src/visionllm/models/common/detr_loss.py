@@ -89,3 +89,23 @@ def detection_set_loss(
     focal = sigmoid_focal_loss(logits.float(), labels, alpha)
     focal = (focal * valid[:, None, :].float()).sum() / num_targets
     return class_weight * focal + l1_weight * l1 / num_targets + giou_weight * giou / num_targets
+
+
+def mask_losses(mask_logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Matched masks' losses: sigmoid binary cross-entropy (mean over pixels) and dice, each averaged over masks.
+
+    Args:
+        mask_logits: (K, H, W) predicted mask logits of the matched queries.
+        targets: (K, H, W) their target masks, 0/1, at the same resolution.
+
+    Returns:
+        (bce, dice); zeros when K is 0.
+    """
+    if len(mask_logits) == 0:
+        zero = mask_logits.new_zeros((), dtype=torch.float32)
+        return zero, zero
+    logits, wanted = mask_logits.float().flatten(1), targets.float().flatten(1)
+    bce = F.binary_cross_entropy_with_logits(logits, wanted, reduction="none").mean(1)
+    prob = logits.sigmoid()
+    dice = 1 - (2 * (prob * wanted).sum(1) + 1) / (prob.sum(1) + wanted.sum(1) + 1)
+    return bce.mean(), dice.mean()
