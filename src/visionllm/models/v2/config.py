@@ -1,0 +1,90 @@
+"""VisionLLM v2's config: its parts, read from the `model:` section of a v2 preset (`model_type: visionllm-v2`).
+
+Shared pieces come from `visionllm.config` (the LLM's layout, the config builder that refuses unknown keys and
+wrong types); the v2 parts are its own: the CLIP vision encoder (`VisionConfig`), the region encoder, the super
+links. The decoders' sections join as they land.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from visionllm.config import ConfigError, LLMConfig, build
+from visionllm.models.v2.superlink import FAMILY_QUERIES, ROUTES
+from visionllm.models.v2.vision import VisionConfig
+
+
+@dataclass
+class RegionConfig:
+    """The region encoder (visual prompts).
+
+    Attributes:
+        num_points: points sampled inside a region's mask.
+    """
+
+    num_points: int = 32
+
+    def __post_init__(self) -> None:
+        if self.num_points < 1:
+            raise ConfigError("regions.num_points must be at least 1")
+
+
+@dataclass
+class SuperLinkConfig:
+    """Routing tokens and their queries.
+
+    Attributes:
+        routes: the routing tokens this model writes (a subset of [DET] [GRD] [SEG] [POSE] [GEN] [EDIT]).
+    """
+
+    routes: list[str] = field(default_factory=lambda: ["[DET]", "[GRD]", "[SEG]", "[POSE]"])
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.routes) - set(ROUTES))
+        if unknown:
+            raise ConfigError(f"link.routes: unknown routing token(s) {unknown}; routes: {list(ROUTES)}")
+
+    @property
+    def families(self) -> list[str]:
+        return sorted({ROUTES[route] for route in self.routes})
+
+    def queries(self, family: str) -> int:
+        return FAMILY_QUERIES[family]
+
+
+@dataclass
+class VisionLLMv2Config:
+    """Every part of VisionLLM v2 (defaults: the paper's CLIP ViT-L/14-336 and a Vicuna-7B layout).
+
+    Attributes:
+        vision: the CLIP vision encoder.
+        llm: the chat LLM (Vicuna-7B v1.5 in the paper: the LLaMA-7B layout).
+        regions: the visual-prompt encoder.
+        link: the super links.
+        max_new_tokens: longest generated reply.
+        max_prompt_tokens: longest conversation accepted, in LLM tokens without the image's.
+        model_type: "visionllm-v2".
+    """
+
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    regions: RegionConfig = field(default_factory=RegionConfig)
+    link: SuperLinkConfig = field(default_factory=SuperLinkConfig)
+    max_new_tokens: int = 256
+    max_prompt_tokens: int = 2048
+    model_type: str = "visionllm-v2"
+
+    def __post_init__(self) -> None:
+        if self.model_type != "visionllm-v2":
+            raise ConfigError(f"model_type must be 'visionllm-v2', not {self.model_type!r}")
+        if self.max_new_tokens < 1 or self.max_prompt_tokens < 1:
+            raise ConfigError("max_new_tokens and max_prompt_tokens must be at least 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VisionLLMv2Config:
+        return build(cls, data, "model")

@@ -1,0 +1,55 @@
+"""v2's config: the paper preset builds, on the meta device, to CLIP ViT-L/14-336, Vicuna-7B and their links."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from visionllm.config import ConfigError
+from visionllm.formats.tokens import CodecConfig, CodecVocabulary
+from visionllm.models.common.llm import CausalLanguageModel
+from visionllm.models.v2.config import VisionLLMv2Config
+from visionllm.models.v2.regions import RegionEncoder
+from visionllm.models.v2.superlink import SuperLink
+from visionllm.models.v2.vision import Bridge, VisionEncoder
+
+PRESET = Path(__file__).resolve().parents[2] / "configs" / "paper_v2.yaml"
+
+
+def test_the_paper_preset_has_the_published_part_sizes():
+    data = yaml.safe_load(PRESET.read_text())["model"]
+    config = VisionLLMv2Config.from_dict(data)
+    assert VisionLLMv2Config.from_dict(config.to_dict()) == config
+    vocab_size = 32000
+    with torch.device("meta"):
+        vision = VisionEncoder(config.vision)
+        llm = CausalLanguageModel(config.llm, CodecVocabulary(CodecConfig(), offset=vocab_size), vocab_size, False)
+        bridge = Bridge(vision.width, llm.hidden_size)
+        regions = RegionEncoder(vision.width, llm.hidden_size, patch=config.vision.patch_size)
+        link = SuperLink({r: i for i, r in enumerate(config.link.routes)}, query_id=99, width=llm.hidden_size)
+
+    def count(module):
+        return sum(p.numel() for p in module.parameters())
+
+    assert count(vision) == 303_507_456  # CLIP ViT-L/14-336
+    body = sum(p.numel() for n, p in llm.lm.named_parameters() if "embed_tokens" not in n and "lm_head" not in n)
+    assert body == 6_476_271_616  # the LLaMA-7B layout of Vicuna-7B, without its embeddings
+    assert count(bridge) == 20_979_712  # 1024 -> 4096 -> 4096
+    assert regions.mask_stack[0].stride == (7, 7) and config.vision.grid**2 == 576
+    assert {f: t.shape for f, t in link.tables.items()} == {"keypoint": (4, 4096), "object": (4, 4096)}
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        ({"model_type": "visionllm-v1"}, "visionllm-v2"),
+        ({"link": {"routes": ["[FLY]"]}}, "unknown routing token"),
+        ({"vision": {"image_size": 100}}, "multiple of"),
+        ({"regions": {"num_points": 0}}, "at least 1"),
+        ({"vision": {"hidden_size": "big"}}, "model.vision.hidden_size must be an integer"),
+    ],
+)
+def test_bad_v2_configs_are_refused_by_field(data, words):
+    with pytest.raises(ConfigError, match=words):
+        VisionLLMv2Config.from_dict(data)
