@@ -52,9 +52,9 @@ from visionllm.formats.results import Decoded, Detections
 from visionllm.formats.task_table import Instruction
 from visionllm.formats.tasks import Task
 from visionllm.models.common.backbone import Backbone, sine_position_2d
+from visionllm.models.common.inputs import normalise_image
 from visionllm.models.common.matcher import hungarian_match
 from visionllm.models.v1.decoder import two_bin_targets
-from visionllm.models.v1.processor import normalise_image
 from visionllm.ops.tensor_boxes import elementwise_generalized_iou, generalized_iou
 from visionllm.train.loop import load_run_config
 

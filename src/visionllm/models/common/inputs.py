@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
+import torch
 from PIL import ExifTags, Image, ImageOps
+from torch import Tensor
 
 
 class ProcessorError(ValueError):
@@ -34,3 +39,20 @@ def upright(image: Image.Image) -> Image.Image:
         return ImageOps.exif_transpose(image)
     except Exception:  # malformed EXIF: keep the stored orientation rather than refuse the image
         return image
+
+
+@dataclass
+class ImageInput:
+    """A preprocessed image: pixels (3, S, S) and the original size (W, H) in pixels."""
+
+    pixels: Tensor
+    size_wh: tuple[int, int]
+
+
+def normalise_image(image: Image.Image, size: int, mean: Tensor, std: Tensor) -> ImageInput:
+    """Upright as displayed (EXIF orientation applied), RGB, resized to size x size (bilinear), in [0, 1], normalised
+    by mean and std (3, 1, 1). The original size is the displayed one, so results map onto the image as seen."""
+    rgb = upright(image).convert("RGB")
+    resized = rgb.resize((size, size), Image.BILINEAR) if rgb.size != (size, size) else rgb
+    pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return ImageInput((pixels - mean) / std, rgb.size)

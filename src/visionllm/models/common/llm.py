@@ -5,12 +5,36 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from visionllm.config import LLMConfig
 from visionllm.formats import tokens as tk
 from visionllm.formats.tokens import CodecVocabulary
 from visionllm.models.common.backbone import sine_embed
+
+
+def complete_special_tokens(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Give a tokenizer the beginning, end and padding tokens a causal LM needs, from the ones it has (a BERT-style
+    vocabulary: [CLS] begins, [SEP] ends; padding is the end token when there is none).
+
+    Raises:
+        ValueError: no token can begin or end a sequence.
+    """
+    if tokenizer.bos_token is None:
+        tokenizer.bos_token = tokenizer.cls_token or tokenizer.eos_token
+    if tokenizer.eos_token is None:
+        tokenizer.eos_token = tokenizer.sep_token
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.bos_token is None or tokenizer.eos_token is None:
+        raise ValueError("the LLM tokenizer needs a beginning and an end token")
 
 
 class PlaceholderMismatch(ValueError):
@@ -46,12 +70,15 @@ class CausalLanguageModel(nn.Module):
 
     Args:
         llm_config: which LLM.
-        vocab: the codec vocabulary (ids of the added tokens in the tokenizer).
+        vocab: the codec vocabulary (ids of the added tokens in the tokenizer), or None for a model whose added
+            tokens are only markers (v2: `<image>`, `<region>`, queries, routes): they keep the LM's own init.
         vocab_size: the tokenizer's length (with the added tokens).
         load_weights: load pretrained LLM weights (False when a checkpoint will overwrite them).
     """
 
-    def __init__(self, llm_config: LLMConfig, vocab: CodecVocabulary, vocab_size: int, load_weights: bool = True):
+    def __init__(
+        self, llm_config: LLMConfig, vocab: CodecVocabulary | None, vocab_size: int, load_weights: bool = True
+    ):
         super().__init__()
         self.vocab = vocab
         self.lm = build_causal_lm(llm_config, vocab_size, load_weights)
@@ -59,7 +86,7 @@ class CausalLanguageModel(nn.Module):
         if base_rows < vocab_size:
             self.lm.resize_token_embeddings(vocab_size, mean_resizing=False)
         self.hidden_size: int = self.lm.config.hidden_size
-        if load_weights or not llm_config.pretrained:
+        if (load_weights or not llm_config.pretrained) and vocab is not None:
             self._init_added_rows(first_new=min(base_rows, vocab.offset))
         if llm_config.freeze:
             self.lm.requires_grad_(False)
@@ -107,7 +134,8 @@ class CausalLanguageModel(nn.Module):
         placeholders = input_ids == placeholder_id
         counts = placeholders.sum(1)
         if (counts != values.shape[1]).any():
-            name = self.vocab.tokens[placeholder_id - self.vocab.offset] if placeholder_id >= self.vocab.offset else ""
+            known = self.vocab is not None and placeholder_id >= self.vocab.offset
+            name = self.vocab.tokens[placeholder_id - self.vocab.offset] if known else ""
             raise PlaceholderMismatch(
                 f"{counts.tolist()} {name or placeholder_id} placeholders per sample but {values.shape[1]} vectors "
                 "each; the processor expands each placeholder into exactly as many positions as it has vectors"

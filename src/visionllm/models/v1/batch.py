@@ -11,9 +11,10 @@ from torch import Tensor
 
 from visionllm.formats.codec import OutputFormat
 from visionllm.formats.tasks import Task
+from visionllm.models.common.inputs import ImageInput
 from visionllm.models.common.sequence import Segments, pad_segments
 from visionllm.models.v1.decoder import SlotTargets
-from visionllm.models.v1.processor import ImageInput, VisionLLMProcessor
+from visionllm.models.v1.processor import VisionLLMProcessor
 
 
 @dataclass

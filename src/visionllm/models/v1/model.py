@@ -36,6 +36,7 @@ from visionllm.models.common.checkpoint import (
     CheckpointError,
     read_config_data,
 )
+from visionllm.models.common.inputs import ImageInput
 from visionllm.models.common.sequence import (
     IGNORE,
     PAD,
@@ -51,7 +52,7 @@ from visionllm.models.common.vocabulary import instruction_corpus, train_wordpie
 from visionllm.models.v1.batch import Batch, Example, collate
 from visionllm.models.v1.data import TaskMixture
 from visionllm.models.v1.decoder import LanguageDecoder, SlotOutputs, select_anchor_tokens
-from visionllm.models.v1.processor import ImageInput, VisionLLMProcessor, load_tokenizer
+from visionllm.models.v1.processor import VisionLLMProcessor, load_tokenizer
 from visionllm.models.v1.tokenizer import LanguageGuidedTokenizer, TokenizerOutput, arrange_tokens
 from visionllm.ops.boxes import nms
 from visionllm.train.mix import MixConfig

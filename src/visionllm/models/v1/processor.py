@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,8 @@ from visionllm.config import VisionLLMConfig
 from visionllm.formats import tokens as tk
 from visionllm.formats.codec import OutputFormat
 from visionllm.formats.tokens import CodecConfig, CodecVocabulary
-from visionllm.models.common.inputs import ProcessorError, check_text, upright
+from visionllm.models.common.inputs import ImageInput, ProcessorError, check_text, normalise_image
+from visionllm.models.common.llm import complete_special_tokens
 from visionllm.models.common.sequence import Segments
 
 # Codec tokens (<image>, <c0>, <p-inv>, ...) are removed from the text encoder's input.
@@ -55,32 +55,11 @@ def prepare_llm_tokenizer(tokenizer: PreTrainedTokenizerBase, codec: CodecConfig
     ids = tokenizer.convert_tokens_to_ids(wanted)
     if ids != list(range(ids[0], ids[0] + len(wanted))):
         raise ProcessorError("the codec tokens did not get contiguous ids in the tokenizer")
-    if tokenizer.bos_token is None:
-        tokenizer.bos_token = tokenizer.cls_token or tokenizer.eos_token
-    if tokenizer.eos_token is None:
-        tokenizer.eos_token = tokenizer.sep_token
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if tokenizer.bos_token is None or tokenizer.eos_token is None:
-        raise ProcessorError("the LLM tokenizer needs a beginning and an end token")
+    try:
+        complete_special_tokens(tokenizer)
+    except ValueError as error:
+        raise ProcessorError(str(error)) from None
     return CodecVocabulary(codec, offset=ids[0])
-
-
-@dataclass
-class ImageInput:
-    """A preprocessed image: pixels (3, S, S) and the original size (W, H) in pixels."""
-
-    pixels: Tensor
-    size_wh: tuple[int, int]
-
-
-def normalise_image(image: Image.Image, size: int, mean: Tensor, std: Tensor) -> ImageInput:
-    """Upright as displayed (EXIF orientation applied), RGB, resized to size x size (bilinear), in [0, 1], normalised
-    by mean and std (3, 1, 1). The original size is the displayed one, so results map onto the image as seen."""
-    rgb = upright(image).convert("RGB")
-    resized = rgb.resize((size, size), Image.BILINEAR) if rgb.size != (size, size) else rgb
-    pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    return ImageInput((pixels - mean) / std, rgb.size)
 
 
 class VisionLLMProcessor:

@@ -73,7 +73,14 @@ def prompt_mask(prompt: RegionPrompt, size_wh: tuple[int, int]) -> np.ndarray:
         elif prompt.kind == "box":
             if points.shape != (4,) or points[2] < points[0] or points[3] < points[1]:
                 raise RegionError(f"a box prompt is [x1, y1, x2, y2] with x1 <= x2 and y1 <= y2, got {points.tolist()}")
-            draw.rectangle(points.tolist(), fill=1)
+            x1, y1, x2, y2 = points
+            cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+            if 0 <= cx < w and 0 <= cy < h:  # a box thinner than a pixel still marks the pixel it lies in
+                draw.point((int(cx), int(cy)), fill=1)
+            if x2 - x1 >= 1 and y2 - y1 >= 1:  # the pixels whose centres lie inside [x1, x2) x [y1, y2)
+                draw.rectangle(
+                    [np.ceil(x1 - 0.5), np.ceil(y1 - 0.5), np.ceil(x2 - 0.5) - 1, np.ceil(y2 - 0.5) - 1], fill=1
+                )
         else:
             if points.ndim != 2 or points.shape[1] != 2 or len(points) < (2 if prompt.kind == "scribble" else 3):
                 least = 2 if prompt.kind == "scribble" else 3

@@ -1,0 +1,100 @@
+"""v2's chat model at toy size: conversations with an image, regions and routing tokens become one batch, the
+loss reads only the answers, and the answers depend on the image and the region."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from visionllm.config import LLMConfig
+from visionllm.models.common.inputs import ProcessorError
+from visionllm.models.common.sequence import IGNORE
+from visionllm.models.v2.chat import Turn
+from visionllm.models.v2.config import VisionLLMv2Config
+from visionllm.models.v2.model import ChatExample, VisionLLMv2
+from visionllm.models.v2.regions import RegionPrompt
+from visionllm.models.v2.vision import VisionConfig
+
+
+@pytest.fixture
+def model(micro_model):
+    torch.manual_seed(0)
+    config = VisionLLMv2Config(
+        vision=VisionConfig(
+            image_size=64, patch_size=8, hidden_size=32, num_layers=4, num_heads=2, intermediate_size=64
+        ),
+        llm=LLMConfig(hidden_size=48, num_layers=2, num_heads=2, num_kv_heads=2, intermediate_size=96),
+    )
+    return VisionLLMv2(config, copy.deepcopy(micro_model.processor.tokenizer))
+
+
+def scene(colour):
+    image = np.full((64, 64, 3), 128, np.uint8)
+    image[8:28, 8:28] = colour
+    return image
+
+
+def examples(model):
+    p = model.processor
+    red, blue = p.image(scene((220, 30, 30))), p.image(scene((30, 30, 220)))
+    ask = Turn("user", "<image> what colour is region1 <region>?")
+    box = RegionPrompt("box", [8, 8, 28, 28])
+    return [
+        ChatExample(red, (ask, Turn("assistant", "red.")), (box,)),
+        ChatExample(blue, (ask, Turn("assistant", "blue.")), (box,)),
+        ChatExample(red, (Turn("user", "<image> find the square."), Turn("assistant", "square [DET]"))),
+    ]
+
+
+def test_a_batch_expands_the_image_and_labels_only_the_answers(model):
+    batch = model.processor.collate(examples(model), model.link)
+    ids, labels = batch.input_ids, batch.labels
+    assert ((ids == model.processor.image_id).sum(1) == 64).all()  # the 8 x 8 patch tokens
+    assert batch.region_masks.shape == (2, 64, 64) and batch.region_image.tolist() == [0, 1]
+    assert batch.region_masks[0, 8:28, 8:28].all() and batch.region_masks[0].sum() == 20 * 20
+    tokenizer = model.processor.tokenizer
+    answers = [tokenizer.decode(row[row != IGNORE]) for row in labels]
+    assert answers[0].startswith("red") and answers[1].startswith("blue") and "[DET]" in answers[2]
+    det = model.processor.route_ids["[DET]"]
+    at = (ids[2] == det).nonzero().item()
+    assert (ids[2, at + 1 : at + 5] == model.processor.query_id).all() and (labels[2, at + 1 : at + 5] == IGNORE).all()
+
+
+def test_the_loss_trains_every_part_and_reads_the_image(model):
+    batch = model.processor.collate(examples(model), model.link)
+    losses = model(batch)
+    assert torch.isfinite(losses["loss"])
+    losses["loss"].backward()
+    for part in (model.bridge, model.regions, model.llm):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters()), part
+    assert model.link.tables["object"].grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.vision.parameters())  # frozen
+    swapped = copy.copy(batch)
+    swapped.pixel_values = batch.pixel_values.roll(1, 0)
+    assert not torch.allclose(model(swapped)["loss"], losses["loss"])
+
+
+def test_it_learns_the_colour_of_the_region_from_the_image(model):
+    batch = model.processor.collate(examples(model)[:2], model.link)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    first = None
+    for _ in range(80):
+        loss = model(batch)["loss"]
+        first = first if first is not None else loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.02 * first
+    swapped = copy.copy(batch)
+    swapped.pixel_values = batch.pixel_values.flip(0)  # the red image with the blue answer and back
+    assert model(swapped)["loss"].item() > 5 * loss.item()
+
+
+def test_regions_must_match_their_placeholders(model):
+    bad = examples(model)[0]
+    bad = ChatExample(bad.image, bad.turns, ())
+    with pytest.raises(ProcessorError, match="1 <region> placeholders but 0 regions"):
+        model.processor.collate([bad], model.link)
+    with pytest.raises(ProcessorError, match="shows its image once"):
+        model.processor.sequence([Turn("user", "no picture")], model.link)
