@@ -98,3 +98,42 @@ def test_regions_must_match_their_placeholders(model):
         model.processor.collate([bad], model.link)
     with pytest.raises(ProcessorError, match="shows its image once"):
         model.processor.sequence([Turn("user", "no picture")], model.link)
+
+
+@pytest.fixture
+def trained(model):
+    """The toy model fitted to all three conversations (colours of a region, and a routed detection)."""
+    batch = model.processor.collate(examples(model), model.link)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(100):
+        loss = model(batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def test_replies_come_from_the_image_and_routing_tokens_bring_their_conditions(trained):
+    ask = Turn("user", "<image> what colour is region1 <region>?")
+    box = RegionPrompt("box", [8, 8, 28, 28])
+    assert trained.chat(scene((220, 30, 30)), [ask], [box]).text.startswith("red")
+    assert trained.chat(scene((30, 30, 220)), [ask], [box]).text.startswith("blue")
+    reply = trained.chat(scene((220, 30, 30)), [Turn("user", "<image> find the square.")])
+    assert reply.text.startswith("square [DET]") and [route for route, _ in reply.calls] == ["[DET]"]
+    # The condition generation hands the decoder is what the training layout computes at those queries.
+    example = examples(trained)[2]
+    batch = trained.processor.collate([example], trained.link)
+    with torch.no_grad():
+        hidden = trained.hidden_states(batch)[0]
+    queries = (batch.input_ids[0] == trained.processor.query_id).nonzero().squeeze(1)
+    assert torch.allclose(reply.calls[0][1], hidden[queries], atol=1e-4)
+
+
+def test_batched_generation_equals_one_at_a_time(trained):
+    prompts = [ChatExample(e.image, e.turns[:1], e.regions) for e in examples(trained)]
+    together = trained.generate(trained.processor.collate(prompts, trained.link, side="left"))
+    for prompt, reply in zip(prompts, together, strict=True):
+        alone = trained.generate(trained.processor.collate([prompt], trained.link, side="left"))[0]
+        assert alone.text == reply.text and len(alone.calls) == len(reply.calls)
+        for (route, ours), (other, theirs) in zip(reply.calls, alone.calls, strict=True):
+            assert route == other and torch.allclose(ours, theirs, atol=1e-4)

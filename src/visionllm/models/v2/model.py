@@ -16,11 +16,19 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
-from transformers import PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from visionllm.models.common.inputs import ImageInput, ProcessorError, normalise_image
 from visionllm.models.common.llm import CausalLanguageModel, PlaceholderMismatch, complete_special_tokens
-from visionllm.models.common.sequence import IGNORE, Segments, block_mask, pad_segments, slot_positions
+from visionllm.models.common.sequence import (
+    IGNORE,
+    PAD,
+    SEQUENCE,
+    Segments,
+    block_mask,
+    pad_segments,
+    slot_positions,
+)
 from visionllm.models.v2.chat import Turn, build_chat
 from visionllm.models.v2.config import VisionLLMv2Config
 from visionllm.models.v2.regions import RegionEncoder, RegionPrompt, prompt_mask
@@ -45,6 +53,20 @@ class ChatExample:
     image: ImageInput
     turns: tuple[Turn, ...]
     regions: tuple[RegionPrompt, ...] = ()
+
+
+@dataclass
+class Reply:
+    """A generated reply.
+
+    Attributes:
+        text: the reply, routing tokens included (queries left out).
+        calls: each routing token the reply wrote, with the LLM's hidden states at its queries (n, D): the
+            condition its decoder reads.
+    """
+
+    text: str
+    calls: list[tuple[str, Tensor]]
 
 
 @dataclass
@@ -89,9 +111,13 @@ class VisionLLMv2Processor:
         vocab = tokenizer.get_vocab()
         self.image_id, self.region_id, self.query_id = vocab[IMAGE], vocab[REGION], vocab[QUERY]
         self.route_ids = {route: vocab[route] for route in config.link.routes}
+        self._route_of_id = {i: route for route, i in self.route_ids.items()}
         self.num_image_tokens = config.vision.grid**2
         self.mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
         self.std = torch.tensor(CLIP_STD).view(3, 1, 1)
+
+    def route_of(self, token_id: int) -> str:
+        return self._route_of_id[token_id]
 
     def image(self, image: Image.Image | np.ndarray) -> ImageInput:
         if isinstance(image, np.ndarray):
@@ -121,7 +147,9 @@ class VisionLLMv2Processor:
         out.labels[at : at + self.num_image_tokens] = [IGNORE] * self.num_image_tokens
         return out
 
-    def collate(self, examples: Sequence[ChatExample], link: SuperLink | None) -> ChatBatch:
+    def collate(self, examples: Sequence[ChatExample], link: SuperLink | None, side: str = "right") -> ChatBatch:
+        """One batch: right-padded for training, left-padded (`side="left"`) for generation, so that every
+        conversation ends at the last position."""
         rows, masks, owners = [], [], []
         for b, example in enumerate(examples):
             row = self.sequence(example.turns, link)
@@ -133,11 +161,11 @@ class VisionLLMv2Processor:
             rows.append(row)
             masks += [self.region_mask(prompt, example.image.size_wh) for prompt in example.regions]
             owners += [b] * len(example.regions)
-        side = self.config.vision.image_size
-        padded = pad_segments(rows, self.tokenizer.pad_token_id)
+        size = self.config.vision.image_size
+        padded = pad_segments(rows, self.tokenizer.pad_token_id, side)
         return ChatBatch(
             pixel_values=torch.stack([e.image.pixels for e in examples]),
-            region_masks=torch.stack(masks).float() if masks else torch.zeros(0, side, side),
+            region_masks=torch.stack(masks).float() if masks else torch.zeros(0, size, size),
             region_image=torch.tensor(owners, dtype=torch.long),
             **padded,
         )
@@ -212,3 +240,78 @@ class VisionLLMv2(nn.Module):
         positions = slot_positions(batch.kinds, batch.groups, batch.slot_offsets)
         hidden, _ = self.llm.run(embeds, mask, positions)
         return hidden
+
+    @torch.no_grad()
+    def generate(self, batch: ChatBatch, max_new_tokens: int | None = None) -> list[Reply]:
+        """Greedy replies to a left-padded batch of conversations that end with a user turn (`collate(...,
+        side="left")`). A routing token is followed by its queries in the same step, as in training; each sample
+        feeds what it writes, padded to the step's longest, so any mix of tasks decodes together.
+        """
+        limit = max_new_tokens or self.config.max_new_tokens
+        p, tokenizer = self.processor, self.processor.tokenizer
+        embeds = self.embed(batch)
+        kinds, groups = batch.kinds, batch.groups
+        cache = DynamicCache()
+        positions = slot_positions(kinds, groups, batch.slot_offsets)
+        hidden, cache = self.llm.run(embeds, block_mask(kinds, groups).unsqueeze(1), positions, cache)
+        last = hidden[:, -1]
+        banned = [p.image_id, p.region_id, p.query_id, tokenizer.pad_token_id, tokenizer.bos_token_id]
+        eos = tokenizer.eos_token_id
+        size = len(batch.input_ids)
+        written: list[list[int]] = [[] for _ in range(size)]
+        calls: list[list[tuple[str, Tensor]]] = [[] for _ in range(size)]
+        done = [False] * size
+        for _ in range(limit):
+            if all(done):
+                break
+            logits = self.llm.vocab_logits(last).float()
+            logits[:, banned] = -torch.inf
+            chosen = logits.argmax(-1).tolist()
+            feeds: list[list[int]] = []
+            for b, token in enumerate(chosen):
+                if done[b] or token == eos:
+                    done[b] = True
+                    feeds.append([])
+                    continue
+                written[b].append(token)
+                feeds.append([token] + [p.query_id] * self.link.queries_after(token))
+            if all(done):
+                break
+            width = max(len(f) for f in feeds)
+            pad = tokenizer.pad_token_id
+            step_ids = torch.tensor([f + [pad] * (width - len(f)) for f in feeds], device=last.device)
+            step_kinds = torch.tensor([[SEQUENCE] * len(f) + [PAD] * (width - len(f)) for f in feeds])
+            step_kinds = step_kinds.to(last.device)
+            step_groups = torch.full_like(step_kinds, -1)
+            all_kinds, all_groups = torch.cat([kinds, step_kinds], 1), torch.cat([groups, step_groups], 1)
+            before = (kinds == SEQUENCE).long().sum(1, keepdim=True)
+            step_positions = (before + (step_kinds == SEQUENCE).long().cumsum(1) - 1).clamp(min=0)
+            step_embeds = self.link.fill(self.llm.embed_ids(step_ids), step_ids)
+            mask = block_mask(step_kinds, step_groups, all_kinds, all_groups).unsqueeze(1)
+            step_hidden, cache = self.llm.run(step_embeds, mask, step_positions, cache)
+            kinds, groups = all_kinds, all_groups
+            last = last.clone()
+            for b, feed in enumerate(feeds):
+                if not feed:
+                    continue
+                last[b] = step_hidden[b, len(feed) - 1]
+                if len(feed) > 1:
+                    calls[b].append((p.route_of(feed[0]), step_hidden[b, 1 : len(feed)]))
+        return [Reply(self._text(ids), found) for ids, found in zip(written, calls, strict=True)]
+
+    def _text(self, ids: list[int]) -> str:
+        tokenizer = self.processor.tokenizer
+        return tokenizer.convert_tokens_to_string(tokenizer.convert_ids_to_tokens(ids)).strip()
+
+    def chat(
+        self, image: Image.Image | np.ndarray, turns: Sequence[Turn], regions: Sequence[RegionPrompt] = ()
+    ) -> Reply:
+        """The reply to a conversation about one image that ends with a user turn."""
+        was_training = self.training
+        self.eval()
+        try:
+            example = ChatExample(self.processor.image(image), tuple(turns), tuple(regions))
+            batch = self.processor.collate([example], self.link, side="left")
+            return self.generate(batch)[0]
+        finally:
+            self.train(was_training)
