@@ -150,9 +150,15 @@ def _load_model(path: Path):
     from visionllm.models.loading import load_pretrained
 
     try:
-        return load_pretrained(path)
+        model = load_pretrained(path)
     except (CheckpointError, FileNotFoundError) as error:
         raise CliError(str(error)) from None
+    if not hasattr(model, "predict"):
+        raise CliError(
+            f"{path} is a v{model.version} model: it answers through its chat API so far "
+            "(predict, eval, serve and the demo take v1 models)"
+        )
+    return model
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:

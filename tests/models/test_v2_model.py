@@ -6,7 +6,10 @@ import copy
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+import visionllm
+from visionllm.cli import main
 from visionllm.config import LLMConfig
 from visionllm.models.common.inputs import ProcessorError
 from visionllm.models.common.sequence import IGNORE
@@ -137,3 +140,19 @@ def test_batched_generation_equals_one_at_a_time(trained):
         assert alone.text == reply.text and len(alone.calls) == len(reply.calls)
         for (route, ours), (other, theirs) in zip(reply.calls, alone.calls, strict=True):
             assert route == other and torch.allclose(ours, theirs, atol=1e-4)
+
+
+def test_save_then_load_gives_the_same_model_through_the_loading_table(trained, tmp_path, capsys):
+    folder = trained.save_pretrained(tmp_path / "v2")
+    loaded = visionllm.load_pretrained(folder)
+    assert type(loaded) is VisionLLMv2 and loaded.config == trained.config
+    batch = trained.processor.collate(examples(trained), trained.link)
+    with torch.no_grad():
+        assert torch.equal(loaded(batch)["loss"], trained(batch)["loss"])
+    ask = [Turn("user", "<image> find the square.")]
+    ours, theirs = loaded.chat(scene((220, 30, 30)), ask), trained.chat(scene((220, 30, 30)), ask)
+    assert ours.text == theirs.text and torch.equal(ours.calls[0][1], theirs.calls[0][1])
+    image = tmp_path / "in.png"
+    Image.fromarray(scene((220, 30, 30))).save(image)
+    assert main(["predict", "--model", str(folder), "--image", str(image), "--task", "caption"]) == 2
+    assert "is a v2 model: it answers through its chat API so far" in capsys.readouterr().err

@@ -9,8 +9,9 @@ import torch
 
 from visionllm.models.common.checkpoint import CheckpointError, read_config_data
 from visionllm.models.v1.model import VisionLLM
+from visionllm.models.v2.model import VisionLLMv2
 
-MODEL_CLASSES: dict[str, Any] = {"visionllm-v1": VisionLLM}
+MODEL_CLASSES: dict[str, Any] = {"visionllm-v1": VisionLLM, "visionllm-v2": VisionLLMv2}
 """Each `model_type` a checkpoint may declare, and the class that loads it."""
 
 

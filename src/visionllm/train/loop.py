@@ -139,10 +139,9 @@ def load_run_config(path: str | Path) -> tuple[VisionLLMConfig, TrainConfig]:
     if data.get("base"):
         model_data = _merged(load_yaml(Path(path).parent / data["base"]).get("model") or {}, model_data)
     model_type = model_data.get("model_type", "visionllm-v1")
-    if model_type not in MODEL_CLASSES:
-        raise ConfigError(
-            f"{path}: model_type {model_type!r} cannot be trained by this version; it trains {sorted(MODEL_CLASSES)}"
-        )
+    trainable = sorted(name for name, cls in MODEL_CLASSES.items() if hasattr(cls, "training_stream"))
+    if model_type not in trainable:
+        raise ConfigError(f"{path}: model_type {model_type!r} cannot be trained by this version; it trains {trainable}")
     model_config = VisionLLMConfig.from_dict(model_data)
     train_config = build(TrainConfig, data.get("train"), "train")
     return model_config, train_config

@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
@@ -34,3 +38,66 @@ def read_config_data(folder: str | Path) -> dict:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} must hold a JSON object of config sections, got {type(data).__name__}")
     return data
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (some libraries spread theirs over many)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def shared_names(state: dict[str, Tensor]) -> list[str]:
+    """Names of tensors that share storage with an earlier one (tied weights), to save once."""
+    seen: set[int] = set()
+    shared = []
+    for name, tensor in state.items():
+        if tensor.numel() and tensor.data_ptr() in seen:
+            shared.append(name)
+        seen.add(tensor.data_ptr())
+    return shared
+
+
+def write_weights(folder: Path, model: nn.Module, skip: set[str] = frozenset(), dtype: torch.dtype | None = None):
+    """Write `model.safetensors` atomically: every tensor but those in `skip` (weights a named source provides)
+    and the second names of tied ones, floating tensors in `dtype` when given."""
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if name in skip:
+            continue
+        tensor = tensor.detach().cpu()
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        state[name] = tensor.contiguous()
+    shared = shared_names(state)
+    for name in shared:
+        state.pop(name)
+    tmp = folder / (WEIGHTS_NAME + ".tmp")
+    save_file(
+        state, str(tmp), metadata={"format": "pt", "referenced": json.dumps(sorted(skip)), "tied": json.dumps(shared)}
+    )
+    tmp.chmod(0o644)  # safetensors writes 0600; a checkpoint is meant to be shared
+    tmp.replace(folder / WEIGHTS_NAME)
+
+
+def read_weights(folder: Path, model: nn.Module, provided: set[str] = frozenset()) -> None:
+    """Load `model.safetensors` into `model`; tensors in `provided` (loaded from their source) and tied second
+    names may be absent.
+
+    Raises:
+        CheckpointError: a damaged file, or weights that do not match the model its config.json describes.
+    """
+    path = folder / WEIGHTS_NAME
+    try:
+        state = load_file(str(path))
+    except Exception as error:  # safetensors raises its own error type for truncated or damaged files
+        raise CheckpointError(
+            f"{path} cannot be read ({one_line(error)}): the file is damaged or cut short; copy the checkpoint again"
+        ) from None
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path} does not match its config.json: {one_line(error)[:300]}") from None
+    bad_missing = sorted(set(missing) - set(provided) - set(shared_names(model.state_dict())))
+    if bad_missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not match its config: missing {bad_missing[:5]}, unexpected {unexpected[:5]}"
+        )

@@ -9,7 +9,6 @@ Training: `model(batch)` returns the losses (L = L_tok + L_dec) of a `Batch` fro
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,7 +17,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
@@ -34,7 +32,10 @@ from visionllm.models.common.checkpoint import (
     TOKENIZER_DIR,
     WEIGHTS_NAME,
     CheckpointError,
+    one_line,
     read_config_data,
+    read_weights,
+    write_weights,
 )
 from visionllm.models.common.inputs import ImageInput
 from visionllm.models.common.sequence import (
@@ -618,26 +619,7 @@ class VisionLLM(nn.Module):
         """Write config.json, model.safetensors and the tokenizer; files are replaced atomically."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        skip = self.referenced_parameters()
-        state = {}
-        for name, tensor in self.state_dict().items():
-            if name in skip:
-                continue
-            tensor = tensor.detach().cpu()
-            if dtype is not None and tensor.is_floating_point():
-                tensor = tensor.to(dtype)
-            state[name] = tensor.contiguous()
-        shared = _shared_names(state)
-        for name in shared:
-            state.pop(name)
-        tmp = folder / (WEIGHTS_NAME + ".tmp")
-        save_file(
-            state,
-            str(tmp),
-            metadata={"format": "pt", "referenced": json.dumps(sorted(skip)), "tied": json.dumps(shared)},
-        )
-        tmp.chmod(0o644)  # safetensors writes 0600; a checkpoint is meant to be shared
-        tmp.replace(folder / WEIGHTS_NAME)
+        write_weights(folder, self, self.referenced_parameters(), dtype)
         config_tmp = folder / (CONFIG_NAME + ".tmp")
         self.config.save(config_tmp)
         config_tmp.replace(folder / CONFIG_NAME)
@@ -656,39 +638,20 @@ class VisionLLM(nn.Module):
             tokenizer = load_tokenizer(folder / TOKENIZER_DIR)
         except Exception as error:  # tokenizers raises plain Exceptions for damaged files
             raise CheckpointError(
-                f"{folder / TOKENIZER_DIR} cannot be loaded ({_one_line(error)}): the tokenizer files are damaged; "
+                f"{folder / TOKENIZER_DIR} cannot be loaded ({one_line(error)}): the tokenizer files are damaged; "
                 "copy the checkpoint again"
             ) from None
         try:
             model = cls(config, tokenizer=tokenizer, load_weights=False)
         except Exception as error:  # the components raise their own error types for impossible sizes
             raise CheckpointError(
-                f"{folder / CONFIG_NAME} describes a model that cannot be built: {_one_line(error)}"
+                f"{folder / CONFIG_NAME} describes a model that cannot be built: {one_line(error)}"
             ) from None
         # Weights referenced by the config (frozen text-encoder layers) come from their source.
         if model.referenced_parameters():
             reference = TextEncoder(config.text_encoder, load_weights=True)
             model.text_encoder.load_state_dict(reference.state_dict())
-        try:
-            state = load_file(str(folder / WEIGHTS_NAME))
-        except Exception as error:  # safetensors raises its own error type for truncated or damaged files
-            raise CheckpointError(
-                f"{folder / WEIGHTS_NAME} cannot be read ({_one_line(error)}): the file is damaged or cut short; "
-                "copy the checkpoint again"
-            ) from None
-        try:
-            missing, unexpected = model.load_state_dict(state, strict=False)
-        except RuntimeError as error:
-            raise CheckpointError(
-                f"{folder / WEIGHTS_NAME} does not match its config.json: {_one_line(error)[:300]}"
-            ) from None
-        allowed_missing = model.referenced_parameters() | set(_shared_names(model.state_dict()))
-        bad_missing = sorted(set(missing) - allowed_missing)
-        if bad_missing or unexpected:
-            raise CheckpointError(
-                f"{folder / WEIGHTS_NAME} does not match its config: "
-                f"missing {bad_missing[:5]}, unexpected {unexpected[:5]}"
-            )
+        read_weights(folder, model, model.referenced_parameters())
         model.float()
         return model.to(device).eval()
 
@@ -699,10 +662,6 @@ def _read_config(folder: Path) -> VisionLLMConfig:
         return VisionLLMConfig.from_dict(read_config_data(folder))
     except ConfigError as error:
         raise CheckpointError(f"{folder / CONFIG_NAME}: {error}") from None
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _llm_tokenizer(config: VisionLLMConfig) -> PreTrainedTokenizerBase:
@@ -721,14 +680,3 @@ def _bound_classes(instruction: str) -> tuple[str, ...]:
         return parse_class_binding(instruction)
     except ValueError:
         return ()
-
-
-def _shared_names(state: dict[str, Tensor]) -> list[str]:
-    """Names of tensors that share storage with an earlier one (tied weights), to save once."""
-    seen: set[int] = set()
-    shared = []
-    for name, tensor in state.items():
-        if tensor.numel() and tensor.data_ptr() in seen:
-            shared.append(name)
-        seen.add(tensor.data_ptr())
-    return shared

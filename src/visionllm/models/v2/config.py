@@ -8,7 +8,9 @@ links. The decoders' sections join as they land.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from visionllm.config import ConfigError, LLMConfig, build
@@ -84,6 +86,9 @@ class VisionLLMv2Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VisionLLMv2Config:

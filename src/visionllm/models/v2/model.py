@@ -10,14 +10,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
-from transformers import DynamicCache, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, DynamicCache, PreTrainedTokenizerBase
 
+from visionllm.config import ConfigError
+from visionllm.models.common.checkpoint import (
+    CONFIG_NAME,
+    TOKENIZER_DIR,
+    CheckpointError,
+    one_line,
+    read_config_data,
+    read_weights,
+    write_weights,
+)
 from visionllm.models.common.inputs import ImageInput, ProcessorError, normalise_image
 from visionllm.models.common.llm import CausalLanguageModel, PlaceholderMismatch, complete_special_tokens
 from visionllm.models.common.sequence import (
@@ -315,3 +326,37 @@ class VisionLLMv2(nn.Module):
             return self.generate(batch)[0]
         finally:
             self.train(was_training)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write config.json, model.safetensors and the tokenizer; files are replaced atomically."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_weights(folder, self, dtype=dtype)
+        config_tmp = folder / (CONFIG_NAME + ".tmp")
+        self.config.save(config_tmp)
+        config_tmp.replace(folder / CONFIG_NAME)
+        self.processor.tokenizer.save_pretrained(folder / TOKENIZER_DIR)
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> VisionLLMv2:
+        """Rebuild a model from its folder alone (config.json, model.safetensors, tokenizer/).
+
+        Raises:
+            CheckpointError: a missing or damaged part, naming the file.
+        """
+        folder = Path(folder)
+        try:
+            config = VisionLLMv2Config.from_dict(read_config_data(folder))
+        except ConfigError as error:
+            raise CheckpointError(f"{folder / CONFIG_NAME}: {error}") from None
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder / TOKENIZER_DIR))
+        except Exception as error:  # tokenizers raises plain Exceptions for damaged files
+            raise CheckpointError(f"{folder / TOKENIZER_DIR} cannot be loaded ({one_line(error)})") from None
+        model = cls(config, tokenizer, load_weights=False)
+        read_weights(folder, model)
+        model.float()
+        return model.to(device).eval()
