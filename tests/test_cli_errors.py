@@ -176,3 +176,9 @@ def test_tasks_the_model_does_not_answer_are_refused_by_name(image, capsys):
     assert main(["eval", "--model", str(SHIPPED_MODEL), "--shapesworld", str(image.parent), "--tasks", "bogus"]) == 2
     err = capsys.readouterr().err
     assert "unknown task(s) ['bogus']" in err and err.count("\n") == 1, err
+
+
+def test_chat_with_a_v1_model_points_to_predict(image, capsys):
+    assert main(["chat", "--model", str(SHIPPED_MODEL), "--image", str(image), "--message", "hello"]) == 2
+    err = capsys.readouterr().err
+    assert "is a v1 model, which answers one instruction: use visionllm predict" in err and err.count("\n") == 1

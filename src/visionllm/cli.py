@@ -10,6 +10,8 @@ import typing
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from visionllm import __version__
 
 logger = logging.getLogger("visionllm")
@@ -242,6 +244,59 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         draw_result(upright(Image.open(args.image)), result, min_side=384).save(args.save_vis)
 
 
+def _cmd_chat(args: argparse.Namespace) -> None:
+    from PIL import Image
+
+    from visionllm.models.common.checkpoint import CheckpointError
+    from visionllm.models.common.inputs import upright
+    from visionllm.models.loading import load_pretrained
+
+    if not args.image.is_file():
+        raise CliError(f"image {args.image} not found")
+    try:
+        image = upright(Image.open(args.image))
+        image.load()
+    except OSError as error:
+        raise CliError(f"{args.image} is not an image PIL can read: {error}") from None
+    regions: list[tuple] = [("point", p) for p in args.point or []] + [("box", b) for b in args.box or []]
+    for path in args.mask or []:
+        try:
+            regions.append(("mask", np.asarray(Image.open(path).convert("L"))))
+        except OSError as error:
+            raise CliError(f"--mask {path} is not an image: {error}") from None
+    try:
+        model = load_pretrained(args.model)
+    except (CheckpointError, FileNotFoundError) as error:
+        raise CliError(str(error)) from None
+    if not hasattr(model, "chat"):
+        raise CliError(
+            f"{args.model} is a v{model.version} model, which answers one instruction: use visionllm predict"
+        )
+    marks = ", ".join(f"region{i + 1} <region>" for i in range(len(regions)))
+    history: list[dict] = []
+
+    def reply_to(message: str) -> str:
+        text = message if "<image>" in message or history else f"<image> {message}"
+        if not history and regions and "<region>" not in text:
+            text = f"{text} ({marks})"
+        messages = [*history, {"role": "user", "content": text}]
+        try:
+            reply = model.chat(image, messages, regions)
+        except ValueError as error:  # the conversation or a prompt, with what is wrong
+            raise CliError(str(error)) from None
+        history.extend([messages[-1], {"role": "assistant", "content": reply.text}])
+        return reply.text
+
+    if args.message is not None:
+        print(reply_to(args.message))
+        return
+    print("chat with the model about the image; an empty line or Ctrl-D ends", file=sys.stderr)
+    for line in sys.stdin:
+        if not line.strip():
+            break
+        print(reply_to(line.strip()), flush=True)
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from visionllm.demo import run_demo
 
@@ -435,6 +490,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--save-vis", type=Path, help="write the image with the result drawn on it")
     predict.set_defaults(func=_cmd_predict)
+
+    chat = commands.add_parser(
+        "chat",
+        help="chat with a v2 model about an image (one message, or lines from the terminal)",
+        description="Chat with a VisionLLM v2 model about one image. Visual prompts mark regions the message can "
+        "ask about (as region1 <region>, region2 <region>, ... in the order given: points, boxes, masks).",
+    )
+    chat.add_argument("--model", type=Path, required=True, help="a v2 checkpoint folder")
+    chat.add_argument("--image", type=Path, required=True)
+    chat.add_argument("--message", help="one message to answer (default: read messages from standard input)")
+    chat.add_argument("--point", type=float, nargs=2, action="append", metavar=("X", "Y"), help="a point prompt")
+    chat.add_argument(
+        "--box", type=float, nargs=4, action="append", metavar=("X1", "Y1", "X2", "Y2"), help="a box prompt"
+    )
+    chat.add_argument("--mask", type=Path, action="append", help="a mask prompt: a PNG of the image's size")
+    chat.set_defaults(func=_cmd_chat)
 
     demo = commands.add_parser("demo", help="run a model on new ShapesWorld images for every v1 task")
     demo.add_argument("--model", type=Path, default=Path("checkpoints/visionllm-v1-tiny"), help="checkpoint folder")

@@ -2,6 +2,7 @@
 loss reads only the answers, and the answers depend on the image and the region."""
 
 import copy
+import io
 
 import numpy as np
 import pytest
@@ -156,3 +157,20 @@ def test_save_then_load_gives_the_same_model_through_the_loading_table(trained, 
     Image.fromarray(scene((220, 30, 30))).save(image)
     assert main(["predict", "--model", str(folder), "--image", str(image), "--task", "caption"]) == 2
     assert "is a v2 model: it answers through its chat API so far" in capsys.readouterr().err
+
+
+def test_visionllm_chat_answers_one_message_or_a_conversation(trained, tmp_path, capsys, monkeypatch):
+    folder = trained.save_pretrained(tmp_path / "v2")
+    image = tmp_path / "red.png"
+    Image.fromarray(scene((220, 30, 30))).save(image)
+    base = ["chat", "--model", str(folder), "--image", str(image)]
+    box = ["--box", "8", "8", "28", "28"]
+    assert main([*base, "--message", "what colour is region1 <region>?", *box]) == 0
+    assert capsys.readouterr().out.startswith("red")
+    monkeypatch.setattr("sys.stdin", io.StringIO("what colour is region1 <region>?\n\n"))
+    assert main([*base, *box]) == 0
+    assert capsys.readouterr().out.startswith("red")
+    assert main([*base, "--message", "find the square."]) == 0
+    assert capsys.readouterr().out.startswith("square [DET]")
+    assert main([*base, "--message", "what colour is region1 <region>?"]) == 2  # a region asked for, none given
+    assert "1 <region> placeholders but 0 regions" in capsys.readouterr().err

@@ -315,9 +315,25 @@ class VisionLLMv2(nn.Module):
         return tokenizer.convert_tokens_to_string(tokenizer.convert_ids_to_tokens(ids)).strip()
 
     def chat(
-        self, image: Image.Image | np.ndarray, turns: Sequence[Turn], regions: Sequence[RegionPrompt] = ()
+        self,
+        image: Image.Image | np.ndarray,
+        turns: Sequence[Turn | dict],
+        regions: Sequence[RegionPrompt | tuple] = (),
     ) -> Reply:
-        """The reply to a conversation about one image that ends with a user turn."""
+        """The reply to a conversation about one image that ends with a user turn.
+
+        Args:
+            image: the image.
+            turns: `Turn`s, or messages as {"role": "user" | "assistant", "content": text}.
+            regions: `RegionPrompt`s, or (kind, data) pairs such as ("box", [x1, y1, x2, y2]), in the order of the
+                conversation's `<region>` placeholders.
+
+        Raises:
+            ValueError: a conversation or prompt the model cannot take (ChatTemplateError, RegionError,
+                ProcessorError), with what is wrong.
+        """
+        turns = [t if isinstance(t, Turn) else Turn(t["role"], t["content"]) for t in turns]
+        regions = [r if isinstance(r, RegionPrompt) else RegionPrompt(*r) for r in regions]
         was_training = self.training
         self.eval()
         try:
