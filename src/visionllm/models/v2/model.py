@@ -40,6 +40,7 @@ from visionllm.models.common.sequence import (
     pad_segments,
     slot_positions,
 )
+from visionllm.models.common.vocabulary import instruction_corpus, train_wordpiece
 from visionllm.models.v2.chat import Turn, build_chat
 from visionllm.models.v2.config import VisionLLMv2Config
 from visionllm.models.v2.regions import RegionEncoder, RegionPrompt, prompt_mask
@@ -187,20 +188,24 @@ class VisionLLMv2(nn.Module):
 
     Args:
         config: the model config.
-        tokenizer: the LLM's tokenizer (v2's tokens are added to it).
+        tokenizer: the LLM's tokenizer (v2's tokens are added to it); None: the one the config names (`llm.tokenizer`
+            or `llm.pretrained`), or a vocabulary of `llm.vocab_size` built from the project's language.
         load_weights: load the pretrained weights the config names (False when a checkpoint follows).
     """
 
     version = 2
 
     def __init__(
-        self, config: VisionLLMv2Config, tokenizer: PreTrainedTokenizerBase, load_weights: bool = True
+        self,
+        config: VisionLLMv2Config,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        load_weights: bool = True,
     ) -> None:
         super().__init__()
         self.config = config
-        self.processor = VisionLLMv2Processor(config, tokenizer)
+        self.processor = VisionLLMv2Processor(config, tokenizer or _llm_tokenizer(config))
         self.vision = VisionEncoder(config.vision, load_weights)
-        self.llm = CausalLanguageModel(config.llm, None, len(tokenizer), load_weights)
+        self.llm = CausalLanguageModel(config.llm, None, len(self.processor.tokenizer), load_weights)
         width = self.llm.hidden_size
         self.bridge = Bridge(self.vision.width, width)
         self.regions = RegionEncoder(
@@ -376,3 +381,12 @@ class VisionLLMv2(nn.Module):
         read_weights(folder, model)
         model.float()
         return model.to(device).eval()
+
+
+def _llm_tokenizer(config: VisionLLMv2Config) -> PreTrainedTokenizerBase:
+    source = config.llm.tokenizer or config.llm.pretrained
+    if source:
+        return AutoTokenizer.from_pretrained(str(source))
+    if config.llm.vocab_size:
+        return train_wordpiece(instruction_corpus(), config.llm.vocab_size)
+    raise ConfigError("a v2 model needs llm.tokenizer, llm.pretrained or llm.vocab_size to have a vocabulary")
