@@ -8,6 +8,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from transformers import AutoTokenizer
+
+from visionllm.config import ConfigError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -38,6 +41,25 @@ def read_config_data(folder: str | Path) -> dict:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} must hold a JSON object of config sections, got {type(data).__name__}")
     return data
+
+
+def read_config(folder: Path, config_class: type):
+    """A checkpoint's config as `config_class`, or a `CheckpointError` that names the file and what is wrong."""
+    try:
+        return config_class.from_dict(read_config_data(folder))
+    except ConfigError as error:
+        raise CheckpointError(f"{folder / CONFIG_NAME}: {error}") from None
+
+
+def read_tokenizer(folder: Path):
+    """A checkpoint's tokenizer (`tokenizer/`), or a `CheckpointError` naming the folder."""
+    try:
+        return AutoTokenizer.from_pretrained(str(folder / TOKENIZER_DIR))
+    except Exception as error:  # tokenizers raises plain Exceptions for damaged files
+        raise CheckpointError(
+            f"{folder / TOKENIZER_DIR} cannot be loaded ({one_line(error)}): the tokenizer files are damaged; "
+            "copy the checkpoint again"
+        ) from None
 
 
 def one_line(error: BaseException) -> str:

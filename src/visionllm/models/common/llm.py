@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
+    AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
@@ -18,6 +19,19 @@ from visionllm.config import LLMConfig
 from visionllm.formats import tokens as tk
 from visionllm.formats.tokens import CodecVocabulary
 from visionllm.models.common.backbone import sine_embed
+
+
+def configured_tokenizer(config: LLMConfig) -> PreTrainedTokenizerBase | None:
+    """The LLM tokenizer a config names: a local folder (`tokenizer`, else `pretrained`), or a vocabulary of
+    `vocab_size` built from the project's language (`common.vocabulary`); None when it names none."""
+    source = config.tokenizer or config.pretrained
+    if source:
+        return AutoTokenizer.from_pretrained(str(source))
+    if config.vocab_size:
+        from visionllm.models.common.vocabulary import instruction_corpus, train_wordpiece
+
+        return train_wordpiece(instruction_corpus(), config.vocab_size)
+    return None
 
 
 def complete_special_tokens(tokenizer: PreTrainedTokenizerBase) -> None:

@@ -20,7 +20,7 @@ from PIL import Image
 from torch import Tensor, nn
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
-from visionllm.config import ConfigError, VisionLLMConfig
+from visionllm.config import VisionLLMConfig
 from visionllm.formats import tokens as tk
 from visionllm.formats.codec import OutputFormat, decode_slots, parse_class_binding, parse_format_header
 from visionllm.formats.results import Decoded, Detections, Dropped, TextAnswer
@@ -33,11 +33,13 @@ from visionllm.models.common.checkpoint import (
     WEIGHTS_NAME,
     CheckpointError,
     one_line,
-    read_config_data,
+    read_config,
+    read_tokenizer,
     read_weights,
     write_weights,
 )
 from visionllm.models.common.inputs import ImageInput
+from visionllm.models.common.llm import configured_tokenizer
 from visionllm.models.common.sequence import (
     IGNORE,
     PAD,
@@ -49,11 +51,10 @@ from visionllm.models.common.sequence import (
     slot_positions,
 )
 from visionllm.models.common.text_encoder import TextEncoder, load_text_tokenizer
-from visionllm.models.common.vocabulary import instruction_corpus, train_wordpiece
 from visionllm.models.v1.batch import Batch, Example, collate
 from visionllm.models.v1.data import TaskMixture
 from visionllm.models.v1.decoder import LanguageDecoder, SlotOutputs, select_anchor_tokens
-from visionllm.models.v1.processor import VisionLLMProcessor, load_tokenizer
+from visionllm.models.v1.processor import VisionLLMProcessor
 from visionllm.models.v1.tokenizer import LanguageGuidedTokenizer, TokenizerOutput, arrange_tokens
 from visionllm.ops.boxes import nms
 from visionllm.train.mix import MixConfig
@@ -338,6 +339,11 @@ class VisionLLM(nn.Module):
         """One model batch from examples of `training_stream` (any mix of tasks)."""
         return collate(examples, self.processor)
 
+    @property
+    def header_limit(self) -> int:
+        """Most tokens a format header can take (<fmt> <kpt> <cls> <x1> <y1> ... </fmt>)."""
+        return 2 * self.config.decoder.max_points + 4
+
     def check_request(self, instruction: str | Instruction, max_prompt_tokens: int | None = None) -> int:
         """Check, without model work, that `predict` can answer this instruction; its cost in LLM tokens.
 
@@ -358,7 +364,7 @@ class VisionLLM(nn.Module):
             text, classes = instruction, _bound_classes(instruction)
         prompt = len(self.processor.prompt_ids(text, classes, max_prompt_tokens))
         decoder = self.config.decoder
-        header = 2 * decoder.max_points + 4
+        header = self.header_limit
         fmt = instruction.output_format if isinstance(instruction, Instruction) else None
         if fmt is not None and fmt.structured:
             answer = self.processor.num_slots(fmt) * fmt.slot_length
@@ -405,7 +411,7 @@ class VisionLLM(nn.Module):
         text_allowed = torch.ones_like(header_allowed)
         text_allowed[vocab.offset : vocab.offset + len(vocab)] = False
         text_allowed[self.processor.eos_id] = True
-        header_limit = 2 * self.config.decoder.max_points + 4
+        header_limit = self.header_limit
         fmt_close = vocab.token_to_id(tk.FMT_CLOSE)
         fmt_open_only = torch.zeros_like(header_allowed)
         fmt_open_only[vocab.token_to_id(tk.FMT_OPEN)] = True
@@ -633,14 +639,8 @@ class VisionLLM(nn.Module):
         for name in (CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_DIR):
             if not (folder / name).exists():
                 raise CheckpointError(f"{folder} is not a VisionLLM checkpoint: {name} is missing")
-        config = _read_config(folder)
-        try:
-            tokenizer = load_tokenizer(folder / TOKENIZER_DIR)
-        except Exception as error:  # tokenizers raises plain Exceptions for damaged files
-            raise CheckpointError(
-                f"{folder / TOKENIZER_DIR} cannot be loaded ({one_line(error)}): the tokenizer files are damaged; "
-                "copy the checkpoint again"
-            ) from None
+        config = read_config(folder, VisionLLMConfig)
+        tokenizer = read_tokenizer(folder)
         try:
             model = cls(config, tokenizer=tokenizer, load_weights=False)
         except Exception as error:  # the components raise their own error types for impossible sizes
@@ -656,23 +656,11 @@ class VisionLLM(nn.Module):
         return model.to(device).eval()
 
 
-def _read_config(folder: Path) -> VisionLLMConfig:
-    """A checkpoint's config, or a `CheckpointError` that names the file and what is wrong in it."""
-    try:
-        return VisionLLMConfig.from_dict(read_config_data(folder))
-    except ConfigError as error:
-        raise CheckpointError(f"{folder / CONFIG_NAME}: {error}") from None
-
-
 def _llm_tokenizer(config: VisionLLMConfig) -> PreTrainedTokenizerBase:
     """The LLM's tokenizer for a new model: a folder's, a vocabulary built from the instruction language, or the
     text encoder's."""
-    source = config.llm.tokenizer or config.llm.pretrained
-    if source:
-        return load_tokenizer(source)
-    if config.llm.vocab_size:
-        return train_wordpiece(instruction_corpus(), config.llm.vocab_size)
-    return load_text_tokenizer(config.text_encoder)
+    tokenizer = configured_tokenizer(config.llm)
+    return tokenizer if tokenizer is not None else load_text_tokenizer(config.text_encoder)
 
 
 def _bound_classes(instruction: str) -> tuple[str, ...]:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from visionllm.config import VisionLLMConfig
 from visionllm.formats import tokens as tk
@@ -151,9 +151,7 @@ class VisionLLMProcessor:
             ProcessorError: text that is not valid Unicode, more classes than the model has class tokens, a class
                 token the model does not have, no or several <image>, or more instruction tokens than the limit.
         """
-        check_text(instruction, "the instruction")
-        for name in class_names:
-            check_text(name, "a class name")
+        check_text(instruction, "the instruction")  # the bound class names are part of its text
         max_classes = self.config.decoder.max_classes
         if len(class_names) > max_classes:
             raise ProcessorError(
@@ -260,7 +258,3 @@ def _phrase_span(text: str, name: str, start: int) -> tuple[int, int] | None:
         return at + 1, at + len(quoted) - 1
     at = text.find(name, start)
     return (at, at + len(name)) if at >= 0 and name else None
-
-
-def load_tokenizer(folder: str | Path) -> PreTrainedTokenizerBase:
-    return AutoTokenizer.from_pretrained(str(folder))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from visionllm.config import ConfigError, LLMConfig, build
-from visionllm.models.v2.superlink import FAMILY_QUERIES, ROUTES
+from visionllm.models.v2.superlink import ROUTES
 from visionllm.models.v2.vision import VisionConfig
 
 
@@ -47,13 +47,6 @@ class SuperLinkConfig:
         unknown = sorted(set(self.routes) - set(ROUTES))
         if unknown:
             raise ConfigError(f"link.routes: unknown routing token(s) {unknown}; routes: {list(ROUTES)}")
-
-    @property
-    def families(self) -> list[str]:
-        return sorted({ROUTES[route] for route in self.routes})
-
-    def queries(self, family: str) -> int:
-        return FAMILY_QUERIES[family]
 
 
 @dataclass

@@ -17,20 +17,24 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
-from transformers import AutoTokenizer, DynamicCache, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from visionllm.config import ConfigError
 from visionllm.models.common.checkpoint import (
     CONFIG_NAME,
     TOKENIZER_DIR,
-    CheckpointError,
-    one_line,
-    read_config_data,
+    read_config,
+    read_tokenizer,
     read_weights,
     write_weights,
 )
 from visionllm.models.common.inputs import ImageInput, ProcessorError, normalise_image
-from visionllm.models.common.llm import CausalLanguageModel, PlaceholderMismatch, complete_special_tokens
+from visionllm.models.common.llm import (
+    CausalLanguageModel,
+    PlaceholderMismatch,
+    complete_special_tokens,
+    configured_tokenizer,
+)
 from visionllm.models.common.sequence import (
     IGNORE,
     PAD,
@@ -40,7 +44,6 @@ from visionllm.models.common.sequence import (
     pad_segments,
     slot_positions,
 )
-from visionllm.models.common.vocabulary import instruction_corpus, train_wordpiece
 from visionllm.models.v2.chat import Turn, build_chat
 from visionllm.models.v2.config import VisionLLMv2Config
 from visionllm.models.v2.regions import RegionEncoder, RegionPrompt, prompt_mask
@@ -123,13 +126,9 @@ class VisionLLMv2Processor:
         vocab = tokenizer.get_vocab()
         self.image_id, self.region_id, self.query_id = vocab[IMAGE], vocab[REGION], vocab[QUERY]
         self.route_ids = {route: vocab[route] for route in config.link.routes}
-        self._route_of_id = {i: route for route, i in self.route_ids.items()}
         self.num_image_tokens = config.vision.grid**2
         self.mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
         self.std = torch.tensor(CLIP_STD).view(3, 1, 1)
-
-    def route_of(self, token_id: int) -> str:
-        return self._route_of_id[token_id]
 
     def image(self, image: Image.Image | np.ndarray) -> ImageInput:
         if isinstance(image, np.ndarray):
@@ -312,7 +311,7 @@ class VisionLLMv2(nn.Module):
                     continue
                 last[b] = step_hidden[b, len(feed) - 1]
                 if len(feed) > 1:
-                    calls[b].append((p.route_of(feed[0]), step_hidden[b, 1 : len(feed)]))
+                    calls[b].append((self.link.route_of_id[feed[0]], step_hidden[b, 1 : len(feed)]))
         return [Reply(self._text(ids), found) for ids, found in zip(written, calls, strict=True)]
 
     def _text(self, ids: list[int]) -> str:
@@ -369,24 +368,14 @@ class VisionLLMv2(nn.Module):
             CheckpointError: a missing or damaged part, naming the file.
         """
         folder = Path(folder)
-        try:
-            config = VisionLLMv2Config.from_dict(read_config_data(folder))
-        except ConfigError as error:
-            raise CheckpointError(f"{folder / CONFIG_NAME}: {error}") from None
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(folder / TOKENIZER_DIR))
-        except Exception as error:  # tokenizers raises plain Exceptions for damaged files
-            raise CheckpointError(f"{folder / TOKENIZER_DIR} cannot be loaded ({one_line(error)})") from None
-        model = cls(config, tokenizer, load_weights=False)
+        model = cls(read_config(folder, VisionLLMv2Config), read_tokenizer(folder), load_weights=False)
         read_weights(folder, model)
         model.float()
         return model.to(device).eval()
 
 
 def _llm_tokenizer(config: VisionLLMv2Config) -> PreTrainedTokenizerBase:
-    source = config.llm.tokenizer or config.llm.pretrained
-    if source:
-        return AutoTokenizer.from_pretrained(str(source))
-    if config.llm.vocab_size:
-        return train_wordpiece(instruction_corpus(), config.llm.vocab_size)
-    raise ConfigError("a v2 model needs llm.tokenizer, llm.pretrained or llm.vocab_size to have a vocabulary")
+    tokenizer = configured_tokenizer(config.llm)
+    if tokenizer is None:
+        raise ConfigError("a v2 model needs llm.tokenizer, llm.pretrained or llm.vocab_size to have a vocabulary")
+    return tokenizer

@@ -63,12 +63,11 @@ class SuperLink(nn.Module):
         route_ids: the token id of each routing token.
         query_id: the id of the query placeholder.
         width: the LLM's embedding width.
-        families: which decoder families have a table (default: every family of `ROUTES`).
+
+    Each decoder family of the routes gets a table.
     """
 
-    def __init__(
-        self, route_ids: dict[str, int], query_id: int, width: int, families: Sequence[str] | None = None
-    ) -> None:
+    def __init__(self, route_ids: dict[str, int], query_id: int, width: int) -> None:
         super().__init__()
         unknown = sorted(set(route_ids) - set(ROUTES))
         if unknown:
@@ -76,7 +75,7 @@ class SuperLink(nn.Module):
         self.route_ids = dict(route_ids)
         self.route_of_id = {i: route for route, i in route_ids.items()}
         self.query_id = query_id
-        families = sorted({ROUTES[r] for r in route_ids}) if families is None else list(families)
+        families = sorted({ROUTES[r] for r in route_ids})
         self.tables = nn.ParameterDict(
             {family: nn.Parameter(torch.randn(FAMILY_QUERIES[family], width) * 0.02) for family in families}
         )
