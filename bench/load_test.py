@@ -2,12 +2,14 @@
 
     python bench/load_test.py --model checkpoints/visionllm-v1-tiny --clients 16 --requests 320
 
-A real `visionllm serve` process on 127.0.0.1; `--clients` threads send `--requests` requests in all: valid ones
+A real `visionllm serve` process on 127.0.0.1; `--clients` threads send rounds of `--requests` requests (first
+`--warmup-rounds` unmeasured, then `--rounds` measured): valid ones
 (detection, segmentation, grounding, caption and VQA on ShapesWorld images, as in bench/serve_throughput.py), 15%
 malformed (bad JSON, unknown tasks, lone surrogates, over-long prompts, too many classes, broken images) and 5%
 that send a valid request and hang up without reading the answer. Reported: throughput and p50 / p99 latency of
-the valid requests, the statuses of all, the 5xx count (must be 0), and the server's resident memory after a
-warm-up and at the end (must stay flat). Results go to docs/RELIABILITY.md (section `load`).
+the valid requests, the statuses of all, the 5xx count (must be 0), and the server's resident memory after the
+warm-up and after each measured round (it must not grow with the requests served). Results go to
+docs/RELIABILITY.md (section `load`).
 """
 
 from __future__ import annotations
