@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests", type=int, default=320, help="requests per round")
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds")
-    parser.add_argument("--warmup-rounds", type=int, default=2, help="unmeasured rounds first")
+    parser.add_argument("--warmup-rounds", type=int, default=6, help="unmeasured rounds first")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-report", action="store_true", help="print only; leave docs/RELIABILITY.md as it is")
     args = parser.parse_args()
