@@ -13,6 +13,8 @@ from visionllm.config import (
 from visionllm.data.shapes.dataset import ShapesWorldLayout, generate_shapesworld
 from visionllm.data.shapes.scene import ShapesWorldConfig
 from visionllm.models.v1.model import VisionLLM
+from visionllm.models.v2.keypoint_decoder import KeypointDecoderConfig
+from visionllm.models.v2.object_decoder import ObjectDecoderConfig
 
 
 def micro_config() -> VisionLLMConfig:
@@ -33,6 +35,30 @@ def micro_config() -> VisionLLMConfig:
         ),
         decoder=DecoderConfig(coord_range=32, max_points=20, max_classes=16, max_slot_tokens=120, max_new_tokens=6),
     )
+
+
+@pytest.fixture
+def micro_objects() -> ObjectDecoderConfig:
+    """v2's object decoder at toy size (a ResNet of 4 tiny stages, width 32, 64 px)."""
+    return ObjectDecoderConfig(
+        backbone=BackboneConfig(
+            embedding_size=8, hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1], layer_type="basic"
+        ),
+        image_size=64,
+        d_model=32,
+        num_queries=10,
+        encoder_layers=1,
+        decoder_layers=2,
+        num_heads=2,
+        ffn_dim=64,
+        fusion_heads=2,
+    )
+
+
+@pytest.fixture
+def micro_keypoints() -> KeypointDecoderConfig:
+    """v2's keypoint decoder at toy size."""
+    return KeypointDecoderConfig(decoder_layers=2, num_heads=2, ffn_dim=64, max_instances=4)
 
 
 @pytest.fixture(scope="session")

@@ -36,24 +36,32 @@ def _check(condition: bool, message: str) -> None:
 
 @dataclass
 class BackboneConfig:
-    """A transformers ResNet giving 3 feature scales (strides 8, 16, 32).
+    """A transformers image backbone giving feature maps at strides 8, 16 and 32 (and 4, for those that ask).
 
     Attributes:
-        pretrained: local folder of a transformers ResNet checkpoint; None builds one from the fields below.
-        embedding_size, hidden_sizes, depths, layer_type: the ResNet layout (defaults: ResNet-50).
+        kind: "resnet" (transformers ResNet) or "swin" (transformers Swin).
+        pretrained: local folder of a transformers checkpoint of that kind; None builds one from the fields below.
+        embedding_size, hidden_sizes, depths, layer_type: the ResNet layout (defaults: ResNet-50). A Swin reads
+            embedding_size (its embed_dim), depths, num_heads and window_size (Swin-T: 96, [2, 2, 6, 2],
+            [3, 6, 12, 24], 7).
         frozen: keep its weights fixed.
     """
 
+    kind: str = "resnet"
     pretrained: str | None = None
     embedding_size: int = 64
     hidden_sizes: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048])
     depths: list[int] = field(default_factory=lambda: [3, 4, 6, 3])
     layer_type: str = "bottleneck"
+    num_heads: list[int] = field(default_factory=lambda: [3, 6, 12, 24])
+    window_size: int = 7
     frozen: bool = False
 
     def __post_init__(self) -> None:
+        _check(self.kind in ("resnet", "swin"), f"backbone.kind must be 'resnet' or 'swin', not {self.kind!r}")
         _check(len(self.hidden_sizes) == 4 and len(self.depths) == 4, "backbone: a ResNet has 4 stages")
         _check(self.layer_type in ("basic", "bottleneck"), "backbone.layer_type must be 'basic' or 'bottleneck'")
+        _check(len(self.num_heads) == 4, "backbone.num_heads: a Swin has 4 stages")
 
 
 @dataclass

@@ -1,6 +1,6 @@
 import torch
 
-from visionllm.models.common.detr_loss import detection_set_loss
+from visionllm.models.common.detr_loss import matched_set_loss
 
 
 def test_batched_set_loss_is_the_sum_of_per_image_losses():
@@ -13,9 +13,9 @@ def test_batched_set_loss_is_the_sum_of_per_image_losses():
     targets = [torch.rand(n, 4) * 0.5 + 0.2 for n in counts]
     classes = [torch.randint(0, 4, (n,)) for n in counts]
     weights = (2.0, 5.0, 2.0)
-    batched = detection_set_loss(logits, valid, boxes, targets, classes, *weights) * sum(counts)
+    batched = matched_set_loss(logits, valid, boxes, targets, classes, *weights)[0] * sum(counts)
     alone = sum(
-        detection_set_loss(logits[b : b + 1], valid[b : b + 1], boxes[b : b + 1], [targets[b]], [classes[b]], *weights)
+        matched_set_loss(logits[b : b + 1], valid[b : b + 1], boxes[b : b + 1], [targets[b]], [classes[b]], *weights)[0]
         * max(1, counts[b])
         for b in range(len(counts))
     )
@@ -24,7 +24,7 @@ def test_batched_set_loss_is_the_sum_of_per_image_losses():
 
 def test_set_loss_without_targets_pushes_every_score_down():
     logits = torch.zeros(2, 5, 3, requires_grad=True)
-    loss = detection_set_loss(logits, torch.ones(2, 3, dtype=torch.bool), torch.rand(2, 5, 4), [torch.zeros(0, 4)] * 2,
-                              [torch.zeros(0, dtype=torch.long)] * 2, 2.0, 5.0, 2.0)  # fmt: skip
+    loss = matched_set_loss(logits, torch.ones(2, 3, dtype=torch.bool), torch.rand(2, 5, 4), [torch.zeros(0, 4)] * 2,
+                              [torch.zeros(0, dtype=torch.long)] * 2, 2.0, 5.0, 2.0)[0]  # fmt: skip
     loss.backward()
     assert loss > 0 and (logits.grad > 0).all()

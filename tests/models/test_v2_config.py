@@ -1,4 +1,5 @@
-"""v2's config: the paper preset builds, on the meta device, to CLIP ViT-L/14-336, Vicuna-7B and their links."""
+"""v2's config: the paper preset builds, on the meta device, to CLIP ViT-L/14-336, Vicuna-7B, their links and the
+Swin-T object and keypoint decoders."""
 
 from pathlib import Path
 
@@ -6,12 +7,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from transformers import SwinConfig, SwinModel
 
 from visionllm.config import ConfigError
 from visionllm.formats.tokens import CodecConfig, CodecVocabulary
 from visionllm.models.common.llm import CausalLanguageModel
 from visionllm.models.v2.config import VisionLLMv2Config
+from visionllm.models.v2.keypoint_decoder import KeypointDecoder
 from visionllm.models.v2.model import VisionLLMv2
+from visionllm.models.v2.object_decoder import ObjectDecoder
 from visionllm.models.v2.regions import RegionEncoder
 from visionllm.models.v2.superlink import SuperLink
 from visionllm.models.v2.vision import Bridge, VisionEncoder
@@ -30,6 +34,9 @@ def test_the_paper_preset_has_the_published_part_sizes():
         bridge = Bridge(vision.width, llm.hidden_size)
         regions = RegionEncoder(vision.width, llm.hidden_size, patch=config.vision.patch_size)
         link = SuperLink({r: i for i, r in enumerate(config.link.routes)}, query_id=99, width=llm.hidden_size)
+        objects = ObjectDecoder(config.objects, llm.hidden_size, load_weights=False)
+        keypoints = KeypointDecoder(config.keypoints, llm.hidden_size, config.objects.d_model, 3)
+        swin_t = SwinModel(SwinConfig(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7))
 
     def count(module):
         return sum(p.numel() for p in module.parameters())
@@ -40,6 +47,13 @@ def test_the_paper_preset_has_the_published_part_sizes():
     assert count(bridge) == 20_979_712  # 1024 -> 4096 -> 4096
     assert regions.mask_stack[0].stride == (7, 7) and config.vision.grid**2 == 576
     assert {f: t.shape for f, t in link.tables.items()} == {"keypoint": (4, 4096), "object": (4, 4096)}
+    # The object decoder: a Swin-T backbone (the same stages as transformers' Swin-T), the category MLP
+    # 4096 -> 256 -> 256, 900 queries of width 256 over 6 + 6 deformable layers.
+    body = objects.backbone.swin.swin
+    assert count(body.embeddings) + count(body.encoder) == count(swin_t.embeddings) + count(swin_t.encoder)
+    assert count(objects.categories.pool) == 4096 * 256 + 256 + 256 * 256 + 256
+    assert len(objects.encoder.layers) == 6 and len(objects.decoder.layers) == 6 and config.objects.num_queries == 900
+    assert len(keypoints.decoder.layers) == 6 and count(keypoints.names) == count(objects.categories.pool)
 
 
 @pytest.mark.parametrize(

@@ -14,13 +14,13 @@ def test_categories_come_from_their_routed_queries_and_classify_object_queries()
     features, valid = head.categories([[red, star], [star]])
     assert features.shape == (2, 2, 8) and valid.tolist() == [[True, True], [True, False]]
     assert torch.allclose(features[0, 1], features[1, 0])  # the same query states give the same category
-    assert torch.allclose(features[0, 0], head.mlp(red).mean(0))
+    assert torch.allclose(features[0, 0], head.pool.mlp(red).mean(0))
     queries = torch.randn(2, 5, 8)
     logits = head.logits(queries, features, valid)
     assert logits.shape == (2, 5, 2) and (logits[1, :, 1] == -1e4).all()
     assert torch.allclose(logits[0, :, 0], queries[0] @ features[0, 0] / 8**0.5 + head.bias)
     logits[:, :, :1].sum().backward()
-    assert head.mlp[0].weight.grad.abs().sum() > 0
+    assert head.pool.mlp[0].weight.grad.abs().sum() > 0
     empty, none = head.categories([[], []])
     assert empty.shape == (2, 1, 8) and not none.any()
 

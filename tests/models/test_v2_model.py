@@ -16,19 +16,22 @@ from visionllm.models.common.inputs import ProcessorError
 from visionllm.models.common.sequence import IGNORE
 from visionllm.models.v2.chat import Turn
 from visionllm.models.v2.config import VisionLLMv2Config
-from visionllm.models.v2.model import ChatExample, VisionLLMv2
+from visionllm.models.v2.model import ChatExample, Targets, VisionLLMv2
+from visionllm.models.v2.object_decoder import ObjectTargets
 from visionllm.models.v2.regions import RegionPrompt
 from visionllm.models.v2.vision import VisionConfig
 
 
 @pytest.fixture
-def model(micro_model):
+def model(micro_model, micro_objects, micro_keypoints):
     torch.manual_seed(0)
     config = VisionLLMv2Config(
         vision=VisionConfig(
             image_size=64, patch_size=8, hidden_size=32, num_layers=4, num_heads=2, intermediate_size=64
         ),
         llm=LLMConfig(hidden_size=48, num_layers=2, num_heads=2, num_kv_heads=2, intermediate_size=96),
+        objects=micro_objects,
+        keypoints=micro_keypoints,
     )
     return VisionLLMv2(config, copy.deepcopy(micro_model.processor.tokenizer))
 
@@ -93,6 +96,57 @@ def test_it_learns_the_colour_of_the_region_from_the_image(model):
     swapped = copy.copy(batch)
     swapped.pixel_values = batch.pixel_values.flip(0)  # the red image with the blue answer and back
     assert model(swapped)["loss"].item() > 5 * loss.item()
+
+
+def routed_examples(model):
+    """A square and a two-point "person" at two places: [DET] with boxes and masks, [POSE] with keypoints."""
+    p = model.processor
+    out = []
+    for x in (6, 36):
+        image = np.full((64, 64, 3), 128, np.uint8)
+        image[20:40, x : x + 20] = (220, 30, 30)
+        mask = torch.zeros(1, 64, 64)
+        mask[0, 20:40, x : x + 20] = 1
+        box = torch.tensor([[(x + 10) / 64, 30 / 64, 20 / 64, 20 / 64]])
+        objects = ObjectTargets(box, torch.tensor([0]), mask)
+        points = torch.tensor([[[x / 64, 20 / 64, 2.0], [(x + 20) / 64, 40 / 64, 2.0]]])
+        find = (Turn("user", "<image> find the square."), Turn("assistant", "square [DET]"))
+        pose = (Turn("user", "<image> find the corners."), Turn("assistant", "square [DET] top [POSE], bottom [POSE]"))
+        out.append(ChatExample(p.image(image), find, targets=Targets(objects)))
+        out.append(ChatExample(p.image(image), pose, targets=Targets(objects, points)))
+    return out
+
+
+def test_routed_calls_train_their_decoders_through_the_llm(model):
+    batch = model.processor.collate(routed_examples(model), model.link)
+    losses = model(batch)
+    assert {"text", "boxes", "masks", "keypoints"} <= set(losses)
+    decoders = losses["boxes"] + losses["masks"] + losses["keypoints"]
+    assert torch.allclose(losses["loss"], losses["text"] + decoders)
+    model.zero_grad()
+    (model(batch)["loss"] - model(batch)["text"]).backward()  # the decoders' losses alone
+    assert model.llm.lm.get_input_embeddings().weight.grad.abs().sum() > 0
+    assert model.link.tables["object"].grad.abs().sum() > 0 and model.link.tables["keypoint"].grad.abs().sum() > 0
+
+
+def test_a_routed_task_overfits_boxes_and_keypoints(model):
+    torch.manual_seed(0)
+    batch = model.processor.collate(routed_examples(model), model.link)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
+    first = model(batch)
+    for _ in range(150):
+        losses = model(batch)
+        optimizer.zero_grad()
+        losses["loss"].backward()
+        optimizer.step()
+    assert losses["boxes"] < 0.3 * first["boxes"] and losses["keypoints"] < 0.3 * first["keypoints"]
+    model.eval()
+    with torch.no_grad():
+        routed = model.routed(model.hidden_states(batch), batch.input_ids)
+        out = model.decode_objects(batch.pixel_values, routed["object"])
+    best = out.class_logits[..., 0].argmax(1)
+    centres = out.boxes[torch.arange(4), best, 0] * 64
+    assert torch.allclose(centres, torch.tensor([16.0, 16.0, 46.0, 46.0]), atol=4)  # where each square is
 
 
 def test_regions_must_match_their_placeholders(model):

@@ -1,44 +1,70 @@
-"""Image backbone: a transformers ResNet giving feature maps at strides 8, 16 and 32."""
+"""Image backbones: a transformers ResNet or Swin giving feature maps at strides 4 to 32."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
-from transformers import ResNetBackbone, ResNetConfig
+from transformers import ResNetBackbone, ResNetConfig, SwinBackbone, SwinConfig
 
 from visionllm.config import BackboneConfig
 
 OUT_FEATURES = ["stage2", "stage3", "stage4"]
+"""The stages read by default: strides 8, 16, 32 ("stage1", stride 4, can be added)."""
 
 
 class Backbone(nn.Module):
-    """ResNet features at 3 scales.
+    """A transformers ResNet or Swin read at several scales.
 
-    Input: (B, 3, H, W) normalised RGB. Output: 3 maps (B, C_l, H / s_l, W / s_l), s = 8, 16, 32.
+    Input: (B, 3, H, W) normalised RGB. Output: a map (B, C_l, H / s_l, W / s_l) per stage of `out_features`
+    (stage1..stage4: strides 4, 8, 16, 32).
+
+    Args:
+        config: the backbone's layout, or the local folder of its pretrained weights.
+        load_weights: load `config.pretrained`'s weights (False when a checkpoint of the whole model follows).
+        out_features: the stages read.
     """
 
-    def __init__(self, config: BackboneConfig, load_weights: bool = True) -> None:
+    def __init__(
+        self, config: BackboneConfig, load_weights: bool = True, out_features: Sequence[str] = OUT_FEATURES
+    ) -> None:
         super().__init__()
+        out = list(out_features)
+        net_class, config_class = (
+            (ResNetBackbone, ResNetConfig) if config.kind == "resnet" else (SwinBackbone, SwinConfig)
+        )
         if config.pretrained and load_weights:
-            self.resnet = ResNetBackbone.from_pretrained(config.pretrained, out_features=OUT_FEATURES)
+            net = net_class.from_pretrained(config.pretrained, out_features=out)
         else:
             if config.pretrained:
-                resnet_config = ResNetConfig.from_pretrained(config.pretrained, out_features=OUT_FEATURES)
-            else:
-                resnet_config = ResNetConfig(
+                net_config = config_class.from_pretrained(config.pretrained, out_features=out)
+            elif config.kind == "resnet":
+                net_config = ResNetConfig(
                     embedding_size=config.embedding_size,
                     hidden_sizes=list(config.hidden_sizes),
                     depths=list(config.depths),
                     layer_type=config.layer_type,
-                    out_features=OUT_FEATURES,
+                    out_features=out,
                 )
-            self.resnet = ResNetBackbone(resnet_config)
-        self.channels: list[int] = list(self.resnet.num_features[2:])
+            else:
+                net_config = SwinConfig(
+                    embed_dim=config.embedding_size,
+                    depths=list(config.depths),
+                    num_heads=list(config.num_heads),
+                    window_size=config.window_size,
+                    out_features=out,
+                )
+            net = net_class(net_config)
+        # The attribute's name is part of the checkpoints' parameter names.
+        setattr(self, config.kind, net)
+        self.kind = config.kind
+        self.channels: list[int] = list(net.channels)
         if config.frozen:
-            self.resnet.requires_grad_(False)
+            net.requires_grad_(False)
 
     def forward(self, pixel_values: Tensor) -> list[Tensor]:
-        return list(self.resnet(pixel_values).feature_maps)
+        return list(getattr(self, self.kind)(pixel_values).feature_maps)
 
 
 def sine_position_2d(height: int, width: int, dim: int, device: torch.device, dtype: torch.dtype) -> Tensor:

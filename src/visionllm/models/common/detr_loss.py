@@ -24,7 +24,11 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gam
     return loss
 
 
-def detection_set_loss(
+Matches = tuple[Tensor, Tensor, Tensor]
+"""A batch's matches as three (K,) index tensors: image, prediction (query) and target."""
+
+
+def matched_set_loss(
     logits: Tensor,
     valid: Tensor,
     boxes_cxcywh: Tensor,
@@ -34,7 +38,7 @@ def detection_set_loss(
     l1_weight: float,
     giou_weight: float,
     alpha: float = 0.25,
-) -> Tensor:
+) -> tuple[Tensor, Matches]:
     """Matched set loss.
 
     The matching costs of the whole batch are computed at once on targets padded to the longest list (one
@@ -49,7 +53,7 @@ def detection_set_loss(
         class_weight, l1_weight, giou_weight: loss weights, also used as matching costs.
 
     Returns:
-        The weighted loss, normalised by the number of targets in the batch.
+        The weighted loss, normalised by the number of targets in the batch, and the matches.
     """
     batch, queries, _ = logits.shape
     counts = [len(t) for t in targets_cxcywh]
@@ -58,6 +62,8 @@ def detection_set_loss(
     labels = torch.zeros_like(logits, dtype=torch.float32)
     l1 = logits.new_zeros((), dtype=torch.float32)
     giou = logits.new_zeros((), dtype=torch.float32)
+    none = torch.zeros(0, dtype=torch.long, device=logits.device)
+    image = rows = cols = none
     if width:
         device = boxes_cxcywh.device
         target = torch.zeros(batch, width, 4, device=device)
@@ -88,7 +94,8 @@ def detection_set_loss(
         giou = (1 - elementwise_generalized_iou(cxcywh_to_xyxy(matched), cxcywh_to_xyxy(wanted))).sum()
     focal = sigmoid_focal_loss(logits.float(), labels, alpha)
     focal = (focal * valid[:, None, :].float()).sum() / num_targets
-    return class_weight * focal + l1_weight * l1 / num_targets + giou_weight * giou / num_targets
+    loss = class_weight * focal + l1_weight * l1 / num_targets + giou_weight * giou / num_targets
+    return loss, (image, rows, cols)
 
 
 def mask_losses(mask_logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:

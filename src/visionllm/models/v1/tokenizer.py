@@ -23,17 +23,19 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from transformers.models.deformable_detr.configuration_deformable_detr import DeformableDetrConfig
-from transformers.models.deformable_detr.modeling_deformable_detr import (
-    DeformableDetrDecoder,
-    DeformableDetrEncoder,
-    DeformableDetrMLPPredictionHead,
-    inverse_sigmoid,
-)
+from transformers.models.deformable_detr.modeling_deformable_detr import DeformableDetrMLPPredictionHead
 
 from visionllm.config import TokenizerConfig
-from visionllm.models.common.backbone import sine_embed, sine_position_2d
-from visionllm.models.common.detr_loss import detection_set_loss
+from visionllm.models.common.deformable import (
+    DeformableDetrDecoder,
+    DeformableDetrEncoder,
+    Proposals,
+    TextFusion,
+    deformable_config,
+    fused_levels,
+    layer_predictions,
+)
+from visionllm.models.common.detr_loss import matched_set_loss
 from visionllm.ops.tensor_boxes import cxcywh_to_xyxy, fast_nms_keep
 
 
@@ -62,20 +64,6 @@ class TokenizerOutput:
     proposal_boxes: Tensor | None = None
 
 
-class TextFusion(nn.Module):
-    """Cross-attention from visual positions (queries) to text tokens (keys/values), with a residual."""
-
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
-        self.norm = nn.LayerNorm(dim)
-
-    def forward(self, visual: Tensor, text: Tensor, text_padding: Tensor) -> Tensor:
-        """visual (B, N, d), text (B, L, d), text_padding (B, L) True at padding -> (B, N, d)."""
-        fused, _ = self.attention(visual, text, text, key_padding_mask=text_padding, need_weights=False)
-        return self.norm(visual + fused)
-
-
 class LanguageGuidedTokenizer(nn.Module):
     """Backbone features + encoded instruction -> M image tokens."""
 
@@ -91,24 +79,16 @@ class LanguageGuidedTokenizer(nn.Module):
         self.text_proj = nn.Linear(text_dim, d)
         self.fusion = nn.ModuleList(TextFusion(d, config.fusion_heads) for _ in backbone_channels)
         self.level_embed = nn.Parameter(torch.randn(len(backbone_channels), d) * 0.02)
-        detr_config = DeformableDetrConfig(
-            d_model=d,
-            encoder_layers=config.encoder_layers,
-            decoder_layers=config.decoder_layers,
-            encoder_attention_heads=config.num_heads,
-            decoder_attention_heads=config.num_heads,
-            encoder_ffn_dim=config.ffn_dim,
-            decoder_ffn_dim=config.ffn_dim,
-            encoder_n_points=config.num_points,
-            decoder_n_points=config.num_points,
-            num_feature_levels=len(backbone_channels),
-            num_queries=config.num_queries,
-            dropout=config.dropout,
-            attention_dropout=0.0,
-            activation_dropout=0.0,
-            two_stage=config.two_stage,
-            with_box_refine=config.box_refine,
-            use_pretrained_backbone=False,
+        detr_config = deformable_config(
+            d,
+            config.encoder_layers,
+            config.decoder_layers,
+            config.num_heads,
+            config.ffn_dim,
+            config.num_points,
+            len(backbone_channels),
+            config.num_queries,
+            config.dropout,
         )
         self.encoder = DeformableDetrEncoder(detr_config)
         self.decoder = DeformableDetrDecoder(detr_config)
@@ -190,71 +170,31 @@ class LanguageGuidedTokenizer(nn.Module):
         text = self.text_proj(text)
         phrases, valid = self.phrases(text, phrase_weights, phrase_mask, defaults)
         padding = text_mask == 0
-        sources, positions, shapes = [], [], []
-        for level, feature in enumerate(features):
-            source = self.input_proj[level](feature)
-            batch, _, height, width = source.shape
-            source = source.flatten(2).transpose(1, 2)  # (B, H*W, d)
-            source = self.fusion[level](source, text, padding)
-            position = sine_position_2d(height, width, d, source.device, source.dtype) + self.level_embed[level]
-            sources.append(source)
-            positions.append(position.unsqueeze(0).expand(batch, -1, -1))
-            shapes.append((height, width))
-        memory_in = torch.cat(sources, 1)
-        position = torch.cat(positions, 1)
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=memory_in.device)
-        level_start = torch.cat([spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]])
-        batch = memory_in.shape[0]
-        mask = torch.ones(memory_in.shape[:2], dtype=torch.bool, device=memory_in.device)
-        valid_ratios = torch.ones(batch, len(shapes), 2, device=memory_in.device, dtype=memory_in.dtype)
-        memory = self.encoder(
-            inputs_embeds=memory_in,
-            attention_mask=mask,
-            spatial_position_embeddings=position,
-            spatial_shapes=spatial_shapes,
-            spatial_shapes_list=shapes,
-            level_start_index=level_start,
-            valid_ratios=valid_ratios,
-        ).last_hidden_state
+        levels = fused_levels(features, self.input_proj, self.fusion, self.level_embed, text, padding)
+        memory = levels.encode(self.encoder)
 
         proposal_logits = proposal_boxes = None
         if self.config.two_stage:
-            proposals = _grid_proposals(shapes, memory.device, memory.dtype)  # (S, 4) inverse-sigmoid space
-            query_features = self.proposal_proj(memory)
-            all_logits = self._class_logits(-1, query_features, phrases, valid)  # (B, S, C)
-            all_coords = self.box_head[-1](query_features) + proposals
-            top = torch.topk(all_logits.max(-1).values, self.config.num_queries, dim=1).indices
-            proposal_logits = torch.gather(all_logits, 1, top.unsqueeze(-1).expand(-1, -1, all_logits.shape[-1]))
-            top_coords = torch.gather(all_coords, 1, top.unsqueeze(-1).expand(-1, -1, 4))
-            proposal_boxes = top_coords.sigmoid()
-            reference = proposal_boxes.detach()
-            query_pos, target = self.query_from_proposal(_box_sine(top_coords.detach(), d // 2)).split(d, dim=-1)
+            proposals = Proposals.select(
+                memory,
+                levels,
+                self.config.num_queries,
+                self.proposal_proj,
+                lambda hidden: self._class_logits(-1, hidden, phrases, valid),
+                self.box_head[-1],
+                self.query_from_proposal,
+            )
+            proposal_logits, proposal_boxes = proposals.logits, proposals.boxes
+            reference, query_pos, target = proposals.reference, proposals.query_pos, proposals.target
         else:
+            batch = memory.shape[0]
             query_pos, target = self.query_embed.weight.unsqueeze(0).expand(batch, -1, -1).split(d, dim=-1)
             reference = self.reference_points(query_pos).sigmoid()
 
-        decoded = self.decoder(
-            inputs_embeds=target,
-            encoder_hidden_states=memory,
-            encoder_attention_mask=mask,
-            object_queries_position_embeddings=query_pos,
-            reference_points=reference,
-            spatial_shapes=spatial_shapes,
-            spatial_shapes_list=shapes,
-            level_start_index=level_start,
-            valid_ratios=valid_ratios,
+        decoded = levels.decode(self.decoder, target, query_pos, reference, memory)
+        layer_logits, layer_boxes = layer_predictions(
+            decoded, reference, self.box_head, lambda layer, h: self._class_logits(layer, h, phrases, valid)
         )
-        layer_logits, layer_boxes = [], []
-        for layer in range(self.config.decoder_layers):
-            hidden = decoded.intermediate_hidden_states[:, layer]
-            previous = reference if layer == 0 else decoded.intermediate_reference_points[:, layer - 1]
-            delta = self.box_head[layer](hidden)
-            if previous.shape[-1] == 4:
-                boxes = (delta + inverse_sigmoid(previous)).sigmoid()
-            else:
-                boxes = torch.cat([delta[..., :2] + inverse_sigmoid(previous), delta[..., 2:]], -1).sigmoid()
-            layer_boxes.append(boxes)
-            layer_logits.append(self._class_logits(layer, hidden, phrases, valid))
         return TokenizerOutput(
             embeddings=decoded.last_hidden_state,
             boxes=layer_boxes[-1],
@@ -283,29 +223,11 @@ class LanguageGuidedTokenizer(nn.Module):
             pairs.append((output.proposal_logits, output.proposal_boxes))
         weights = (c.class_weight, c.l1_weight, c.giou_weight, c.focal_alpha)
         losses = [
-            detection_set_loss(logits, output.valid, boxes, targets_cxcywh, target_classes, *weights)
+            matched_set_loss(logits, output.valid, boxes, targets_cxcywh, target_classes, *weights)[0]
             for logits, boxes in pairs
         ]
         total = sum(losses)
         return total / len(pairs)
-
-
-def _grid_proposals(shapes: Sequence[tuple[int, int]], device: torch.device, dtype: torch.dtype) -> Tensor:
-    """One proposal per encoder position: its cell centre, size 0.05 * 2^level (inverse-sigmoid space)."""
-    proposals = []
-    for level, (height, width) in enumerate(shapes):
-        y = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height
-        x = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width
-        yy, xx = torch.meshgrid(y, x, indexing="ij")
-        size = torch.full_like(xx, 0.05 * 2.0**level)
-        proposals.append(torch.stack([xx, yy, size, size], -1).reshape(-1, 4))
-    boxes = torch.cat(proposals).clamp(1e-4, 1 - 1e-4)
-    return torch.log(boxes / (1 - boxes)).to(dtype)
-
-
-def _box_sine(coords_logits: Tensor, dim_per_coord: int) -> Tensor:
-    """(B, Q, 4) boxes in inverse-sigmoid space -> (B, Q, 4 * dim_per_coord) sine embedding."""
-    return sine_embed(coords_logits.sigmoid(), dim_per_coord).to(coords_logits.dtype)
 
 
 def arrange_tokens(

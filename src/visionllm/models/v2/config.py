@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from visionllm.config import ConfigError, LLMConfig, build
+from visionllm.formats.tokens import CodecConfig
+from visionllm.models.v2.keypoint_decoder import KeypointDecoderConfig
+from visionllm.models.v2.object_decoder import ObjectDecoderConfig
 from visionllm.models.v2.superlink import ROUTES
 from visionllm.models.v2.vision import VisionConfig
 
@@ -58,6 +61,9 @@ class VisionLLMv2Config:
         llm: the chat LLM (Vicuna-7B v1.5 in the paper: the LLaMA-7B layout).
         regions: the visual-prompt encoder.
         link: the super links.
+        objects: the object decoder ([DET] [GRD] [SEG]); None: a chat model without it.
+        keypoints: the keypoint decoder ([POSE]; it reads the object decoder's instances); None: without it.
+        decoder_loss_weight: weight of the decoders' losses beside the text loss.
         max_new_tokens: longest generated reply.
         max_prompt_tokens: longest conversation accepted, in LLM tokens without the image's.
         model_type: "visionllm-v2".
@@ -67,6 +73,9 @@ class VisionLLMv2Config:
     llm: LLMConfig = field(default_factory=LLMConfig)
     regions: RegionConfig = field(default_factory=RegionConfig)
     link: SuperLinkConfig = field(default_factory=SuperLinkConfig)
+    objects: ObjectDecoderConfig | None = field(default_factory=ObjectDecoderConfig)
+    keypoints: KeypointDecoderConfig | None = field(default_factory=KeypointDecoderConfig)
+    decoder_loss_weight: float = 1.0
     max_new_tokens: int = 256
     max_prompt_tokens: int = 2048
     model_type: str = "visionllm-v2"
@@ -76,6 +85,12 @@ class VisionLLMv2Config:
             raise ConfigError(f"model_type must be 'visionllm-v2', not {self.model_type!r}")
         if self.max_new_tokens < 1 or self.max_prompt_tokens < 1:
             raise ConfigError("max_new_tokens and max_prompt_tokens must be at least 1")
+        if self.keypoints is not None and self.objects is None:
+            raise ConfigError("keypoints: the keypoint decoder reads the object decoder's instances; set objects too")
+
+    def codec(self) -> CodecConfig:
+        """The codec sizes instructions are rendered with (v2 answers through decoders, so the defaults)."""
+        return CodecConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -18,6 +18,39 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+class ConditionPool(nn.Module):
+    """A routed group's query states (n, llm_width) -> one feature (d): an MLP, then the mean over the queries.
+
+    Args:
+        llm_width: the LLM's hidden width.
+        dim: the decoder's width d.
+    """
+
+    def __init__(self, llm_width: int, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.mlp = nn.Sequential(nn.Linear(llm_width, dim), nn.ReLU(), nn.Linear(dim, dim))
+
+    def forward(self, conditions: Sequence[Sequence[Tensor]]) -> tuple[Tensor, Tensor]:
+        """Per image, its groups' features (B, G, d) (G: the most groups of any image) and which exist (B, G).
+
+        Args:
+            conditions: per image, one (n, llm_width) tensor of query states per routed group, in answer order.
+        """
+        width = max([1, *(len(c) for c in conditions)])
+        weight = self.mlp[0].weight
+        features = torch.zeros(len(conditions), width, self.dim, device=weight.device)
+        valid = torch.zeros(len(conditions), width, dtype=torch.bool, device=weight.device)
+        states = [state for c in conditions for state in c]
+        if not states:
+            return features, valid
+        pooled = self.mlp(torch.stack(states).to(weight.dtype)).mean(1)  # every group has the same query count
+        at = torch.tensor([(b, g) for b, c in enumerate(conditions) for g in range(len(c))], device=weight.device)
+        features = features.to(pooled.dtype).index_put((at[:, 0], at[:, 1]), pooled)
+        valid[at[:, 0], at[:, 1]] = True
+        return features, valid
+
+
 class CategoryHead(nn.Module):
     """LLM query states -> category features, and object queries -> class logits against them.
 
@@ -29,24 +62,12 @@ class CategoryHead(nn.Module):
     def __init__(self, llm_width: int, dim: int) -> None:
         super().__init__()
         self.dim = dim
-        self.mlp = nn.Sequential(nn.Linear(llm_width, dim), nn.ReLU(), nn.Linear(dim, dim))
+        self.pool = ConditionPool(llm_width, dim)
         self.bias = nn.Parameter(torch.tensor(-4.6))  # sigmoid prior 0.01
 
     def categories(self, conditions: Sequence[Sequence[Tensor]]) -> tuple[Tensor, Tensor]:
-        """Per image, its categories' features (B, C, d) (C: the most categories of any image) and which exist.
-
-        Args:
-            conditions: per image, one (n, llm_width) tensor of query states per routed category, in answer order.
-        """
-        width = max([1, *(len(c) for c in conditions)])
-        device = self.bias.device
-        features = torch.zeros(len(conditions), width, self.dim, device=device)
-        valid = torch.zeros(len(conditions), width, dtype=torch.bool, device=device)
-        for b, states in enumerate(conditions):
-            for c, state in enumerate(states):
-                features[b, c] = self.mlp(state.to(self.mlp[0].weight.dtype)).mean(0)
-                valid[b, c] = True
-        return features, valid
+        """Per image, its categories' features (B, C, d) and which exist (B, C) (`ConditionPool`)."""
+        return self.pool(conditions)
 
     def logits(self, queries: Tensor, features: Tensor, valid: Tensor) -> Tensor:
         """(B, Q, d) object queries -> (B, Q, C) class logits; categories that do not exist get -1e4."""
@@ -72,9 +93,12 @@ class MaskHead(nn.Module):
         )
         self.query = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
 
-    def forward(self, queries: Tensor, stride4: Tensor) -> Tensor:
-        """(B, Q, d) queries and a (B, C_in, H/4, W/4) map -> (B, Q, H/4, W/4) mask logits."""
+    def forward(self, queries: Tensor, stride4: Tensor, extra: Tensor | None = None) -> Tensor:
+        """(B, Q, d) queries and a (B, C_in, H/4, W/4) map (plus `extra` (B, d, H/4, W/4) pixel features, such as
+        an upsampled encoder level) -> (B, Q, H/4, W/4) mask logits."""
         pixels = self.pixel(stride4)
+        if extra is not None:
+            pixels = pixels + extra
         return torch.einsum("bqd,bdhw->bqhw", self.query(queries), pixels)
 
 

@@ -9,7 +9,7 @@ join this model as they land (`SuperLink.conditions`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,13 +46,30 @@ from visionllm.models.common.sequence import (
 )
 from visionllm.models.v2.chat import Turn, build_chat
 from visionllm.models.v2.config import VisionLLMv2Config
+from visionllm.models.v2.keypoint_decoder import KeypointDecoder
+from visionllm.models.v2.object_decoder import ObjectDecoder, ObjectOutput, ObjectTargets
 from visionllm.models.v2.regions import RegionEncoder, RegionPrompt, prompt_mask
-from visionllm.models.v2.superlink import QUERY, REGION, V2_TOKENS, SuperLink
+from visionllm.models.v2.superlink import QUERY, REGION, ROUTES, V2_TOKENS, RouteCall, SuperLink
 from visionllm.models.v2.vision import Bridge, VisionEncoder
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGE = V2_TOKENS[0]
+
+
+@dataclass
+class Targets:
+    """What a conversation's routed calls should produce (training).
+
+    Attributes:
+        objects: the objects of its object-decoder calls ([DET] [GRD] [SEG]); their classes index those calls in
+            answer order. None: no decoder loss for this conversation.
+        keypoints: (T, K, 3) for each object of `objects`, its points (x, y in [0, 1], visibility) in the order of
+            the conversation's [POSE] calls; None without a keypoint loss.
+    """
+
+    objects: ObjectTargets | None = None
+    keypoints: Tensor | None = None
 
 
 @dataclass
@@ -63,11 +80,13 @@ class ChatExample:
         image: the preprocessed image.
         turns: user and assistant turns, alternating from the user; `<image>` once, `<region>` per region.
         regions: the visual prompts, in the order of the `<region>` placeholders.
+        targets: what its routed calls should produce, for training.
     """
 
     image: ImageInput
     turns: tuple[Turn, ...]
     regions: tuple[RegionPrompt, ...] = ()
+    targets: Targets | None = None
 
 
 @dataclass
@@ -93,6 +112,7 @@ class ChatBatch:
         input_ids, kinds, groups, slot_offsets, labels: (B, L) the sequence layout (`common.sequence`).
         region_masks: (R, S, S) every region's mask at the model's image size, by conversation then order.
         region_image: (R,) the conversation each region belongs to.
+        targets: each conversation's `Targets` (None: none).
     """
 
     pixel_values: Tensor
@@ -103,6 +123,7 @@ class ChatBatch:
     labels: Tensor
     region_masks: Tensor
     region_image: Tensor
+    targets: list[Targets | None] = field(default_factory=list)
 
 
 class VisionLLMv2Processor:
@@ -178,6 +199,7 @@ class VisionLLMv2Processor:
             pixel_values=torch.stack([e.image.pixels for e in examples]),
             region_masks=torch.stack(masks).float() if masks else torch.zeros(0, size, size),
             region_image=torch.tensor(owners, dtype=torch.long),
+            targets=[example.targets for example in examples],
             **padded,
         )
 
@@ -193,6 +215,12 @@ class VisionLLMv2(nn.Module):
     """
 
     version = 2
+
+    FREEZE_GROUPS = ("vision", "bridge", "regions", "llm", "link", "objects", "keypoints")
+    """The parts a training stage may keep fixed (`train.freeze`): stage 3 freezes the chat model."""
+
+    VISUAL_PARTS = ("vision",)
+    """Top-level modules that train at `optim.visual_lr_scale` times the learning rate."""
 
     def __init__(
         self,
@@ -211,6 +239,26 @@ class VisionLLMv2(nn.Module):
             self.vision.width, width, patch=config.vision.patch_size, num_points=config.regions.num_points
         )
         self.link = SuperLink(self.processor.route_ids, self.processor.query_id, width)
+        self.objects = ObjectDecoder(config.objects, width, load_weights) if config.objects else None
+        self.keypoints = (
+            KeypointDecoder(config.keypoints, width, config.objects.d_model, len(self.objects.input_proj))
+            if config.keypoints and self.objects is not None
+            else None
+        )
+
+    def freeze(self, groups: Sequence[str]) -> None:
+        """Keep these parts fixed (`FREEZE_GROUPS`).
+
+        Raises:
+            ValueError: a group this model does not have.
+        """
+        unknown = sorted(set(groups) - set(self.FREEZE_GROUPS))
+        if unknown:
+            raise ValueError(f"unknown freeze group(s) {unknown}; groups: {list(self.FREEZE_GROUPS)}")
+        for name in groups:
+            part = getattr(self, name)
+            if part is not None:
+                part.requires_grad_(False)
 
     @property
     def device(self) -> torch.device:
@@ -236,17 +284,70 @@ class VisionLLMv2(nn.Module):
         return self.link.fill(embeds, batch.input_ids)
 
     def forward(self, batch: ChatBatch) -> dict[str, Tensor]:
-        """The text loss of a batch of conversations: cross-entropy of the answers' tokens (routing tokens
-        included, queries and everything else left out), averaged over those tokens."""
+        """The losses of a batch of conversations: the text loss (cross-entropy of the answers' tokens, routing
+        tokens included, queries and everything else left out, averaged over those tokens) plus the decoders'
+        losses on the conversations with targets, weighted by `decoder_loss_weight`."""
         hidden = self.hidden_states(batch)
         targets = batch.labels[:, 1:]
         selected = targets != IGNORE
-        if not selected.any():
-            zero = hidden.sum() * 0
-            return {"loss": zero, "text": zero.detach()}
-        logits = self.llm.vocab_logits(hidden[:, :-1][selected])
-        loss = F.cross_entropy(logits.float(), targets[selected])
-        return {"loss": loss, "text": loss.detach()}
+        if selected.any():
+            logits = self.llm.vocab_logits(hidden[:, :-1][selected])
+            text = F.cross_entropy(logits.float(), targets[selected])
+        else:
+            text = hidden.sum() * 0
+        losses = {"text": text}
+        if self.objects is not None and any(t is not None for t in batch.targets):
+            losses.update(self.decoder_losses(batch, hidden))
+        total = text + self.config.decoder_loss_weight * sum(v for k, v in losses.items() if k != "text")
+        return {"loss": total, **{k: v.detach() for k, v in losses.items()}}
+
+    def routed(self, hidden: Tensor, input_ids: Tensor) -> dict[str, list[list[Tensor]]]:
+        """Per decoder family, per conversation, the query states of each of its calls in order."""
+        found: dict[str, list[list[Tensor]]] = {family: [[] for _ in input_ids] for family in set(ROUTES.values())}
+        call: RouteCall
+        for call, states in self.link.conditions(hidden, input_ids):
+            found[ROUTES[call.route]][call.sample].append(states)
+        return found
+
+    def decode_objects(self, pixel_values: Tensor, conditions: Sequence[Sequence[Tensor]]) -> ObjectOutput:
+        """The object decoder on the chat model's pixels with the given routed categories."""
+        assert self.objects is not None
+        return self.objects(self.objects.pixels(pixel_values, self.processor.mean, self.processor.std), conditions)
+
+    def decoder_losses(self, batch: ChatBatch, hidden: Tensor) -> dict[str, Tensor]:
+        """The object decoder's losses ("boxes", "masks") and the keypoint decoder's ("keypoints") on the
+        conversations whose targets ask for them."""
+        assert self.objects is not None
+        routed = self.routed(hidden, batch.input_ids)
+        samples = [
+            b for b, t in enumerate(batch.targets) if t is not None and t.objects is not None and routed["object"][b]
+        ]
+        zero = hidden.sum() * 0
+        if not samples:
+            out = {"boxes": zero, "masks": zero}
+            return out | ({"keypoints": zero} if self.keypoints is not None else {})
+        index = torch.tensor(samples, device=hidden.device)
+        output = self.decode_objects(batch.pixel_values[index], [routed["object"][b] for b in samples])
+        chosen = [batch.targets[b] for b in samples]
+        losses, (image, rows, cols) = self.objects.loss(output, [t.objects for t in chosen])
+        if self.keypoints is None:
+            return losses
+        keep = [
+            k
+            for k, i in enumerate(image.tolist())
+            if chosen[i].keypoints is not None and routed["keypoint"][samples[i]]
+        ]
+        if not keep:
+            return losses | {"keypoints": zero}
+        keep_t = torch.tensor(keep, device=image.device)
+        image, rows, cols = image[keep_t], rows[keep_t], cols[keep_t]
+        points = self.keypoints(output, image, rows, [routed["keypoint"][b] for b in samples])
+        width = points[-1].shape[1]
+        wanted = torch.zeros(len(keep), width, 3)
+        for k, (i, j) in enumerate(zip(image.tolist(), cols.tolist(), strict=True)):
+            annotated = chosen[i].keypoints[j]
+            wanted[k, : len(annotated)] = annotated
+        return losses | {"keypoints": self.keypoints.loss(points, wanted.to(points[-1].device))}
 
     def hidden_states(self, batch: ChatBatch) -> Tensor:
         """The LLM's last hidden states (B, L, D) over the whole sequences (what the decoders' queries read)."""
