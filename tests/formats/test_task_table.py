@@ -4,7 +4,7 @@ import re
 import pytest
 
 from visionllm.formats.codec import CodecError, OutputKind, parse_class_binding
-from visionllm.formats.task_table import TASK_TABLE, build_instruction, template_fields
+from visionllm.formats.task_table import TASK_TABLE, build_instruction, build_request, template_fields
 from visionllm.formats.tasks import Task
 from visionllm.formats.tokens import IMAGE, CodecConfig
 
@@ -109,3 +109,21 @@ def test_the_fields_of_each_task_are_what_its_instruction_needs(task):
     for field in set(spec.fields) - {"points"}:  # points has a default
         with pytest.raises(CodecError):
             build_instruction(task, **{k: v for k, v in given.items() if k != field})
+
+
+@pytest.mark.parametrize("task", list(TASK_TABLE), ids=lambda t: t.value)
+def test_every_request_a_routing_model_reads_is_plain_words(task):
+    fields = {"classes": ["red circle", "star"], "expression": "the big star", "question": "what is left?",
+              "regions": "region1 <region>", "description": "a red circle", "edit": "make it blue"}  # fmt: skip
+    for index in range(len(TASK_TABLE[task].requests)):
+        text = build_request(task, template=index, **fields)
+        assert text.count("<image>") == 1 and "<c0>" not in text and "range" not in text.lower()
+        assert "{" not in text
+
+
+def test_a_request_names_the_field_it_misses():
+    assert "left eye, right eye" in build_request(Task.KEYPOINTS, keypoint_names=["left_eye", "right_eye"])
+    with pytest.raises(CodecError, match="a grounding request needs expression"):
+        build_request(Task.GROUNDING)
+    with pytest.raises(CodecError, match=r"request templates 0\.\.5"):
+        build_request(Task.DETECTION, classes=["star"], template=6)

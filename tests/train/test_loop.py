@@ -11,11 +11,12 @@ from visionllm.config import ConfigError
 from visionllm.formats.task_table import build_instruction
 from visionllm.formats.tasks import Task
 from visionllm.models.v1.batch import Example, collate
+from visionllm.models.v1.model import VisionLLM
 from visionllm.train.loop import (
     OptimConfig,
     TrainConfig,
     UnsafeCheckpointError,
-    _initial_model,
+    _accelerator,
     _load_state,
     _param_groups,
     _save_state,
@@ -59,13 +60,13 @@ def test_a_stage_decodes_with_its_own_settings_on_the_checkpoints_weights(micro_
     micro_model.save_pretrained(tmp_path / "stage1")
     ours = copy.deepcopy(micro_model.config)
     ours.decoder.default_evidence, ours.decoder.evidence_scale = "top1", 4.0
-    model = _initial_model(TrainConfig(init_from=str(tmp_path / "stage1")), ours)
+    model = VisionLLM.for_stage(ours, tmp_path / "stage1")
     assert model.config.decoder.default_evidence == "top1" and model.decoder.config.evidence_scale == 4.0
     for name, value in micro_model.state_dict().items():
         assert torch.equal(model.state_dict()[name], value), name
     ours.decoder.coord_range = 48  # sizes the location vocabulary: not a stage's to change
     with pytest.raises(ConfigError, match="coord_range"):
-        _initial_model(TrainConfig(init_from=str(tmp_path / "stage1")), ours)
+        VisionLLM.for_stage(ours, tmp_path / "stage1")
 
 
 def test_a_frozen_visual_part_runs_without_a_graph_and_without_its_loss(micro_model, images):
@@ -160,3 +161,8 @@ def test_an_unknown_freeze_group_is_refused_before_any_data_is_written(tmp_path)
     with pytest.raises(ConfigError, match=r"train.freeze: unknown group\(s\) \['eyes'\]; groups: \['backbone'"):
         train(tmp_path / "run.yaml")
     assert not data.exists()
+
+
+def test_stages_of_different_precision_run_one_after_another_in_one_process():
+    assert _accelerator("bf16").mixed_precision == "bf16"
+    assert _accelerator("no").mixed_precision == "no"  # accelerate keeps one state per process

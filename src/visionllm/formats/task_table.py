@@ -32,6 +32,8 @@ class TaskSpec:
             arguments as the server and the page call them: classes, points, expression, question, regions,
             description, edit).
         version: 1 for tasks v1 answers, 2 for tasks that need v2's parts.
+        routed: the same request for a model that answers through routing tokens and decoders (v2): no codec
+            words, {classes} a plain list; empty where `templates` already read so.
     """
 
     task: Task
@@ -39,6 +41,12 @@ class TaskSpec:
     templates: tuple[str, ...]
     fields: tuple[str, ...] = ()
     version: int = 1
+    routed: tuple[str, ...] = ()
+
+    @property
+    def requests(self) -> tuple[str, ...]:
+        """The templates a routing model reads: `routed`, or `templates` where they need no codec."""
+        return self.routed or self.templates
 
     @property
     def result(self) -> str:
@@ -258,13 +266,51 @@ _EDITING = (
     "Given the image <image>, {edit}.",
 )
 
+_ROUTED_DETECTION = (
+    "<image> Please detect {classes} in the image.",
+    "Find every {classes} in <image>.",
+    "Detect the following categories in <image>: {classes}.",
+    "<image> Locate all objects of the classes {classes}.",
+    "Where are the {classes} in the image <image>?",
+    "Here is an image <image>. Detect the objects of these categories: {classes}.",
+)
+
+_ROUTED_SEGMENTATION = (
+    "<image> Segment every instance of {classes}.",
+    "Please give the instance masks of {classes} in <image>.",
+    "<image> Instance segmentation for the categories {classes}.",
+    "Segment each object of the classes {classes} in the image <image>.",
+    "Here is an image <image>. Outline every {classes} with a mask.",
+)
+
+_ROUTED_GROUNDING = (
+    "<image> Where is {expression}?",
+    "Please locate {expression} in <image>.",
+    "<image> Find {expression}.",
+    "Ground this phrase in the image <image>: {expression}.",
+    "Here is an image <image>. Give the location of {expression}.",
+)
+
+_ROUTED_KEYPOINTS = (
+    "<image> Find the keypoints {keypoint_names} of each {classes}.",
+    "Detect the {classes} in <image> and their keypoints: {keypoint_names}.",
+    "<image> Pose estimation of {classes}, points: {keypoint_names}.",
+    "Here is an image <image>. Locate every {classes} and its points {keypoint_names}.",
+)
+
 TASK_TABLE: dict[Task, TaskSpec] = {
     spec.task: spec
     for spec in (
-        TaskSpec(Task.DETECTION, OutputKind.BOXES, _DETECTION, ("classes",)),
-        TaskSpec(Task.INSTANCE_SEGMENTATION, OutputKind.POLYGONS, _SEGMENTATION, ("classes", "points")),
-        TaskSpec(Task.GROUNDING, OutputKind.BOXES, _GROUNDING, ("expression",)),
-        TaskSpec(Task.KEYPOINTS, OutputKind.KEYPOINTS, _KEYPOINTS),
+        TaskSpec(Task.DETECTION, OutputKind.BOXES, _DETECTION, ("classes",), routed=_ROUTED_DETECTION),
+        TaskSpec(
+            Task.INSTANCE_SEGMENTATION,
+            OutputKind.POLYGONS,
+            _SEGMENTATION,
+            ("classes", "points"),
+            routed=_ROUTED_SEGMENTATION,
+        ),
+        TaskSpec(Task.GROUNDING, OutputKind.BOXES, _GROUNDING, ("expression",), routed=_ROUTED_GROUNDING),
+        TaskSpec(Task.KEYPOINTS, OutputKind.KEYPOINTS, _KEYPOINTS, routed=_ROUTED_KEYPOINTS),
         TaskSpec(Task.CAPTION, OutputKind.TEXT, _CAPTION),
         TaskSpec(Task.VQA, OutputKind.TEXT, _VQA, ("question",)),
         TaskSpec(Task.CHAT, OutputKind.TEXT, _CHAT, ("question",), version=2),
@@ -281,6 +327,58 @@ TASK_TABLE: dict[Task, TaskSpec] = {
 def tasks_of_version(version: int) -> list[Task]:
     """The tasks a model of this version answers, in table order."""
     return [task for task, spec in TASK_TABLE.items() if spec.version <= version]
+
+
+def build_request(
+    task: Task | str,
+    *,
+    classes: Sequence[str] = (),
+    expression: str | None = None,
+    question: str | None = None,
+    keypoint_names: Sequence[str] = COCO_KEYPOINT_NAMES,
+    regions: str | None = None,
+    description: str | None = None,
+    edit: str | None = None,
+    template: int | random.Random = 0,
+) -> str:
+    """A request in the words of a model that answers through routing tokens (v2): the task's `requests`
+    template filled with plain fields (classes as "red circle, star", point names with spaces).
+
+    Raises:
+        CodecError: a field the template needs is missing, or the template index is out of range.
+    """
+    task = Task(task)
+    requests = TASK_TABLE[task].requests
+    index = template.randrange(len(requests)) if isinstance(template, random.Random) else int(template)
+    if not 0 <= index < len(requests):
+        raise CodecError(f"{task.value} has request templates 0..{len(requests) - 1}, not {index}")
+    if task is Task.KEYPOINTS and not classes:
+        classes = ("person",)
+    values = {
+        "classes": ", ".join(classes) if classes else None,
+        "question": question,
+        "expression": expression,
+        "keypoint_names": ", ".join(name.replace("_", " ") for name in keypoint_names),
+        "regions": regions,
+        "description": description,
+        "edit": edit,
+    }
+    return _filled(requests[index], values, f"a {task.value} request")
+
+
+def _filled(template: str, values: dict[str, object], what: str) -> str:
+    """The template with its fields filled; `what` names it in errors.
+
+    Raises:
+        CodecError: a field it needs is None, or the fields add an `<image>`.
+    """
+    missing = sorted(name for name in template_fields(template) if values.get(name) is None)
+    if missing:
+        raise CodecError(f"{what} needs {', '.join(missing)}")
+    text = template.format(**values)
+    if text.count(IMAGE) != 1:
+        raise CodecError(f"the fields of {what.split(' ', 1)[1]} must not contain {IMAGE}: the template places it once")
+    return text
 
 
 def template_fields(template: str) -> set[str]:
@@ -366,12 +464,6 @@ def build_instruction(
         "description": description,
         "edit": edit,
     }
-    chosen = spec.templates[index]
-    missing = sorted(name for name in template_fields(chosen) if values.get(name) is None)
-    if missing:
-        raise CodecError(f"a {task.value} instruction needs {', '.join(missing)}")
-    text = chosen.format(**values)
-    if text.count(IMAGE) != 1:
-        raise CodecError(f"the fields of this instruction must not contain {IMAGE}: the template places it once")
+    text = _filled(spec.templates[index], values, f"a {task.value} instruction")
     binds = (fmt is not None and fmt.structured) or task is Task.SEMANTIC_SEGMENTATION
     return Instruction(text, task, fmt, tuple(str(c).strip() for c in classes) if binds else ())

@@ -31,13 +31,14 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
 
-from visionllm.config import ConfigError, VisionLLMConfig, build, load_yaml
+from visionllm.config import ConfigError, build, load_yaml
 from visionllm.data.shapes.dataset import ShapesWorldLayout, generate_shapesworld
 from visionllm.data.shapes.scene import ShapesWorldConfig
 from visionllm.eval.runner import evaluate_shapesworld
-from visionllm.models.loading import MODEL_CLASSES, load_pretrained
+from visionllm.models.loading import MODEL_CLASSES
 from visionllm.train.mix import MixConfig
 
 logger = logging.getLogger(__name__)
@@ -128,9 +129,10 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be at least 1, not {getattr(self, name)}")
 
 
-def load_run_config(path: str | Path) -> tuple[VisionLLMConfig, TrainConfig]:
-    """A preset file: `model:` (VisionLLMConfig) and `train:` (TrainConfig); `base:` names a file whose `model:`
-    section this one's `model:` refines (key by key, at any depth)."""
+def load_run_config(path: str | Path) -> tuple[Any, TrainConfig]:
+    """A preset file: `model:` (read into the `config_class` of its `model_type`'s model) and `train:`
+    (TrainConfig); `base:` names a file whose `model:` section this one's `model:` refines (key by key, at any
+    depth)."""
     data = load_yaml(path)
     unknown = sorted(set(data) - {"model", "train", "base"})
     if unknown:
@@ -142,7 +144,7 @@ def load_run_config(path: str | Path) -> tuple[VisionLLMConfig, TrainConfig]:
     trainable = sorted(name for name, cls in MODEL_CLASSES.items() if hasattr(cls, "training_stream"))
     if model_type not in trainable:
         raise ConfigError(f"{path}: model_type {model_type!r} cannot be trained by this version; it trains {trainable}")
-    model_config = VisionLLMConfig.from_dict(model_data)
+    model_config = MODEL_CLASSES[model_type].config_class.from_dict(model_data)
     train_config = build(TrainConfig, data.get("train"), "train")
     return model_config, train_config
 
@@ -153,26 +155,6 @@ def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
         both = isinstance(value, dict) and isinstance(merged.get(key), dict)
         merged[key] = _merged(merged[key], value) if both else value
     return merged
-
-
-def _initial_model(config: TrainConfig, model_config: VisionLLMConfig) -> torch.nn.Module:
-    """A new model, or the init_from checkpoint with the run's own decoder settings (thresholds, loss and evidence
-    options: those that do not change a weight's shape), so that a stage can change how the model decodes."""
-    if not config.init_from:
-        return MODEL_CLASSES[model_config.model_type](model_config)
-    model = load_pretrained(config.init_from)
-    ours, theirs = model_config.decoder, model.config.decoder
-    shaped = [
-        name for name in ("coord_range", "max_points", "max_classes") if getattr(ours, name) != getattr(theirs, name)
-    ]
-    if shaped:
-        raise ConfigError(
-            f"decoder.{', '.join(shaped)} of the run differ from {config.init_from}'s; they size the vocabulary, "
-            "so a stage must keep its checkpoint's values"
-        )
-    for name, value in asdict(ours).items():  # in place: the model's decoder holds this same config object
-        setattr(theirs, name, value)
-    return model
 
 
 def _param_groups(model: torch.nn.Module, optim: OptimConfig) -> list[dict[str, Any]]:
@@ -305,13 +287,14 @@ def train(config_path: str | Path, resume: bool = False, max_steps: int | None =
         torch.set_num_threads(config.num_threads)
     output = Path(config.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
+    accelerator = _accelerator(config.mixed_precision)
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
     root = ensure_data(config.data)
 
-    model = _initial_model(config, model_config)
+    model_class = MODEL_CLASSES[model_config.model_type]
+    model = model_class.for_stage(model_config, config.init_from) if config.init_from else model_class(model_config)
     model.train()
     model.freeze(config.frozen_groups)
     optimizer = torch.optim.AdamW(
@@ -342,6 +325,7 @@ def train(config_path: str | Path, resume: bool = False, max_steps: int | None =
     )
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    options = model_class.loss_options(config)
     log_path = output / "log.jsonl"
     step = start_step
     started = time.perf_counter()
@@ -350,9 +334,7 @@ def train(config_path: str | Path, resume: bool = False, max_steps: int | None =
     with _StopOnSignals() as stop, bar:
         for batch in loader:
             with accelerator.autocast():
-                losses = model(
-                    batch, tokenizer_loss_weight=config.tokenizer_loss_weight, tokenizer_only=config.tokenizer_only
-                )
+                losses = model(batch, **options)
             finite = bool(torch.isfinite(losses["loss"].detach()))
             if finite:
                 accelerator.backward(losses["loss"])
@@ -412,6 +394,15 @@ def train(config_path: str | Path, resume: bool = False, max_steps: int | None =
     final = output / "final"
     accelerator.unwrap_model(model).save_pretrained(final)
     return final
+
+
+def _accelerator(mixed_precision: str) -> Accelerator:
+    """The run's Accelerator. accelerate keeps one state per process; a stage run after another in the same process
+    (a notebook's stage 1 then stage 2) may ask for another precision, so a state of another precision is reset."""
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", mixed_precision) != mixed_precision:
+        AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
 
 
 def _loss_record(losses: dict[str, torch.Tensor]) -> dict[str, float | str]:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import random
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from visionllm.config import ConfigError
+from visionllm.data.sample import ObjectAnnotation
+from visionllm.data.shapes.scene import COLORS, SHAPES
 
 
 @dataclass
@@ -34,3 +39,36 @@ class MixConfig:
     def __post_init__(self) -> None:
         if self.questions_per_image < 1:
             raise ConfigError(f"mix.questions_per_image must be at least 1, not {self.questions_per_image}")
+
+
+def majority_answer(answers: Sequence[str]) -> str:
+    """The answer most annotators gave (the first of those tied)."""
+    return Counter(answers).most_common(1)[0][0]
+
+
+def class_phrase(obj: ObjectAnnotation, level: str) -> str:
+    """An object's class phrase at a level: "pair" ("red circle"; people "person") or "shape" ("circle")."""
+    if obj.category == "person":
+        return "person"
+    return f"{obj.attributes.get('color', '')} {obj.category}".strip() if level == "pair" else obj.category
+
+
+def draw_class_set(objects: Sequence[ObjectAnnotation], mix: MixConfig, rng: random.Random) -> tuple[list[str], str]:
+    """An open class set for a detection or segmentation request on an image, and its level.
+
+    Phrases are colour-shape pairs or shapes (people always "person"), drawn at one level so that no object
+    answers two of them. Most present classes are kept (a left-out one's objects are then not targets); absent
+    classes join as negatives, about `mix.negative_rate` of the set; the order is random.
+    """
+    level = rng.choice(["pair", "shape"])
+    present = sorted({class_phrase(o, level) for o in objects})
+    vocabulary = [f"{c} {s}" for c in COLORS for s in SHAPES] if level == "pair" else list(SHAPES)
+    vocabulary.append("person")
+    absent = [p for p in vocabulary if p not in present]
+    limit = mix.max_classes
+    keep = [p for p in present if rng.random() < 0.9] or present[:1]
+    keep = keep[:limit]
+    count_negative = min(len(absent), max(0, round(rng.expovariate(1 / max(len(keep) * mix.negative_rate, 0.5)))))
+    classes = keep + rng.sample(absent, min(count_negative, limit - len(keep)))
+    rng.shuffle(classes)
+    return classes, level

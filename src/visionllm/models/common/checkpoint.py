@@ -100,9 +100,12 @@ def write_weights(folder: Path, model: nn.Module, skip: set[str] = frozenset(), 
     tmp.replace(folder / WEIGHTS_NAME)
 
 
-def read_weights(folder: Path, model: nn.Module, provided: set[str] = frozenset()) -> None:
+def read_weights(folder: Path, model: nn.Module, provided: set[str] = frozenset(), strict: bool = True) -> list[str]:
     """Load `model.safetensors` into `model`; tensors in `provided` (loaded from their source) and tied second
-    names may be absent.
+    names may be absent; with `strict=False` any of the model's tensors may be (parts the checkpoint predates).
+
+    Returns:
+        The model's tensors the file did not have (besides `provided` and tied names).
 
     Raises:
         CheckpointError: a damaged file, or weights that do not match the model its config.json describes.
@@ -119,7 +122,8 @@ def read_weights(folder: Path, model: nn.Module, provided: set[str] = frozenset(
     except RuntimeError as error:
         raise CheckpointError(f"{path} does not match its config.json: {one_line(error)[:300]}") from None
     bad_missing = sorted(set(missing) - set(provided) - set(shared_names(model.state_dict())))
-    if bad_missing or unexpected:
+    if (bad_missing and strict) or unexpected:
         raise CheckpointError(
             f"{path} does not match its config: missing {bad_missing[:5]}, unexpected {unexpected[:5]}"
         )
+    return bad_missing

@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerFast
 from visionllm.data.shapes.dataset import iter_split
 from visionllm.data.shapes.scene import COLORS, SHAPES, ShapesWorldConfig
 from visionllm.formats.keypoints import COCO_KEYPOINT_NAMES
-from visionllm.formats.task_table import TASK_TABLE, build_instruction
+from visionllm.formats.task_table import TASK_TABLE, build_instruction, build_request
 from visionllm.formats.tokens import CodecConfig
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
@@ -41,6 +41,8 @@ def instruction_corpus(scenes: int = 300, seed: int = 12345) -> Iterator[str]:
                 "edit": "make the star green",
             }
             yield build_instruction(task, template=index, config=codec, **fields).text
+        for index in range(len(spec.routed)):
+            yield build_request(task, template=index, **fields)
     yield " ".join(COCO_KEYPOINT_NAMES).replace("_", " ")
     for record in iter_split(seed, "train", scenes, ShapesWorldConfig()):
         yield from record.captions

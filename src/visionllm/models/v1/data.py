@@ -12,7 +12,6 @@ class token <ci> is trained.
 from __future__ import annotations
 
 import random
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,26 +21,15 @@ import torch
 from visionllm.data.sample import ObjectAnnotation, Sample
 from visionllm.data.shapes.language import ObjectFacts, parse_phrase
 from visionllm.data.shapes.load import load_split
-from visionllm.data.shapes.scene import COLORS, SHAPES
 from visionllm.formats.task_table import TASK_TABLE, build_instruction, tasks_of_version
 from visionllm.formats.tasks import Task
 from visionllm.formats.tokens import IMAGE
 from visionllm.models.v1.batch import Example
 from visionllm.models.v1.processor import VisionLLMProcessor
 from visionllm.ops.polygons import resample_polygon
-from visionllm.train.mix import MixConfig
+from visionllm.train.mix import MixConfig, class_phrase, draw_class_set, majority_answer
 
 V1_TASKS = tuple(tasks_of_version(1))
-
-
-def _majority(answers: Sequence[str]) -> str:
-    return Counter(answers).most_common(1)[0][0]
-
-
-def _phrase(obj: ObjectAnnotation, level: str) -> str:
-    if obj.category == "person":
-        return "person"
-    return f"{obj.attributes.get('color', '')} {obj.category}".strip() if level == "pair" else obj.category
 
 
 class TaskMixture(torch.utils.data.Dataset):
@@ -122,7 +110,7 @@ class TaskMixture(torch.utils.data.Dataset):
         others = [s for s in self.questions.get(sample.image_id, []) if s is not sample]
         picked = rng.sample(others, min(len(others), self.mix.questions_per_image - 1))
         return tuple(
-            (build_instruction(Task.VQA, question=s.qa.question, template=template).text, _majority(s.qa.answers))
+            (build_instruction(Task.VQA, question=s.qa.question, template=template).text, majority_answer(s.qa.answers))
             for s in picked
         )
 
@@ -152,7 +140,7 @@ class TaskMixture(torch.utils.data.Dataset):
             else:
                 template = rng.randrange(len(TASK_TABLE[task].templates))
                 instruction = build_instruction(task, question=sample.qa.question, template=template)
-                answer = _majority(sample.qa.answers)
+                answer = majority_answer(sample.qa.answers)
                 branches = self._more_questions(sample, template, rng)
             token_classes = np.zeros(len(all_boxes), dtype=np.int64)
             if self.default_phrases:
@@ -190,21 +178,9 @@ class TaskMixture(torch.utils.data.Dataset):
         return self._open_set_example(task, sample, image, rng, points)
 
     def _open_set_example(self, task: Task, sample: Sample, image, rng: random.Random, points: int) -> Example:
-        level = rng.choice(["pair", "shape"])
-        present = sorted({_phrase(o, level) for o in sample.objects})
-        vocabulary = [f"{c} {s}" for c in COLORS for s in SHAPES] if level == "pair" else list(SHAPES)
-        vocabulary.append("person")
-        absent = [p for p in vocabulary if p not in present]
-        limit = self.mix.max_classes
-        keep = [p for p in present if rng.random() < 0.9] or present[:1]
-        keep = keep[:limit]
-        count_negative = min(
-            len(absent), max(0, round(rng.expovariate(1 / max(len(keep) * self.mix.negative_rate, 0.5))))
-        )
-        classes = keep + rng.sample(absent, min(count_negative, limit - len(keep)))
-        rng.shuffle(classes)
+        classes, level = draw_class_set(sample.objects, self.mix, rng)
         index = {name: i for i, name in enumerate(classes)}
-        targets = [o for o in sample.objects if _phrase(o, level) in index]
+        targets = [o for o in sample.objects if class_phrase(o, level) in index]
         if task is Task.INSTANCE_SEGMENTATION:
             instruction = build_instruction(
                 task, classes=classes, num_points=points, template=rng, config=self.processor.codec
@@ -216,7 +192,7 @@ class TaskMixture(torch.utils.data.Dataset):
         n = instruction.output_format.num_points
         return Example(
             image, instruction.text, task, instruction.output_format, instruction.class_names,
-            class_index=np.array([index[_phrase(o, level)] for o in targets], dtype=np.int64),
+            class_index=np.array([index[class_phrase(o, level)] for o in targets], dtype=np.int64),
             points_xy_px=np.array(outlines, dtype=np.float64).reshape(len(targets), n, 2),
             visible=np.ones((len(targets), n), bool),
             token_boxes_xyxy_px=np.array([o.box_xyxy_px for o in targets]).reshape(-1, 4),

@@ -9,9 +9,11 @@ Training: `model(batch)` returns the losses (L = L_tok + L_dec) of a `Batch` fro
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +22,7 @@ from PIL import Image
 from torch import Tensor, nn
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
-from visionllm.config import VisionLLMConfig
+from visionllm.config import ConfigError, VisionLLMConfig
 from visionllm.formats import tokens as tk
 from visionllm.formats.codec import OutputFormat, decode_slots, parse_class_binding, parse_format_header
 from visionllm.formats.results import Decoded, Detections, Dropped, TextAnswer
@@ -75,6 +77,9 @@ class VisionLLM(nn.Module):
 
     version = 1
     """The tasks of the task table up to this version are the ones this model answers."""
+
+    config_class = VisionLLMConfig
+    """The config a preset's `model:` section is read into."""
 
     def __init__(
         self, config: VisionLLMConfig, tokenizer: PreTrainedTokenizerBase | None = None, load_weights: bool = True
@@ -631,6 +636,36 @@ class VisionLLM(nn.Module):
         config_tmp.replace(folder / CONFIG_NAME)
         self.processor.save(folder)
         return folder
+
+    @classmethod
+    def for_stage(cls, config: VisionLLMConfig, init_from: str | Path) -> VisionLLM:
+        """The model a training stage starts from: the `init_from` checkpoint with the run's own decoder settings
+        (thresholds, loss and evidence options: those that do not change a weight's shape), so that a stage can
+        change how the model decodes.
+
+        Raises:
+            ConfigError: the run changes a setting that sizes the vocabulary.
+        """
+        model = cls.from_pretrained(init_from)
+        ours, theirs = config.decoder, model.config.decoder
+        shaped = [
+            name
+            for name in ("coord_range", "max_points", "max_classes")
+            if getattr(ours, name) != getattr(theirs, name)
+        ]
+        if shaped:
+            raise ConfigError(
+                f"decoder.{', '.join(shaped)} of the run differ from {init_from}'s; they size the vocabulary, "
+                "so a stage must keep its checkpoint's values"
+            )
+        for name, value in dataclasses.asdict(ours).items():  # in place: the decoder holds this same config object
+            setattr(theirs, name, value)
+        return model
+
+    @staticmethod
+    def loss_options(train: Any) -> dict[str, Any]:
+        """The keyword arguments of `forward` a training stage sets (`TrainConfig`)."""
+        return {"tokenizer_loss_weight": train.tokenizer_loss_weight, "tokenizer_only": train.tokenizer_only}
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> VisionLLM:

@@ -8,9 +8,11 @@ join this model as they land (`SuperLink.conditions`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,6 +53,9 @@ from visionllm.models.v2.object_decoder import ObjectDecoder, ObjectOutput, Obje
 from visionllm.models.v2.regions import RegionEncoder, RegionPrompt, prompt_mask
 from visionllm.models.v2.superlink import QUERY, REGION, ROUTES, V2_TOKENS, RouteCall, SuperLink
 from visionllm.models.v2.vision import Bridge, VisionEncoder
+from visionllm.train.mix import MixConfig
+
+logger = logging.getLogger(__name__)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -219,8 +224,11 @@ class VisionLLMv2(nn.Module):
     FREEZE_GROUPS = ("vision", "bridge", "regions", "llm", "link", "objects", "keypoints")
     """The parts a training stage may keep fixed (`train.freeze`): stage 3 freezes the chat model."""
 
-    VISUAL_PARTS = ("vision",)
+    VISUAL_PARTS = ("vision", "objects")
     """Top-level modules that train at `optim.visual_lr_scale` times the learning rate."""
+
+    config_class = VisionLLMv2Config
+    """The config a preset's `model:` section is read into."""
 
     def __init__(
         self,
@@ -460,6 +468,40 @@ class VisionLLMv2(nn.Module):
         config_tmp.replace(folder / CONFIG_NAME)
         self.processor.tokenizer.save_pretrained(folder / TOKENIZER_DIR)
         return folder
+
+    @classmethod
+    def for_stage(cls, config: VisionLLMv2Config, init_from: str | Path) -> VisionLLMv2:
+        """The model a training stage starts from: built from the run's config, with every weight the `init_from`
+        checkpoint has (its tokenizer too). Parts the checkpoint lacks start fresh: stage 2 attaches the decoders
+        to the chat model of stage 1.
+
+        Raises:
+            CheckpointError: the checkpoint is damaged, or holds a part whose shape the run's config changes.
+        """
+        folder = Path(init_from)
+        model = cls(config, read_tokenizer(folder))
+        fresh = read_weights(folder, model, strict=False)
+        if fresh:
+            parts = sorted({name.split(".")[0] for name in fresh})
+            logger.info("%s has no weights for %s: they start fresh", folder, ", ".join(parts))
+        return model
+
+    @staticmethod
+    def loss_options(train: Any) -> dict[str, Any]:
+        """The keyword arguments of `forward` a training stage sets: none."""
+        return {}
+
+    def training_stream(
+        self, root: str | Path, split: str, mix: MixConfig, seed: int = 0, batch_size: int = 1
+    ) -> torch.utils.data.Dataset:
+        """The training conversations of a task mix over a ShapesWorld split: example i is a function of (seed, i)."""
+        from visionllm.models.v2.data import ChatMixture  # the stream reads the model's processor
+
+        return ChatMixture(root, split, self.processor, mix, seed=seed, batch_size=batch_size)
+
+    def collate(self, examples: Sequence[ChatExample]) -> ChatBatch:
+        """One training batch from examples of `training_stream` (any mix of tasks)."""
+        return self.processor.collate(examples, self.link)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> VisionLLMv2:

@@ -1,0 +1,100 @@
+"""v2's training conversations from ShapesWorld: every task answers in the routed format with aligned targets, the
+stream is a function of its index, and the three stages run through the one training loop."""
+
+import random
+import re
+
+import pytest
+import torch
+import yaml
+
+from visionllm.models.v2.config import VisionLLMv2Config
+from visionllm.models.v2.data import V2_TRAINING_TASKS, ChatMixture
+from visionllm.models.v2.model import VisionLLMv2
+from visionllm.train.loop import train
+from visionllm.train.mix import MixConfig
+
+MICRO = {
+    "model_type": "visionllm-v2",
+    "vision": {"image_size": 64, "patch_size": 8, "hidden_size": 32, "num_layers": 4, "num_heads": 2,
+               "intermediate_size": 64, "freeze": False},
+    "llm": {"vocab_size": 700, "hidden_size": 48, "num_layers": 2, "num_heads": 2, "num_kv_heads": 2,
+            "intermediate_size": 96, "tie_embeddings": True},
+    "objects": {"backbone": {"embedding_size": 8, "hidden_sizes": [8, 16, 32, 64], "depths": [1, 1, 1, 1],
+                             "layer_type": "basic"},
+                "image_size": 64, "d_model": 32, "num_queries": 10, "encoder_layers": 1, "decoder_layers": 2,
+                "num_heads": 2, "ffn_dim": 64, "fusion_heads": 2},
+    "keypoints": {"decoder_layers": 1, "num_heads": 2, "ffn_dim": 64, "max_instances": 4},
+    "max_new_tokens": 12,
+}  # fmt: skip
+ROUTES = re.compile(r"\[(DET|GRD|SEG|POSE)\]")
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return VisionLLMv2(VisionLLMv2Config.from_dict(MICRO))
+
+
+@pytest.fixture(scope="module")
+def stream(model, tiny_shapesworld):
+    mix = MixConfig(tasks={t.value: 1.0 for t in V2_TRAINING_TASKS}, questions_per_image=3, task_per_batch=False)
+    return ChatMixture(tiny_shapesworld.root, "train", model.processor, mix, seed=3)
+
+
+@pytest.mark.parametrize("task", V2_TRAINING_TASKS, ids=lambda t: t.value)
+def test_each_task_answers_in_the_routed_format_with_aligned_targets(stream, task):
+    for seed in range(4):
+        rng = random.Random(seed)
+        example = stream.example(task, rng.choice(stream.samples[task]), rng)
+        answers = " ".join(t.text for t in example.turns if t.role == "assistant")
+        routes = ROUTES.findall(answers)
+        assert sum(t.text.count("<image>") for t in example.turns) == 1
+        assert sum(t.text.count("<region>") for t in example.turns) == len(example.regions)
+        if not routes:
+            assert example.targets is None and answers.strip()
+            continue
+        objects = example.targets.objects
+        groups = [r for r in routes if r != "POSE"]
+        assert len(objects.boxes) == len(objects.classes) and (objects.classes < len(groups)).all()
+        assert ((objects.boxes >= 0) & (objects.boxes <= 1)).all()
+        if task.value == "keypoints":
+            assert groups == ["DET"] and example.targets.keypoints.shape[1] == routes.count("POSE")
+        else:
+            assert objects.masks is not None and objects.masks.shape[0] == len(objects.boxes)
+
+
+def test_example_i_is_a_function_of_the_seed_and_i(stream):
+    first, again = stream[17], stream[17]
+    assert first.turns == again.turns and torch.equal(first.image.pixels, again.image.pixels)
+    assert [stream[i].turns for i in range(8)] != [stream[i + 8].turns for i in range(8)]
+
+
+def test_a_batch_of_every_task_trains_text_and_decoders(model, stream):
+    batch = model.collate([stream.example(t, stream.samples[t][0], random.Random(0)) for t in V2_TRAINING_TASKS])
+    losses = model(batch)
+    assert torch.isfinite(losses["loss"]) and {"text", "boxes", "masks", "keypoints"} <= set(losses)
+    assert all(losses[k] > 0 for k in ("text", "boxes", "masks", "keypoints"))
+
+
+def test_the_three_stages_run_through_the_training_loop(tmp_path, tiny_shapesworld):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"model": MICRO}))
+    common = {"data": {"root": str(tiny_shapesworld.root)}, "batch_size": 4, "eval_every": 0, "save_every": 2}
+    stages = {
+        "one": {"model": {"objects": None, "keypoints": None},
+                "train": {"mix": {"tasks": {"chat": 1.0, "vqa": 1.0, "region_caption": 1.0}}}},
+        "two": {"train": {"init_from": str(tmp_path / "one" / "final"),
+                          "mix": {"tasks": {"detection": 1.0, "keypoints": 1.0, "vqa": 1.0}}}},
+        "three": {"train": {"init_from": str(tmp_path / "two" / "final"), "freeze": ["vision", "bridge", "regions",
+                            "llm", "link"], "mix": {"tasks": {"instance_segmentation": 1.0, "keypoints": 1.0}}}},
+    }  # fmt: skip
+    finals = {}
+    for name, stage in stages.items():
+        stage["train"] |= common | {"output_dir": str(tmp_path / name), "max_steps": 2}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({"base": "base.yaml", **stage}))
+        finals[name] = VisionLLMv2.from_pretrained(train(tmp_path / f"{name}.yaml"))
+    assert finals["one"].objects is None and finals["two"].objects is not None
+    llm = {k: v for k, v in finals["two"].state_dict().items() if k.startswith(("llm.", "vision.", "link."))}
+    after = finals["three"].state_dict()
+    assert all(torch.equal(after[k], v) for k, v in llm.items())  # stage 3 keeps the chat model
+    assert not all(torch.equal(after[k], v) for k, v in finals["two"].state_dict().items() if k.startswith("objects."))
