@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -59,6 +61,27 @@ def micro_objects() -> ObjectDecoderConfig:
 def micro_keypoints() -> KeypointDecoderConfig:
     """v2's keypoint decoder at toy size."""
     return KeypointDecoderConfig(decoder_layers=2, num_heads=2, ffn_dim=64, max_instances=4)
+
+
+MICRO_V2 = {
+    "model_type": "visionllm-v2",
+    "vision": {"image_size": 64, "patch_size": 8, "hidden_size": 32, "num_layers": 4, "num_heads": 2,
+               "intermediate_size": 64, "freeze": False},
+    "llm": {"vocab_size": 700, "hidden_size": 48, "num_layers": 2, "num_heads": 2, "num_kv_heads": 2,
+            "intermediate_size": 96, "tie_embeddings": True},
+    "objects": {"backbone": {"embedding_size": 8, "hidden_sizes": [8, 16, 32, 64], "depths": [1, 1, 1, 1],
+                             "layer_type": "basic"},
+                "image_size": 64, "d_model": 32, "num_queries": 10, "encoder_layers": 1, "decoder_layers": 2,
+                "num_heads": 2, "ffn_dim": 64, "fusion_heads": 2},
+    "keypoints": {"decoder_layers": 1, "num_heads": 2, "ffn_dim": 64, "max_instances": 4},
+    "max_new_tokens": 12,
+}  # fmt: skip
+
+
+@pytest.fixture
+def micro_v2() -> dict:
+    """A v2 model section at toy size (every part, its own 700-entry vocabulary), as a preset holds it."""
+    return copy.deepcopy(MICRO_V2)
 
 
 @pytest.fixture(scope="session")

@@ -147,7 +147,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_model(path: Path):
+def _load_model(path: Path, serving: bool = False):
+    """The checkpoint's model (either version); `serving`: for the server and the demo, which take v1 models so
+    far."""
     from visionllm.models.common.checkpoint import CheckpointError
     from visionllm.models.loading import load_pretrained
 
@@ -155,10 +157,10 @@ def _load_model(path: Path):
         model = load_pretrained(path)
     except (CheckpointError, FileNotFoundError) as error:
         raise CliError(str(error)) from None
-    if not hasattr(model, "predict"):
+    if serving and model.version != 1:
         raise CliError(
-            f"{path} is a v{model.version} model: it answers through its chat API so far "
-            "(predict, eval, serve and the demo take v1 models)"
+            f"{path} is a v{model.version} model: serve and the demo take v1 models so far; "
+            "use visionllm chat, predict or eval with it"
         )
     return model
 
@@ -341,7 +343,7 @@ def _serve(model_dir: Path, host: str, port: int, model_id: str | None = None, *
     if not model_dir.exists():
         raise CliError(f"model folder {model_dir} not found (train one with `make train-default`)")
     _check_port_free(host, port)
-    model = _load_model(model_dir)
+    model = _load_model(model_dir, serving=True)
     own_limit = model.config.decoder.max_prompt_tokens
     if (settings.get("max_prompt_tokens") or 0) > own_limit:
         raise CliError(

@@ -28,6 +28,8 @@ def _pixel_mean(path: Path) -> float:
 class Recorder:
     """A fake predictor that records the (image, instruction text) pairs it is asked about."""
 
+    version = 1
+
     def __init__(self) -> None:
         self.calls: list[tuple[Path, str]] = []
 

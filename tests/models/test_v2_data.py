@@ -14,29 +14,16 @@ from visionllm.models.v2.model import VisionLLMv2
 from visionllm.train.loop import train
 from visionllm.train.mix import MixConfig
 
-MICRO = {
-    "model_type": "visionllm-v2",
-    "vision": {"image_size": 64, "patch_size": 8, "hidden_size": 32, "num_layers": 4, "num_heads": 2,
-               "intermediate_size": 64, "freeze": False},
-    "llm": {"vocab_size": 700, "hidden_size": 48, "num_layers": 2, "num_heads": 2, "num_kv_heads": 2,
-            "intermediate_size": 96, "tie_embeddings": True},
-    "objects": {"backbone": {"embedding_size": 8, "hidden_sizes": [8, 16, 32, 64], "depths": [1, 1, 1, 1],
-                             "layer_type": "basic"},
-                "image_size": 64, "d_model": 32, "num_queries": 10, "encoder_layers": 1, "decoder_layers": 2,
-                "num_heads": 2, "ffn_dim": 64, "fusion_heads": 2},
-    "keypoints": {"decoder_layers": 1, "num_heads": 2, "ffn_dim": 64, "max_instances": 4},
-    "max_new_tokens": 12,
-}  # fmt: skip
 ROUTES = re.compile(r"\[(DET|GRD|SEG|POSE)\]")
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture
+def model(micro_v2):
     torch.manual_seed(0)
-    return VisionLLMv2(VisionLLMv2Config.from_dict(MICRO))
+    return VisionLLMv2(VisionLLMv2Config.from_dict(micro_v2))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def stream(model, tiny_shapesworld):
     mix = MixConfig(tasks={t.value: 1.0 for t in V2_TRAINING_TASKS}, questions_per_image=3, task_per_batch=False)
     return ChatMixture(tiny_shapesworld.root, "train", model.processor, mix, seed=3)
@@ -77,8 +64,8 @@ def test_a_batch_of_every_task_trains_text_and_decoders(model, stream):
     assert all(losses[k] > 0 for k in ("text", "boxes", "masks", "keypoints"))
 
 
-def test_the_three_stages_run_through_the_training_loop(tmp_path, tiny_shapesworld):
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"model": MICRO}))
+def test_the_three_stages_run_through_the_training_loop(tmp_path, tiny_shapesworld, micro_v2):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"model": micro_v2}))
     common = {"data": {"root": str(tiny_shapesworld.root)}, "batch_size": 4, "eval_every": 0, "save_every": 2}
     stages = {
         "one": {"model": {"objects": None, "keypoints": None},

@@ -3,6 +3,7 @@ loss reads only the answers, and the answers depend on the image and the region.
 
 import copy
 import io
+import json
 
 import numpy as np
 import pytest
@@ -209,8 +210,11 @@ def test_save_then_load_gives_the_same_model_through_the_loading_table(trained, 
     assert ours.text == theirs.text and torch.equal(ours.calls[0][1], theirs.calls[0][1])
     image = tmp_path / "in.png"
     Image.fromarray(scene((220, 30, 30))).save(image)
-    assert main(["predict", "--model", str(folder), "--image", str(image), "--task", "caption"]) == 2
-    assert "is a v2 model: it answers through its chat API so far" in capsys.readouterr().err
+    assert (
+        main(["predict", "--model", str(folder), "--image", str(image), "--task", "detection", "--classes", "square"])
+        == 0
+    )
+    assert all(d["class_name"] == "square" for d in json.loads(capsys.readouterr().out)["result"])
 
 
 def test_visionllm_chat_answers_one_message_or_a_conversation(trained, tmp_path, capsys, monkeypatch):

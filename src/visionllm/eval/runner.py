@@ -10,20 +10,31 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 from tqdm.auto import tqdm
 
-from visionllm.data.readers import DatasetFormatError, read_coco_instances, read_coco_keypoints
-from visionllm.data.shapes.dataset import ShapesWorldLayout
+from visionllm.data.readers import DatasetFormatError, load_label_map, read_coco_instances, read_coco_keypoints
+from visionllm.data.shapes.dataset import ShapesWorldLayout, image_file_name
 from visionllm.data.shapes.load import load_split
+from visionllm.data.shapes.scene import CATEGORIES, COLORS
 from visionllm.eval.controls import QuestionPrior, derangement
-from visionllm.eval.metrics import caption_metrics, coco_metrics, grounding_precision, vqa_accuracy
-from visionllm.formats.results import Decoded, Detections, TextAnswer
+from visionllm.eval.metrics import (
+    caption_metrics,
+    coco_metrics,
+    grounding_precision,
+    interactive_iou,
+    mean_iou,
+    vqa_accuracy,
+)
+from visionllm.formats.results import Decoded, Detections, SegmentationMap, TextAnswer
 from visionllm.formats.task_table import Instruction, build_instruction, tasks_of_version
 from visionllm.formats.tasks import Task
+from visionllm.ops.polygons import polygons_to_mask, rle_to_mask
 
 logger = logging.getLogger(__name__)
 
@@ -51,16 +62,30 @@ def _batched(
     desc: str,
     progress: bool,
     min_score: float = 0.05,
+    regions: Sequence[Sequence[Any]] | None = None,
 ) -> list[Decoded]:
+    """`model.predict` over the pairs in batches (`regions`: each pair's visual prompts, for v2 models)."""
     out: list[Decoded] = []
     for start in tqdm(range(0, len(pairs), batch_size), desc=desc, disable=not progress, leave=False):
         chunk = pairs[start : start + batch_size]
-        out += model.predict([p[0] for p in chunk], [p[1] for p in chunk], min_score=min_score)
+        extra = {"regions": regions[start : start + batch_size]} if regions is not None else {}
+        out += model.predict([p[0] for p in chunk], [p[1] for p in chunk], min_score=min_score, **extra)
     return out
 
 
-SHAPESWORLD_TASKS = ("detection", "instance_segmentation", "keypoints", "grounding", "caption", "vqa")
-"""The tasks `evaluate_shapesworld` has a metric for, in the order it runs them."""
+SHAPESWORLD_TASKS = (
+    "detection",
+    "instance_segmentation",
+    "keypoints",
+    "grounding",
+    "caption",
+    "vqa",
+    "interactive_segmentation",
+    "region_caption",
+    "semantic_segmentation",
+)
+"""The tasks `evaluate_shapesworld` has a metric for, in the order it runs them (the last three need a model of
+version 2: visual prompts and masks)."""
 
 
 def _check_limit(limit: int | None) -> None:
@@ -153,6 +178,10 @@ def evaluate_shapesworld(
     unknown = sorted(set(tasks) - set(SHAPESWORLD_TASKS))
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; choose from {list(SHAPESWORLD_TASKS)}")
+    answered = {task.value for task in tasks_of_version(model.version)}
+    beyond = sorted(set(tasks) - answered)
+    if beyond:
+        raise ValueError(f"a version-{model.version} model does not answer {beyond}; it answers {sorted(answered)}")
     layout = ShapesWorldLayout(Path(root))
     if not layout.card.exists():
         raise FileNotFoundError(
@@ -261,6 +290,55 @@ def evaluate_shapesworld(
             logger.warning("no train VQA questions in %s: vqa_prior left out", root)
         return metrics
 
+    def regions() -> list[tuple[dict, dict]]:
+        """The split's region prompts with their objects' annotations, on the evaluated images."""
+        data = json.loads(layout.regions(split).read_text())
+        annotations = {a["id"]: a for a in json.loads(layout.instances(split).read_text())["annotations"]}
+        kept = {im["id"] for im in view["images"]}
+        return [(r, annotations[r["ann_id"]]) for r in data["regions"] if r["image_id"] in kept]
+
+    def interactive() -> dict[str, float]:
+        chosen = regions()
+        instruction = build_instruction(Task.INTERACTIVE_SEGMENTATION, regions="region1 <region>")
+        paths = [image_dir / image_file_name(r["image_id"]) for r, _ in chosen]
+        sizes = {im["id"]: (im["height"], im["width"]) for im in view["images"]}
+        targets = [_annotation_mask(a, *sizes[r["image_id"]]) for r, a in chosen]
+        prompts = [[("point", inner_point(mask))] for mask in targets]
+        decoded = _batched(
+            model, list(zip(paths, [instruction] * len(paths), strict=True)), batch_size, "eval interactive", progress,
+            0.0, prompts,
+        )  # fmt: skip
+        masks = [_first_mask(d, t.shape) for d, t in zip(decoded, targets, strict=True)]
+        return {"interactive_mIoU": interactive_iou(masks, targets)["mIoU"]}
+
+    def region_captions() -> dict[str, float]:
+        chosen = regions()
+        instruction = build_instruction(Task.REGION_CAPTION, regions="region1 <region>")
+        paths = [image_dir / image_file_name(r["image_id"]) for r, _ in chosen]
+        prompts = [[region_prompt_of(r["prompt"])] for r, _ in chosen]
+        pairs = list(zip(paths, [instruction] * len(paths), strict=True))
+        decoded = _batched(model, pairs, batch_size, "eval region caption", progress, 0.05, prompts)
+        right = [
+            names_object(_text(d), a["attributes"]["color"], category_name[a["category_id"]])
+            for d, (_, a) in zip(decoded, chosen, strict=True)
+        ]
+        return {"region_caption_accuracy": sum(right) / max(1, len(right))}
+
+    def semantic() -> dict[str, float]:
+        samples = load_split(root, split, Task.SEMANTIC_SEGMENTATION)
+        kept = {im["id"] for im in view["images"]}
+        samples = [s for s in samples if int(s.image_id) in kept]
+        names = [category_name[i] for i in sorted(category_name)]
+        instruction = build_instruction(Task.SEMANTIC_SEGMENTATION, classes=names)
+        pairs = [(s.image_path, instruction) for s in samples]
+        decoded = _batched(model, pairs, batch_size, "eval semantic", progress)
+        ids = np.array([0, *sorted(category_name)])  # label i + 1 is names[i]
+        predicted = [ids[d.prediction.labels] if isinstance(d.prediction, SegmentationMap) else None for d in decoded]
+        targets = [load_label_map(s.semantic_mask_path).astype(np.int64) for s in samples]
+        predicted = [p if p is not None else np.zeros_like(t) for p, t in zip(predicted, targets, strict=True)]
+        return {"semantic_mIoU": mean_iou(predicted, targets, num_classes=len(ids))["mIoU"]}
+
+    category_name = {c["id"]: c["name"] for c in view["categories"]}
     runners: dict[str, Callable[[], dict[str, float]]] = {
         "detection": boxes,
         "instance_segmentation": masks,
@@ -268,6 +346,9 @@ def evaluate_shapesworld(
         "grounding": grounding,
         "caption": captions,
         "vqa": vqa,
+        "interactive_segmentation": interactive,
+        "region_caption": region_captions,
+        "semantic_segmentation": semantic,
     }
     metrics: dict[str, float] = {}
     for task in tasks:
@@ -283,6 +364,55 @@ def _swapped(images: Sequence[Path]) -> list[Path] | None:
         logger.warning("blind controls need at least 2 distinct images: left out")
         return None
     return [swap[image] for image in images]
+
+
+def inner_point(mask: np.ndarray) -> list[float]:
+    """The point deepest inside a mask (farthest from its outside; the first such pixel), [x, y] at the pixel's
+    centre: the one-click prompt of interactive segmentation, deterministic."""
+    inside = np.pad(mask.astype(bool), 1)
+    depth = np.zeros(inside.shape, np.int32)
+    layer = inside.copy()
+    while layer.any():  # peel the mask one pixel at a time (4-neighbour erosion)
+        depth += layer
+        layer = layer & np.roll(layer, 1, 0) & np.roll(layer, -1, 0) & np.roll(layer, 1, 1) & np.roll(layer, -1, 1)
+    y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    return [float(x - 1) + 0.5, float(y - 1) + 0.5]
+
+
+def region_prompt_of(prompt: dict) -> tuple[str, Any]:
+    """A ShapesWorld region prompt record as a (kind, data) visual prompt."""
+    kind = prompt["type"]
+    if kind == "point":
+        return "point", prompt["point_xy_px"]
+    if kind == "box":
+        return "box", prompt["box_xyxy_px"]
+    if kind == "scribble":
+        return "scribble", prompt["points_xy_px"]
+    return "mask", rle_to_mask(prompt["segmentation"]).astype(bool)
+
+
+def names_object(text: str, color: str, category: str) -> bool:
+    """Whether a description names the object's colour and its shape (people: "person"), and no other colour or
+    shape."""
+    words = set(re.findall(r"[a-z]+", text.lower()))
+    colours, shapes = words & set(COLORS), {w.removesuffix("s") for w in words} & set(CATEGORIES)
+    return colours == {color} and shapes == {category}
+
+
+def _annotation_mask(annotation: dict, height: int, width: int) -> np.ndarray:
+    """A COCO annotation's mask: its polygons or its RLE."""
+    segmentation = annotation["segmentation"]
+    if isinstance(segmentation, list):
+        polygons = [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in segmentation]
+        return polygons_to_mask(polygons, height, width).astype(bool)
+    return rle_to_mask(segmentation).astype(bool)
+
+
+def _first_mask(decoded: Decoded, shape: tuple[int, ...]) -> np.ndarray:
+    prediction = decoded.prediction
+    if isinstance(prediction, Detections) and prediction.masks is not None and len(prediction):
+        return prediction.masks[0]
+    return np.zeros(shape, bool)
 
 
 def _text(decoded: Decoded) -> str:

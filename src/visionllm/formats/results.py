@@ -149,7 +149,28 @@ class TextAnswer:
         return {"text": self.text}
 
 
-Prediction = Detections | TextAnswer
+@dataclass(frozen=True)
+class SegmentationMap:
+    """A semantic segmentation: one class per pixel.
+
+    Attributes:
+        labels: (H, W) int64 at the image's size: 0 for background, i + 1 for class_names[i].
+        class_names: the classes the request asked for.
+    """
+
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """Each class's pixels as COCO RLE, and the classes in the order of the labels."""
+        masks = {}
+        for index, name in enumerate(self.class_names, start=1):
+            rle = mask_utils.encode(np.asfortranarray((self.labels == index).astype(np.uint8)))
+            masks[name] = {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
+        return {"class_names": list(self.class_names), "masks_rle": masks}
+
+
+Prediction = Detections | TextAnswer | SegmentationMap
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from visionllm.formats.tasks import Task
 from visionllm.models.v2.chat import Turn
 from visionllm.models.v2.model import ChatExample, Targets, VisionLLMv2Processor
 from visionllm.models.v2.object_decoder import ObjectTargets
+from visionllm.models.v2.perception import ROUTE, detection_answer, keypoint_answer
 from visionllm.models.v2.regions import RegionPrompt
 from visionllm.ops.polygons import polygons_to_mask, rle_to_mask
 from visionllm.train.mix import MixConfig, class_phrase, draw_class_set, majority_answer
@@ -53,30 +54,10 @@ V2_TRAINING_TASKS = (
 )
 """The tasks a v2 stream trains (ShapesWorld has data for each)."""
 
-ROUTE = {
-    Task.DETECTION: "[DET]",
-    Task.INSTANCE_SEGMENTATION: "[SEG]",
-    Task.SEMANTIC_SEGMENTATION: "[SEG]",
-    Task.INTERACTIVE_SEGMENTATION: "[SEG]",
-    Task.GROUNDING: "[GRD]",
-    Task.KEYPOINTS: "[POSE]",
-}
-"""The routing token each perception task answers with."""
-
 SEMANTIC_CLASSES = (*SHAPES, "person")
 REGION = "region1 <region>"
 _LOADED_AS = {Task.REGION_CAPTION: Task.DETECTION, Task.INTERACTIVE_SEGMENTATION: Task.DETECTION}
 _LOADED_AS |= {Task.INSTANCE_SEGMENTATION: Task.DETECTION, Task.SEMANTIC_SEGMENTATION: Task.DETECTION}
-
-
-def detection_answer(classes: Sequence[str], route: str) -> str:
-    """One routed group per class: "red circle [DET], star [DET]"."""
-    return ", ".join(f"{name} {route}" for name in classes)
-
-
-def keypoint_answer(category: str, names: Sequence[str]) -> str:
-    """The object class routed to the object decoder, then each point name to the keypoint decoder."""
-    return f"{category} [DET] " + ", ".join(f"{name.replace('_', ' ')} [POSE]" for name in names)
 
 
 def object_mask(obj: ObjectAnnotation, size_wh: tuple[int, int]) -> np.ndarray:

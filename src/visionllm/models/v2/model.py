@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,10 @@ from torch import Tensor, nn
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from visionllm.config import ConfigError
+from visionllm.formats.keypoints import COCO_KEYPOINT_NAMES
+from visionllm.formats.results import Decoded, Detections, SegmentationMap, TextAnswer
+from visionllm.formats.task_table import Instruction
+from visionllm.formats.tasks import Task
 from visionllm.models.common.checkpoint import (
     CONFIG_NAME,
     TOKENIZER_DIR,
@@ -49,7 +54,8 @@ from visionllm.models.common.sequence import (
 from visionllm.models.v2.chat import Turn, build_chat
 from visionllm.models.v2.config import VisionLLMv2Config
 from visionllm.models.v2.keypoint_decoder import KeypointDecoder
-from visionllm.models.v2.object_decoder import ObjectDecoder, ObjectOutput, ObjectTargets
+from visionllm.models.v2.object_decoder import Detected, ObjectDecoder, ObjectOutput, ObjectTargets
+from visionllm.models.v2.perception import Plan, detections, keypoint_detections, plan, semantic_map
 from visionllm.models.v2.regions import RegionEncoder, RegionPrompt, prompt_mask
 from visionllm.models.v2.superlink import QUERY, REGION, ROUTES, V2_TOKENS, RouteCall, SuperLink
 from visionllm.models.v2.vision import Bridge, VisionEncoder
@@ -60,6 +66,7 @@ logger = logging.getLogger(__name__)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGE = V2_TOKENS[0]
+ImageLike = Image.Image | np.ndarray | str | Path
 
 
 @dataclass
@@ -156,7 +163,11 @@ class VisionLLMv2Processor:
         self.mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
         self.std = torch.tensor(CLIP_STD).view(3, 1, 1)
 
-    def image(self, image: Image.Image | np.ndarray) -> ImageInput:
+    def image(self, image: ImageLike) -> ImageInput:
+        """A PIL image, a uint8 (H, W, 3) array or an image file, preprocessed."""
+        if isinstance(image, str | Path):
+            with Image.open(image) as opened:
+                return normalise_image(opened, self.config.vision.image_size, self.mean, self.std)
         if isinstance(image, np.ndarray):
             image = Image.fromarray(image)
         return normalise_image(image, self.config.vision.image_size, self.mean, self.std)
@@ -423,6 +434,106 @@ class VisionLLMv2(nn.Module):
                     calls[b].append((self.link.route_of_id[feed[0]], step_hidden[b, 1 : len(feed)]))
         return [Reply(self._text(ids), found) for ids, found in zip(written, calls, strict=True)]
 
+    @torch.no_grad()
+    def predict(
+        self,
+        images: Sequence[ImageLike],
+        instructions: Sequence[str | Instruction],
+        min_score: float = 0.05,
+        regions: Sequence[Sequence[RegionPrompt | tuple]] | None = None,
+        keypoint_names: Sequence[str] = COCO_KEYPOINT_NAMES,
+    ) -> list[Decoded]:
+        """Answer a batch of (image, request) pairs; tasks may be mixed freely.
+
+        Args:
+            images: PIL images, uint8 arrays or paths.
+            instructions: `Instruction`s (`build_instruction`: the task and its classes, expression or question),
+                or free text (a chat turn about the image).
+            min_score: detections with a lower probability are left out.
+            regions: per pair, the visual prompts of its `<region>` placeholders (region captions, interactive
+                segmentation).
+            keypoint_names: the skeleton a keypoint request asks for (COCO's 17 points by default).
+
+        Returns:
+            One `Decoded` per pair: `Detections` (detection, instance / interactive segmentation with masks,
+            grounding best first, keypoints), a `SegmentationMap` (semantic segmentation) or a `TextAnswer`.
+        """
+        if len(images) != len(instructions):
+            raise ValueError(f"{len(images)} images but {len(instructions)} instructions")
+        prompts = [tuple(_region(r) for r in rs) for rs in regions] if regions is not None else [()] * len(images)
+        if len(prompts) != len(images):
+            raise ValueError(f"{len(images)} images but {len(prompts)} region lists")
+        inputs = [self.processor.image(image) for image in images]
+        plans = [plan(instruction, keypoint_names) for instruction in instructions]
+        results: list[Decoded | None] = [None] * len(images)
+        was_training = self.training
+        self.eval()
+        try:
+            chat = [i for i, p in enumerate(plans) if p.answer is None]
+            if chat:
+                examples = [ChatExample(inputs[i], (Turn("user", plans[i].request),), prompts[i]) for i in chat]
+                replies = self.generate(self.processor.collate(examples, self.link, side="left"))
+                for i, reply in zip(chat, replies, strict=True):
+                    results[i] = Decoded(TextAnswer(reply.text))
+            routed = [i for i, p in enumerate(plans) if p.answer is not None]
+            if routed:
+                for i, found in zip(routed, self._perceive(inputs, plans, prompts, routed, min_score), strict=True):
+                    results[i] = Decoded(found)
+        finally:
+            self.train(was_training)
+        return [r for r in results if r is not None]
+
+    def _perceive(
+        self,
+        inputs: Sequence[ImageInput],
+        plans: Sequence[Plan],
+        prompts: Sequence[tuple[RegionPrompt, ...]],
+        chosen: Sequence[int],
+        min_score: float,
+    ) -> list[Detections | SegmentationMap]:
+        """The perception pairs `chosen`: their routed answers read in one pass, then the decoders."""
+        if self.objects is None:
+            raise ProcessorError("this v2 model has no object decoder: it answers chat requests only")
+        examples = [
+            ChatExample(inputs[i], (Turn("user", plans[i].request), Turn("assistant", plans[i].answer)), prompts[i])
+            for i in chosen
+        ]
+        batch = self.processor.collate(examples, self.link)
+        routed = self.routed(self.hidden_states(batch), batch.input_ids)
+        output = self.decode_objects(batch.pixel_values, routed["object"])
+        sizes = [inputs[i].size_wh for i in chosen]
+        found = self.objects.detect(output, sizes, min_score=min_score)
+        out: list[Detections | SegmentationMap] = []
+        for b, i in enumerate(chosen):
+            task, names = plans[i].task, plans[i].class_names
+            if task is Task.SEMANTIC_SEGMENTATION:
+                out.append(semantic_map(output, b, sizes[b], names))
+            elif task is Task.KEYPOINTS:
+                out.append(self._keypoints(output, b, sizes[b], routed["keypoint"], plans[i], min_score))
+            else:
+                keep = slice(0, 1) if task in (Task.GROUNDING, Task.INTERACTIVE_SEGMENTATION) else slice(None)
+                first = Detected(*(getattr(found[b], f.name)[keep] for f in dataclass_fields(Detected)))
+                out.append(detections(first, names, masks=task is not Task.DETECTION and task is not Task.GROUNDING))
+        return out
+
+    def _keypoints(
+        self,
+        output: ObjectOutput,
+        image: int,
+        size_wh: tuple[int, int],
+        names: Sequence[Sequence[Tensor]],
+        planned: Plan,
+        min_score: float,
+    ) -> Detections:
+        """The best instances of the routed class with the keypoint decoder's points."""
+        if self.keypoints is None:
+            raise ProcessorError("this v2 model has no keypoint decoder")
+        count = min(self.keypoints.config.max_instances, output.class_logits.shape[1])
+        found = self.objects.detect(output, [size_wh] * len(output.boxes), top_k=count, min_score=min_score)[image]
+        index = torch.full_like(found.queries, image)
+        points = self.keypoints(output, index, found.queries, names)[-1]
+        return keypoint_detections(found, points, size_wh, planned.class_names[0], len(planned.keypoint_names))
+
     def _text(self, ids: list[int]) -> str:
         tokenizer = self.processor.tokenizer
         return tokenizer.convert_tokens_to_string(tokenizer.convert_ids_to_tokens(ids)).strip()
@@ -446,7 +557,7 @@ class VisionLLMv2(nn.Module):
                 ProcessorError), with what is wrong.
         """
         turns = [t if isinstance(t, Turn) else Turn(t["role"], t["content"]) for t in turns]
-        regions = [r if isinstance(r, RegionPrompt) else RegionPrompt(*r) for r in regions]
+        regions = [_region(r) for r in regions]
         was_training = self.training
         self.eval()
         try:
@@ -515,6 +626,11 @@ class VisionLLMv2(nn.Module):
         read_weights(folder, model)
         model.float()
         return model.to(device).eval()
+
+
+def _region(prompt: RegionPrompt | tuple) -> RegionPrompt:
+    """A visual prompt, or a (kind, data) pair such as ("box", [x1, y1, x2, y2])."""
+    return prompt if isinstance(prompt, RegionPrompt) else RegionPrompt(*prompt)
 
 
 def _llm_tokenizer(config: VisionLLMv2Config) -> PreTrainedTokenizerBase:

@@ -290,13 +290,13 @@ class ObjectDecoder(nn.Module):
         self, output: ObjectOutput, sizes_wh: Sequence[tuple[int, int]], top_k: int = 100, min_score: float = 0.0
     ) -> list[Detected]:
         """Each image's best (query, category) pairs, Deformable DETR's post-processing, with masks at its size."""
-        probs = output.class_logits.float().sigmoid() * output.valid[:, None, :]
+        probs = output.class_logits.float().sigmoid().masked_fill(~output.valid[:, None, :], -1.0)
         found = []
         for b, (width, height) in enumerate(sizes_wh):
             flat = probs[b].flatten()
             count = min(top_k, flat.numel())
             scores, index = flat.topk(count)
-            keep = scores >= min_score
+            keep = scores >= max(min_score, 0.0)  # never a category the image did not route
             scores, index = scores[keep], index[keep]
             queries = index // probs.shape[-1]
             categories = index % probs.shape[-1]

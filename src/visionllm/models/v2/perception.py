@@ -1,0 +1,124 @@
+"""How v2 answers a task request: the plan (the request's words and, for perception, its routed answer) and the
+decoders' outputs turned into typed results.
+
+A perception request fixes its answer's layout: detection of "red circle, star" is answered "red circle [DET], star
+[DET]", one routed group per asked class, as training taught. `predict` therefore gives that answer and reads the
+query states in one pass (as v1 gives its format tokens); `chat` generates whatever the LLM writes and decodes the
+routes it chose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from visionllm.formats.keypoints import COCO_KEYPOINT_NAMES
+from visionllm.formats.results import Detections, SegmentationMap
+from visionllm.formats.task_table import Instruction, build_request
+from visionllm.formats.tasks import Task
+from visionllm.models.v2.heads import upsample_masks
+from visionllm.models.v2.object_decoder import Detected, ObjectOutput
+
+ROUTE = {
+    Task.DETECTION: "[DET]",
+    Task.INSTANCE_SEGMENTATION: "[SEG]",
+    Task.SEMANTIC_SEGMENTATION: "[SEG]",
+    Task.INTERACTIVE_SEGMENTATION: "[SEG]",
+    Task.GROUNDING: "[GRD]",
+    Task.KEYPOINTS: "[POSE]",
+}
+"""The routing token each perception task answers with."""
+
+
+def detection_answer(classes: Sequence[str], route: str) -> str:
+    """One routed group per class: "red circle [DET], star [DET]"."""
+    return ", ".join(f"{name} {route}" for name in classes)
+
+
+def keypoint_answer(category: str, names: Sequence[str]) -> str:
+    """The object class routed to the object decoder, then each point name to the keypoint decoder."""
+    return f"{category} [DET] " + ", ".join(f"{name.replace('_', ' ')} [POSE]" for name in names)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one request is answered.
+
+    Attributes:
+        task: the task.
+        request: the user turn.
+        answer: the routed answer a perception request fixes; None: the reply is generated.
+        class_names: the routed groups' names, in answer order (perception).
+        keypoint_names: the point names of a keypoint request.
+    """
+
+    task: Task
+    request: str
+    answer: str | None = None
+    class_names: tuple[str, ...] = ()
+    keypoint_names: tuple[str, ...] = ()
+
+
+def plan(instruction: str | Instruction, keypoint_names: Sequence[str] = COCO_KEYPOINT_NAMES) -> Plan:
+    """The plan of an instruction: free text is a chat turn (the image placed first when it does not say where);
+    an `Instruction` is answered as its task, in v2's request words."""
+    if isinstance(instruction, str):
+        return Plan(Task.CHAT, instruction if "<image>" in instruction else f"<image> {instruction}")
+    task, names = instruction.task, instruction.class_names
+    if task in (Task.DETECTION, Task.INSTANCE_SEGMENTATION, Task.SEMANTIC_SEGMENTATION):
+        return Plan(task, build_request(task, classes=names), detection_answer(names, ROUTE[task]), names)
+    if task is Task.GROUNDING:
+        expression = names[0]
+        return Plan(task, build_request(task, expression=expression), f"{expression} {ROUTE[task]}", names)
+    if task is Task.KEYPOINTS:
+        count = instruction.output_format.num_points if instruction.output_format else len(keypoint_names)
+        if count != len(keypoint_names):
+            raise ValueError(f"the keypoint request asks for {count} points but {len(keypoint_names)} names are given")
+        category = names[0] if names else "person"
+        request = build_request(task, classes=[category], keypoint_names=keypoint_names)
+        return Plan(task, request, keypoint_answer(category, keypoint_names), (category,), tuple(keypoint_names))
+    if task is Task.INTERACTIVE_SEGMENTATION:
+        return Plan(task, instruction.text, ROUTE[task], ("object",))
+    return Plan(task, instruction.text)
+
+
+def detections(found: Detected, names: Sequence[str], masks: bool) -> Detections:
+    """An object decoder's detections of one image as typed results (class names from the routed groups)."""
+    return Detections(
+        boxes_xyxy_px=found.boxes.double().numpy(),
+        scores=found.scores.double().numpy(),
+        class_names=tuple(names[c] for c in found.categories.tolist()),
+        masks=found.masks.numpy() if masks else None,
+    )
+
+
+def semantic_map(output: ObjectOutput, image: int, size_wh: tuple[int, int], names: Sequence[str]) -> SegmentationMap:
+    """Per pixel, the class whose best query is most confident there (class probability x mask probability), or
+    background where no class reaches 0.5: the instance outputs merged into one map."""
+    width, height = size_wh
+    probs = output.class_logits[image].float().sigmoid() * output.valid[image][None, :]  # (Q, C)
+    masks = upsample_masks(output.mask_logits[image].float(), (height, width)).sigmoid()  # (Q, H, W)
+    count = len(names)
+    scores = torch.stack([(probs[:, c, None, None] * masks).amax(0) for c in range(count)])  # (C, H, W)
+    best, label = scores.max(0)
+    labels = torch.where(best >= 0.5, label + 1, torch.zeros_like(label))
+    return SegmentationMap(labels.numpy().astype(np.int64), tuple(names))
+
+
+def keypoint_detections(
+    found: Detected, points: Tensor, size_wh: tuple[int, int], category: str, count: int
+) -> Detections:
+    """Instances with their keypoints ((M, K, 2) in [0, 1] of the image) in pixels, every point marked visible."""
+    width, height = size_wh
+    xy = points[:, :count].float() * torch.tensor([width, height], dtype=torch.float32)
+    xyv = torch.cat([xy, torch.full((*xy.shape[:2], 1), 2.0)], -1)
+    return Detections(
+        boxes_xyxy_px=found.boxes.double().numpy(),
+        scores=found.scores.double().numpy(),
+        class_names=(category,) * len(found.scores),
+        keypoints_xyv_px=xyv.double().numpy(),
+    )

@@ -1,0 +1,100 @@
+"""v2 answers task requests with typed results (boxes, masks, keypoints, semantic maps, text), batched as one at a
+time, and `evaluate_shapesworld` scores its v2 tasks with the official metrics' inputs."""
+
+import numpy as np
+import pytest
+import torch
+
+from visionllm.cli import main
+from visionllm.eval.runner import evaluate_shapesworld, inner_point, names_object
+from visionllm.formats.results import Detections, SegmentationMap, TextAnswer
+from visionllm.formats.task_table import build_instruction
+from visionllm.formats.tasks import Task
+from visionllm.models.v2.config import VisionLLMv2Config
+from visionllm.models.v2.model import VisionLLMv2
+
+
+@pytest.fixture
+def model(micro_v2):
+    torch.manual_seed(0)
+    return VisionLLMv2(VisionLLMv2Config.from_dict(micro_v2)).eval()
+
+
+REQUESTS = [
+    build_instruction(Task.DETECTION, classes=["circle", "person"]),
+    build_instruction(Task.INSTANCE_SEGMENTATION, classes=["star"]),
+    build_instruction(Task.SEMANTIC_SEGMENTATION, classes=["circle", "square", "person"]),
+    build_instruction(Task.GROUNDING, expression="the red circle"),
+    build_instruction(Task.KEYPOINTS),
+    build_instruction(Task.INTERACTIVE_SEGMENTATION, regions="region1 <region>"),
+    build_instruction(Task.VQA, question="How many stars are there?"),
+    "what is in the picture?",
+]
+REGIONS = [(), (), (), (), (), [("point", [20.0, 30.0])], (), ()]
+
+
+def test_every_request_gets_its_typed_result_at_the_image_size(model):
+    image = np.random.default_rng(0).integers(0, 255, (50, 80, 3), dtype=np.uint8)
+    out = model.predict([image] * len(REQUESTS), REQUESTS, min_score=0.0, regions=REGIONS)
+    found = [d.prediction for d in out]
+    assert [type(p) for p in found] == [Detections] * 2 + [SegmentationMap] + [Detections] * 3 + [TextAnswer] * 2
+    assert set(found[0].class_names) <= {"circle", "person"} and found[0].masks is None
+    assert found[1].masks.shape[1:] == (50, 80) and set(found[1].class_names) == {"star"}
+    assert found[2].labels.shape == (50, 80) and found[2].labels.max() <= 3
+    assert len(found[3]) == 1 and len(found[5]) == 1 and found[5].masks.shape == (1, 50, 80)
+    assert found[4].keypoints_xyv_px.shape == (len(found[4]), 17, 3) and len(found[4]) <= 4
+    assert (found[0].boxes_xyxy_px[:, [0, 2]] <= 80 + 1e-6).all()
+
+
+def test_a_mixed_batch_answers_as_one_at_a_time(model):
+    images = [np.random.default_rng(k).integers(0, 255, (64, 64, 3), dtype=np.uint8) for k in range(len(REQUESTS))]
+    batched = model.predict(images, REQUESTS, min_score=0.0, regions=REGIONS)
+    for k, (image, request) in enumerate(zip(images, REQUESTS, strict=True)):
+        alone = model.predict([image], [request], min_score=0.0, regions=[REGIONS[k]])[0].prediction
+        ours = batched[k].prediction
+        if isinstance(ours, Detections):
+            assert np.allclose(ours.scores, alone.scores, atol=1e-4) and np.allclose(
+                ours.boxes_xyxy_px, alone.boxes_xyxy_px, atol=1e-2
+            )
+        elif isinstance(ours, TextAnswer):
+            assert ours.text == alone.text
+
+
+def test_the_v2_tasks_are_scored_on_shapesworld(model, tiny_shapesworld):
+    tasks = [
+        "detection",
+        "instance_segmentation",
+        "interactive_segmentation",
+        "region_caption",
+        "semantic_segmentation",
+    ]
+    metrics = evaluate_shapesworld(model, tiny_shapesworld.root, "val", tasks, limit=2, progress=False)
+    for key in ("box_AP", "mask_AP", "interactive_mIoU", "region_caption_accuracy", "semantic_mIoU"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+
+
+def test_a_v1_model_is_not_asked_for_v2_tasks(micro_model, tiny_shapesworld):
+    with pytest.raises(ValueError, match="version-1 model does not answer"):
+        evaluate_shapesworld(micro_model, tiny_shapesworld.root, "val", ["semantic_segmentation"], limit=1)
+
+
+def test_the_one_click_prompt_is_the_point_deepest_inside_the_object():
+    mask = np.zeros((20, 30), bool)
+    mask[2:5, 1:4] = True  # a small blob
+    mask[5:18, 10:29] = True  # the body: its centre is deepest
+    x, y = inner_point(mask)
+    assert mask[int(y), int(x)] and 15 <= x <= 24 and 9 <= y <= 14
+
+
+@pytest.mark.parametrize(
+    ("text", "right"),
+    [("a small red circle", True), ("red circles", True), ("a blue circle", False), ("a red circle and a star", False)],
+)
+def test_a_region_caption_must_name_the_colour_and_the_shape(text, right):
+    assert names_object(text, "red", "circle") is right
+
+
+def test_serving_a_v2_model_is_refused_with_what_to_use(model, tmp_path, capsys):
+    folder = model.save_pretrained(tmp_path / "v2")
+    assert main(["serve", "--model", str(folder), "--port", "18731"]) == 2
+    assert "serve and the demo take v1 models so far" in capsys.readouterr().err
