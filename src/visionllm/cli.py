@@ -247,6 +247,8 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 
 def _cmd_chat(args: argparse.Namespace) -> None:
+    import json
+
     from PIL import Image
 
     from visionllm.models.common.checkpoint import CheckpointError
@@ -255,6 +257,7 @@ def _cmd_chat(args: argparse.Namespace) -> None:
 
     if not args.image.is_file():
         raise CliError(f"image {args.image} not found")
+    _check_output_file(args.save_vis, "--save-vis", image=True)
     try:
         image = upright(Image.open(args.image))
         image.load()
@@ -287,7 +290,13 @@ def _cmd_chat(args: argparse.Namespace) -> None:
         except ValueError as error:  # the conversation or a prompt, with what is wrong
             raise CliError(str(error)) from None
         history.extend([messages[-1], {"role": "assistant", "content": reply.text}])
-        return reply.text
+        lines = [reply.text] + [f"{route} {json.dumps(found.to_json())}" for route, found in reply.results.items()]
+        if args.save_vis and reply.results:
+            from visionllm.vis import draw_result
+
+            args.save_vis.parent.mkdir(parents=True, exist_ok=True)
+            draw_result(image, next(iter(reply.results.values())), min_side=384).save(args.save_vis)
+        return "\n".join(lines)
 
     if args.message is not None:
         print(reply_to(args.message))
@@ -497,7 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
         "chat",
         help="chat with a v2 model about an image (one message, or lines from the terminal)",
         description="Chat with a VisionLLM v2 model about one image. Visual prompts mark regions the message can "
-        "ask about (as region1 <region>, region2 <region>, ... in the order given: points, boxes, masks).",
+        "ask about (as region1 <region>, region2 <region>, ... in the order given: points, boxes, masks). Each "
+        "reply is printed, then one line per routing token it wrote with what its decoder found, as JSON "
+        '(e.g. [DET] [{"class_name": "star", "score": 0.9, "box_xyxy_px": [...]}]).',
     )
     chat.add_argument("--model", type=Path, required=True, help="a v2 checkpoint folder")
     chat.add_argument("--image", type=Path, required=True)
@@ -507,6 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--box", type=float, nargs=4, action="append", metavar=("X1", "Y1", "X2", "Y2"), help="a box prompt"
     )
     chat.add_argument("--mask", type=Path, action="append", help="a mask prompt: a PNG of the image's size")
+    chat.add_argument(
+        "--save-vis", type=Path, help="draw what the last reply's routed decoder found (boxes, masks, keypoints) here"
+    )
     chat.set_defaults(func=_cmd_chat)
 
     demo = commands.add_parser("demo", help="run a model on new ShapesWorld images for every v1 task")

@@ -179,6 +179,8 @@ def test_replies_come_from_the_image_and_routing_tokens_bring_their_conditions(t
     assert trained.chat(scene((30, 30, 220)), [ask], [box]).text.startswith("blue")
     reply = trained.chat(scene((220, 30, 30)), [Turn("user", "<image> find the square.")])
     assert reply.text.startswith("square [DET]") and [route for route, _ in reply.calls] == ["[DET]"]
+    assert reply.names == ["square"] and set(reply.results) == {"[DET]"}
+    assert set(reply.results["[DET]"].class_names) <= {"square"}  # the decoder's typed result for the call
     # The condition generation hands the decoder is what the training layout computes at those queries.
     example = examples(trained)[2]
     batch = trained.processor.collate([example], trained.link)
@@ -228,7 +230,11 @@ def test_visionllm_chat_answers_one_message_or_a_conversation(trained, tmp_path,
     monkeypatch.setattr("sys.stdin", io.StringIO("what colour is region1 <region>?\n\n"))
     assert main([*base, *box]) == 0
     assert capsys.readouterr().out.startswith("red")
-    assert main([*base, "--message", "find the square."]) == 0
-    assert capsys.readouterr().out.startswith("square [DET]")
+    drawn = tmp_path / "found.png"
+    assert main([*base, "--message", "find the square.", "--save-vis", str(drawn)]) == 0
+    reply, found = capsys.readouterr().out.splitlines()[:2]
+    assert reply.startswith("square [DET]") and found.startswith("[DET] ")
+    assert all(d["class_name"] == "square" for d in json.loads(found.removeprefix("[DET] ")))
+    assert Image.open(drawn).size[0] >= 384
     assert main([*base, "--message", "what colour is region1 <region>?"]) == 2  # a region asked for, none given
     assert "1 <region> placeholders but 0 regions" in capsys.readouterr().err

@@ -109,10 +109,15 @@ class Reply:
         text: the reply, routing tokens included (queries left out).
         calls: each routing token the reply wrote, with the LLM's hidden states at its queries (n, D): the
             condition its decoder reads.
+        names: for each call, the words the reply wrote before it (its category or point name: "red circle").
+        results: what the decoders made of the calls, by routing token (`chat` fills it): "[DET]" boxes,
+            "[SEG]" boxes with masks, "[GRD]" the best box, "[POSE]" instances with their keypoints.
     """
 
     text: str
     calls: list[tuple[str, Tensor]]
+    names: list[str] = field(default_factory=list)
+    results: dict[str, Detections] = field(default_factory=dict)
 
 
 @dataclass
@@ -395,6 +400,8 @@ class VisionLLMv2(nn.Module):
         size = len(batch.input_ids)
         written: list[list[int]] = [[] for _ in range(size)]
         calls: list[list[tuple[str, Tensor]]] = [[] for _ in range(size)]
+        names: list[list[str]] = [[] for _ in range(size)]
+        since = [0] * size  # where each reply's text since its last call starts
         done = [False] * size
         for _ in range(limit):
             if all(done):
@@ -408,6 +415,9 @@ class VisionLLMv2(nn.Module):
                     done[b] = True
                     feeds.append([])
                     continue
+                if self.link.queries_after(token):
+                    names[b].append(self._text(written[b][since[b] :]).strip(" ,;."))
+                    since[b] = len(written[b]) + 1
                 written[b].append(token)
                 feeds.append([token] + [p.query_id] * self.link.queries_after(token))
             if all(done):
@@ -432,7 +442,7 @@ class VisionLLMv2(nn.Module):
                 last[b] = step_hidden[b, len(feed) - 1]
                 if len(feed) > 1:
                     calls[b].append((self.link.route_of_id[feed[0]], step_hidden[b, 1 : len(feed)]))
-        return [Reply(self._text(ids), found) for ids, found in zip(written, calls, strict=True)]
+        return [Reply(self._text(ids), found, named) for ids, found, named in zip(written, calls, names, strict=True)]
 
     @torch.no_grad()
     def predict(
@@ -563,9 +573,37 @@ class VisionLLMv2(nn.Module):
         try:
             example = ChatExample(self.processor.image(image), tuple(turns), tuple(regions))
             batch = self.processor.collate([example], self.link, side="left")
-            return self.generate(batch)[0]
+            reply = self.generate(batch)[0]
+            if self.objects is not None:
+                reply.results = self._decode_reply(batch.pixel_values, example.image.size_wh, reply)
+            return reply
         finally:
             self.train(was_training)
+
+    def _decode_reply(self, pixel_values: Tensor, size_wh: tuple[int, int], reply: Reply) -> dict[str, Detections]:
+        """The decoders' results for a reply's calls: its object calls are one category set for the object
+        decoder; its [POSE] calls name the points of the instances of its first object call."""
+        assert self.objects is not None
+        called = list(zip(reply.calls, reply.names, strict=True))
+        objects = [(route, name, states) for (route, states), name in called if ROUTES[route] == "object"]
+        if not objects:
+            return {}
+        output = self.decode_objects(pixel_values, [[states for _, _, states in objects]])
+        found = self.objects.detect(output, [size_wh])[0]
+        names = [name for _, name, _ in objects]
+        results: dict[str, Detections] = {}
+        for route in dict.fromkeys(route for route, _, _ in objects):
+            mine = torch.tensor([k for k, (r, _, _) in enumerate(objects) if r == route])
+            keep = torch.isin(found.categories, mine).nonzero().flatten()
+            if route == "[GRD]":
+                keep = keep[:1]
+            chosen = Detected(*(getattr(found, f.name)[keep] for f in dataclass_fields(Detected)))
+            results[route] = detections(chosen, names, masks=route == "[SEG]")
+        points = [(name, states) for (route, states), name in called if ROUTES[route] == "keypoint"]
+        if points and self.keypoints is not None:
+            pose = Plan(Task.KEYPOINTS, "", None, (names[0],), tuple(name for name, _ in points))
+            results["[POSE]"] = self._keypoints(output, 0, size_wh, [[s for _, s in points]], pose, 0.05)
+        return results
 
     # -- checkpoints ----------------------------------------------------------------------------
 
