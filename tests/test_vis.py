@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visionllm.formats.results import Detections, TextAnswer
+from visionllm.formats.results import Detections, SegmentationMap, TextAnswer
 from visionllm.vis import class_color, contact_sheet, draw_detections, draw_result, draw_text_below
 
 
@@ -50,3 +50,15 @@ def test_draw_result_upscales_small_images_and_draws_either_kind_of_answer():
     assert text.width == 256 and text.height > 128  # the answer sits in a band under the picture
     large = Image.new("RGB", (600, 300))
     assert draw_result(large, Detections.empty(), min_side=256).size == (600, 300)  # never shrunk
+
+
+def test_a_semantic_map_tints_each_class_with_its_colour():
+    image = Image.new("RGB", (40, 20), (0, 0, 0))
+    labels = np.zeros((20, 40), np.int64)
+    labels[:, 20:] = 2  # the right half is the second class
+    drawn = draw_result(image, SegmentationMap(labels, ("circle", "star")), min_side=80)
+    pixels = np.asarray(drawn)
+    assert drawn.width == 80 and drawn.height > 40  # upscaled, with the legend under it
+    assert (pixels[10, 10] == 0).all()  # background stays
+    star = np.asarray(class_color("star", ("circle", "star")))
+    assert np.allclose(pixels[10, 70], 0.55 * star, atol=2)

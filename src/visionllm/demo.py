@@ -1,5 +1,6 @@
-"""The demo: run a model on freshly generated ShapesWorld images for every v1 task, print a results
-table and write annotated pictures."""
+"""The demo: run a model on freshly generated ShapesWorld images for every task it answers (v1's, and for a v2 model
+also interactive segmentation from one click, a region caption and semantic segmentation), print a results table
+and write annotated pictures."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from PIL import Image
 
 from visionllm.data.shapes.dataset import make_image
 from visionllm.data.shapes.scene import SKELETON, ShapesWorldConfig
-from visionllm.formats.results import Detections, TextAnswer
+from visionllm.eval.runner import inner_point
+from visionllm.formats.results import Detections, SegmentationMap, TextAnswer
 from visionllm.formats.task_table import build_instruction
 from visionllm.formats.tasks import Task
 from visionllm.models.loading import load_pretrained
-from visionllm.vis import contact_sheet, draw_detections, draw_text_below
+from visionllm.vis import contact_sheet, draw_detections, draw_segmentation, draw_text_below
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +24,8 @@ SHAPE_CLASSES = ["circle", "square", "triangle", "star", "hexagon", "person"]
 
 
 def run_demo(model_dir: str | Path, out: str | Path, images: int = 4, seed: int = 2026) -> str:
-    """Answer every v1 task on `images` new ShapesWorld images; write one PNG per answer and a sheet.
+    """Answer every task of the model's version on `images` new ShapesWorld images; write one PNG per answer and a
+    sheet.
 
     Returns:
         The results table as text.
@@ -35,7 +38,7 @@ def run_demo(model_dir: str | Path, out: str | Path, images: int = 4, seed: int 
     records = [
         make_image(seed, "val", i, ShapesWorldConfig(image_size=size, person_probability=0.3)) for i in range(images)
     ]
-    requests, pictures, labels = [], [], []
+    requests, pictures, labels, prompts = [], [], [], []
     for i, record in enumerate(records):
         picture = Image.fromarray(record.rendered.image)
         colours = sorted({f"{f.color} {f.category}" for f in record.facts if f.category != "person"})
@@ -56,16 +59,29 @@ def run_demo(model_dir: str | Path, out: str | Path, images: int = 4, seed: int 
             )
         if record.questions:
             tasks.append(("vqa", build_instruction(Task.VQA, question=record.questions[0].question)))
+        marked: dict[str, list] = {}
+        if model.version >= 2 and len(record.rendered.visible) and record.rendered.visible[0].any():
+            click = ("point", inner_point(record.rendered.visible[0]))
+            region = "region1 <region>"
+            tasks.append(("interactive (click)", build_instruction(Task.INTERACTIVE_SEGMENTATION, regions=region)))
+            tasks.append(("region caption", build_instruction(Task.REGION_CAPTION, regions=region)))
+            tasks.append(("semantic", build_instruction(Task.SEMANTIC_SEGMENTATION, classes=SHAPE_CLASSES)))
+            marked = {"interactive (click)": [click], "region caption": [click]}
         for name, instruction in tasks:
             requests.append(instruction)
             pictures.append(picture)
             labels.append((i, name, instruction))
-    results = model.predict(pictures, requests, min_score=0.3)
+            prompts.append(marked.get(name, []))
+    extra = {"regions": prompts} if model.version >= 2 else {}
+    results = model.predict(pictures, requests, min_score=0.3, **extra)
     lines = [f"{'image':>5}  {'task':<20} answer", f"{'-' * 5}  {'-' * 20} {'-' * 50}"]
     tiles = []
     for (i, name, instruction), picture, result in zip(labels, pictures, results, strict=True):
         prediction = result.prediction
-        if isinstance(prediction, Detections):
+        if isinstance(prediction, SegmentationMap):
+            summary = ", ".join(n for k, n in enumerate(prediction.class_names, 1) if (prediction.labels == k).any())
+            tile = draw_text_below(draw_segmentation(picture, prediction, scale=3.0), [f"#{i} {name}"])
+        elif isinstance(prediction, Detections):
             summary = (
                 ", ".join(f"{n} {s:.2f}" for n, s in zip(prediction.class_names, prediction.scores, strict=True))
                 or "(nothing)"

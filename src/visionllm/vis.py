@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from visionllm.formats.keypoints import COCO_SKELETON
-from visionllm.formats.results import Detections, TextAnswer
+from visionllm.formats.results import Detections, SegmentationMap, TextAnswer
 
 # A fixed, high-contrast palette; a class keeps its colour across pictures.
 PALETTE = (
@@ -90,6 +90,26 @@ def draw_detections(
     return picture
 
 
+def draw_segmentation(
+    image: Image.Image | np.ndarray, segmentation: SegmentationMap, scale: float = 1.0
+) -> Image.Image:
+    """A semantic map over the image: each class's pixels tinted with its colour, its name in the legend below."""
+    picture = to_pil(image)
+    if scale != 1.0:
+        picture = picture.resize((round(picture.width * scale), round(picture.height * scale)), Image.NEAREST)
+    labels = np.asarray(Image.fromarray(segmentation.labels.astype(np.int32)).resize(picture.size, Image.NEAREST))
+    overlay = np.asarray(picture).astype(np.float32)
+    shown = []
+    for index, name in enumerate(segmentation.class_names, start=1):
+        where = labels == index
+        if where.any():
+            color = np.asarray(class_color(name, segmentation.class_names), dtype=np.float32)
+            overlay[where] = 0.45 * overlay[where] + 0.55 * color
+            shown.append(name)
+    tinted = Image.fromarray(overlay.astype(np.uint8))
+    return draw_text_below(tinted, ["classes found: " + (", ".join(shown) or "(none)")])
+
+
 def _draw_keypoints(
     draw: ImageDraw.ImageDraw,
     keypoints_xyv: np.ndarray,
@@ -142,7 +162,9 @@ def draw_text_below(image: Image.Image, lines: Sequence[str], width_chars: int |
     return out
 
 
-def draw_result(image: Image.Image, prediction: Detections | TextAnswer, min_side: int = 512) -> Image.Image:
+def draw_result(
+    image: Image.Image, prediction: Detections | TextAnswer | SegmentationMap, min_side: int = 512
+) -> Image.Image:
     """The picture of one answer: detections drawn over the image, or a text answer under it.
 
     Args:
@@ -155,6 +177,8 @@ def draw_result(image: Image.Image, prediction: Detections | TextAnswer, min_sid
     scale = max(1.0, min_side / max(image.size))
     if isinstance(prediction, Detections):
         return draw_detections(image, prediction, skeleton=COCO_SKELETON, scale=scale)
+    if isinstance(prediction, SegmentationMap):
+        return draw_segmentation(image, prediction, scale=scale)
     resized = image.resize((round(image.width * scale), round(image.height * scale)), Image.NEAREST)
     return draw_text_below(resized, [prediction.text])
 

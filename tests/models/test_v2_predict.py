@@ -46,6 +46,12 @@ def test_every_request_gets_its_typed_result_at_the_image_size(model):
     assert (found[0].boxes_xyxy_px[:, [0, 2]] <= 80 + 1e-6).all()
 
 
+def test_a_keypoint_request_without_instances_answers_none(model):
+    image = np.zeros((64, 64, 3), np.uint8)
+    found = model.predict([image], [build_instruction(Task.KEYPOINTS)], min_score=1.0)[0].prediction
+    assert len(found) == 0 and found.keypoints_xyv_px.shape == (0, 17, 3)
+
+
 def test_a_mixed_batch_answers_as_one_at_a_time(model):
     images = [np.random.default_rng(k).integers(0, 255, (64, 64, 3), dtype=np.uint8) for k in range(len(REQUESTS))]
     batched = model.predict(images, REQUESTS, min_score=0.0, regions=REGIONS)

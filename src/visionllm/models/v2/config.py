@@ -88,6 +88,11 @@ class VisionLLMv2Config:
         if self.keypoints is not None and self.objects is None:
             raise ConfigError("keypoints: the keypoint decoder reads the object decoder's instances; set objects too")
 
+    @property
+    def image_size(self) -> int:
+        """The side images are read at (the vision encoder's)."""
+        return self.vision.image_size
+
     def codec(self) -> CodecConfig:
         """The codec sizes instructions are rendered with (v2 answers through decoders, so the defaults)."""
         return CodecConfig()

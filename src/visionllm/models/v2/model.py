@@ -540,8 +540,10 @@ class VisionLLMv2(nn.Module):
             raise ProcessorError("this v2 model has no keypoint decoder")
         count = min(self.keypoints.config.max_instances, output.class_logits.shape[1])
         found = self.objects.detect(output, [size_wh] * len(output.boxes), top_k=count, min_score=min_score)[image]
-        index = torch.full_like(found.queries, image)
-        points = self.keypoints(output, index, found.queries, names)[-1]
+        if len(found.queries) == 0:  # no instance: nothing for the keypoint decoder to read
+            points = torch.zeros(0, len(planned.keypoint_names), 2)
+        else:
+            points = self.keypoints(output, torch.full_like(found.queries, image), found.queries, names)[-1]
         return keypoint_detections(found, points, size_wh, planned.class_names[0], len(planned.keypoint_names))
 
     def _text(self, ids: list[int]) -> str:
