@@ -12,9 +12,10 @@ from visionllm.data.readers import load_label_map
 from visionllm.data.shapes import language as lang
 from visionllm.data.shapes.dataset import ShapesWorldLayout, generate_shapesworld, make_image
 from visionllm.data.shapes.inspect import describe, write_contact_sheet
-from visionllm.data.shapes.load import TASKS_ON_DISK, load_split
+from visionllm.data.shapes.load import TASKS_ON_DISK, load_split, load_star_keypoints
 from visionllm.data.shapes.scene import CATEGORIES, COLORS, ShapesWorldConfig
 from visionllm.eval.metrics import coco_metrics, vqa_accuracy
+from visionllm.formats.keypoints import STAR_KEYPOINT_NAMES
 from visionllm.formats.tasks import Task
 from visionllm.ops.polygons import polygons_to_mask, rle_to_mask
 
@@ -140,6 +141,28 @@ def test_keypoints_follow_coco(world):
         nose, left_ankle = kp[0], kp[15]
         assert nose[1] < left_ankle[1]  # standing upright
         assert kp[5, 0] > kp[6, 0]  # facing the viewer: the left shoulder is on the image's right
+
+
+def test_star_keypoints_are_the_tips_from_the_top_clockwise(world):
+    data = _json(world.star_keypoints("val"))
+    (star,) = data["categories"]
+    assert star["name"] == "star" and star["keypoints"] == list(STAR_KEYPOINT_NAMES) and len(star["skeleton"]) == 5
+    stars = [a for a in _json(world.instances("val"))["annotations"] if a["category_id"] == star["id"]]
+    assert len(data["annotations"]) == len(stars) > 0  # every star, with the same id
+    assert {a["id"] for a in data["annotations"]} == {a["id"] for a in stars}
+    for ann in data["annotations"]:
+        kp = np.array(ann["keypoints"]).reshape(5, 3)
+        assert ann["num_keypoints"] == (kp[:, 2] > 0).sum()
+        x, y, w, h = ann["bbox"]
+        shown = kp[kp[:, 2] == 2]
+        assert ((shown[:, 0] >= x - 2) & (shown[:, 0] <= x + w + 2)).all()
+        assert ((shown[:, 1] >= y - 2) & (shown[:, 1] <= y + h + 2)).all()
+        if (kp[:, 2] > 0).all():
+            assert kp[0, 1] == kp[:, 1].min()  # the first is the topmost tip
+            centre = kp[:, :2].mean(0)
+            angles = np.unwrap(np.arctan2(kp[:, 1] - centre[1], kp[:, 0] - centre[0]))
+            assert (np.diff(angles) > 0).all()  # clockwise on screen (y points down)
+    assert len(load_star_keypoints(world.root, "val")) == len({a["image_id"] for a in data["annotations"]})
 
 
 def test_held_out_pairs_never_appear_in_train(world):

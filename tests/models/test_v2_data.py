@@ -8,6 +8,8 @@ import pytest
 import torch
 import yaml
 
+from visionllm.formats.keypoints import COCO_KEYPOINT_NAMES, STAR_KEYPOINT_NAMES
+from visionllm.formats.tasks import Task
 from visionllm.models.v2.config import VisionLLMv2Config
 from visionllm.models.v2.data import V2_TRAINING_TASKS, ChatMixture
 from visionllm.models.v2.model import VisionLLMv2
@@ -49,6 +51,18 @@ def test_each_task_answers_in_the_routed_format_with_aligned_targets(stream, tas
             assert groups == ["DET"] and example.targets.keypoints.shape[1] == routes.count("POSE")
         else:
             assert objects.masks is not None and objects.masks.shape[0] == len(objects.boxes)
+
+
+def test_keypoint_conversations_name_a_person_or_a_star_skeleton(stream):
+    skeletons = set()
+    for seed, sample in enumerate(stream.samples[Task.KEYPOINTS]):
+        example = stream.example(Task.KEYPOINTS, sample, random.Random(seed))
+        answer = example.turns[1].text
+        skeletons.add(answer.split(" [DET]")[0])
+        names = re.findall(r"(?:\[DET\] |, )([a-z ]+) \[POSE\]", answer)
+        allowed = {n.replace("_", " ") for n in (*COCO_KEYPOINT_NAMES, *STAR_KEYPOINT_NAMES)}
+        assert names and set(names) <= allowed and example.targets.keypoints.shape[1] == len(names)
+    assert skeletons == {"person", "star"}
 
 
 def test_example_i_is_a_function_of_the_seed_and_i(stream):

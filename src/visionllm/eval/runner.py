@@ -31,6 +31,7 @@ from visionllm.eval.metrics import (
     mean_iou,
     vqa_accuracy,
 )
+from visionllm.formats.keypoints import STAR_KEYPOINT_NAMES, STAR_KEYPOINT_SIGMA
 from visionllm.formats.results import Decoded, Detections, SegmentationMap, TextAnswer
 from visionllm.formats.task_table import Instruction, build_instruction, tasks_of_version
 from visionllm.formats.tasks import Task
@@ -158,8 +159,8 @@ def evaluate_shapesworld(
     progress: bool = True,
     controls: bool = True,
 ) -> dict[str, float]:
-    """Every v1 task's metric on a ShapesWorld split (detection and segmentation bind the COCO categories of
-    the split: circle, square, triangle, star, hexagon, person).
+    """Every metric of the tasks the model answers on a ShapesWorld split (detection and segmentation bind the COCO
+    categories of the split: circle, square, triangle, star, hexagon, person).
 
     With `controls`, caption and VQA also report what they score without the image (see `eval.controls`):
     `BLEU-4_blind`, `CIDEr_blind` and `vqa_accuracy_blind` are the same evaluation with every image replaced
@@ -168,8 +169,10 @@ def evaluate_shapesworld(
 
     Returns:
         Flat metrics: box_AP, box_AP50, box_AP75, mask_AP, mask_AP50, keypoint_AP, keypoint_AP50,
-        grounding_P@0.5, BLEU-4, CIDEr, vqa_accuracy, and with `controls` BLEU-4_blind, CIDEr_blind,
-        vqa_accuracy_blind, vqa_prior (for the tasks asked; a control that cannot be computed, on fewer than
+        grounding_P@0.5, BLEU-4, CIDEr, vqa_accuracy; for v2 models also interactive_mIoU,
+        region_caption_accuracy, semantic_mIoU and, beside keypoint_AP, star_keypoint_AP / _AP50 (when the
+        dataset has the stars' keypoints); and with `controls` BLEU-4_blind, CIDEr_blind, vqa_accuracy_blind,
+        vqa_prior (for the tasks asked; a control that cannot be computed, on fewer than
         two images or without train questions, is left out with a warning).
     """
     _check_limit(limit)
@@ -210,8 +213,9 @@ def evaluate_shapesworld(
         )
         return {"mask_AP": m["AP"], "mask_AP50": m["AP50"]}
 
-    def people() -> dict[str, float]:
-        gt = json.loads(layout.keypoints(split).read_text())
+    def keypoint_truth(path: Path) -> dict:
+        """A keypoint file's ground truth on the evaluated images that hold its objects."""
+        gt = json.loads(path.read_text())
         if limit is not None:
             keep = {im["id"] for im in sorted(gt["images"], key=lambda im: im["id"])[:limit]}
             gt = {
@@ -219,12 +223,37 @@ def evaluate_shapesworld(
                 "images": [im for im in gt["images"] if im["id"] in keep],
                 "annotations": [a for a in gt["annotations"] if a["image_id"] in keep],
             }
-        with_people = sorted({a["image_id"] for a in gt["annotations"]})
-        gt = {**gt, "images": [im for im in gt["images"] if im["id"] in set(with_people)]}
+        holding = {a["image_id"] for a in gt["annotations"]}
+        return {**gt, "images": [im for im in gt["images"] if im["id"] in holding]}
+
+    def people() -> dict[str, float]:
+        gt = keypoint_truth(layout.keypoints(split))
         m = evaluate_coco(
             model, None, image_dir, "keypoints", batch_size=batch_size, progress=progress, ground_truth=gt
         )
-        return {"keypoint_AP": m["AP"], "keypoint_AP50": m["AP50"]}
+        metrics = {"keypoint_AP": m["AP"], "keypoint_AP50": m["AP50"]}
+        if model.version >= 2 and layout.star_keypoints(split).exists():
+            metrics.update(stars())
+        return metrics
+
+    def stars() -> dict[str, float]:
+        """The stars' tips, a second skeleton named in the request (v2 models, which take any skeleton)."""
+        gt = keypoint_truth(layout.star_keypoints(split))
+        images = sorted(gt["images"], key=lambda im: im["id"])
+        instruction = build_instruction(Task.KEYPOINTS, classes=["star"], keypoint_names=STAR_KEYPOINT_NAMES)
+        results = []
+        for start in tqdm(range(0, len(images), batch_size), desc="eval star keypoints", disable=not progress):
+            chunk = images[start : start + batch_size]
+            paths = [image_dir / im["file_name"] for im in chunk]
+            decoded = model.predict(
+                paths, [instruction] * len(chunk), min_score=0.01, keypoint_names=STAR_KEYPOINT_NAMES
+            )
+            for im, d in zip(chunk, decoded, strict=True):
+                if isinstance(d.prediction, Detections):
+                    results += d.prediction.to_coco(im["id"], {"star": gt["categories"][0]["id"]})
+        sigmas = [STAR_KEYPOINT_SIGMA] * len(STAR_KEYPOINT_NAMES)
+        m = coco_metrics(gt, results, "keypoints", image_ids=[im["id"] for im in images], keypoint_sigmas=sigmas)
+        return {"star_keypoint_AP": m["AP"], "star_keypoint_AP50": m["AP50"]}
 
     def grounding() -> dict[str, float]:
         refs = load_split(root, split, Task.GROUNDING)[: limit * 2 if limit else None]

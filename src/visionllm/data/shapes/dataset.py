@@ -6,6 +6,7 @@
       annotations/instances_{split}.json        COCO instances (category = shape or person;
                                                 colour and size as `attributes`)
       annotations/person_keypoints_{split}.json COCO keypoints (17 COCO points, COCO skeleton)
+      annotations/star_keypoints_{split}.json   COCO keypoints of the stars (their 5 tips, a ring skeleton)
       annotations/captions_{split}.json         COCO captions (five per image)
       refcoco/refs(unc).p, refcoco/instances.json   RefCOCO layout (all splits, `split` field)
       vqa/v2_OpenEnded_shapes_{split}_questions.json, vqa/v2_shapes_{split}_annotations.json  VQAv2
@@ -47,7 +48,9 @@ from visionllm.data.shapes.scene import (
     ShapesWorldConfig,
     render_scene,
     sample_scene_and_silhouettes,
+    star_tips,
 )
+from visionllm.formats.keypoints import STAR_KEYPOINT_NAMES, STAR_SKELETON
 from visionllm.ops.polygons import mask_to_polygons, mask_to_rle, polygons_to_mask
 
 logger = logging.getLogger(__name__)
@@ -83,6 +86,9 @@ class ShapesWorldLayout:
 
     def keypoints(self, split: str) -> Path:
         return self.root / "annotations" / f"person_keypoints_{split}.json"
+
+    def star_keypoints(self, split: str) -> Path:
+        return self.root / "annotations" / f"star_keypoints_{split}.json"
 
     def captions(self, split: str) -> Path:
         return self.root / "annotations" / f"captions_{split}.json"
@@ -125,6 +131,12 @@ class ShapesWorldLayout:
         return self.root / "editing" / split
 
 
+def star_category() -> dict[str, Any]:
+    """The star's COCO category with its keypoints (its tips) and skeleton."""
+    star = next(c for c in categories() if c["name"] == "star")
+    return {**star, "keypoints": list(STAR_KEYPOINT_NAMES), "skeleton": [list(p) for p in STAR_SKELETON]}
+
+
 def image_file_name(image_id: int) -> str:
     return f"{image_id:012d}.png"
 
@@ -160,6 +172,7 @@ class ImageRecord:
     rendered: RenderedScene
     objects: list[dict[str, Any]]  # COCO instance annotations
     keypoints: list[dict[str, Any]]  # COCO keypoint annotations (people)
+    stars: list[dict[str, Any]]  # COCO keypoint annotations of the stars (their tips)
     facts: list[lang.ObjectFacts]
     captions: list[str]
     refs: list[tuple[int, list[str]]]  # (ann_id, sentences)
@@ -180,7 +193,7 @@ def make_image(seed: int, split: str, index: int, config: ShapesWorldConfig) -> 
     rendered = render_scene(scene, silhouettes)
     size = scene.size
     image = {"id": image_id, "file_name": image_file_name(image_id), "width": size, "height": size, "license": 0}
-    objects, keypoint_anns, facts = [], [], []
+    objects, keypoint_anns, star_anns, facts = [], [], [], []
     semantic = np.zeros((size, size), dtype=np.uint8)
     for k, obj in enumerate(scene.objects):
         visible = rendered.visible[k]
@@ -209,6 +222,9 @@ def make_image(seed: int, split: str, index: int, config: ShapesWorldConfig) -> 
             keypoint_anns.append(
                 {**ann, "keypoints": kp.reshape(-1).tolist(), "num_keypoints": int((kp[:, 2] > 0).sum())}
             )
+        if obj.category == "star":
+            kp = _tip_keypoints(star_tips(obj), visible)
+            star_anns.append({**ann, "keypoints": kp.reshape(-1).tolist(), "num_keypoints": int((kp[:, 2] > 0).sum())})
     background = scene.background.kind
     caps = lang.captions(facts, background, text_rng)
     refs = []
@@ -224,6 +240,7 @@ def make_image(seed: int, split: str, index: int, config: ShapesWorldConfig) -> 
         rendered=rendered,
         objects=objects,
         keypoints=keypoint_anns,
+        stars=star_anns,
         facts=facts,
         captions=caps,
         refs=refs,
@@ -237,6 +254,20 @@ def make_image(seed: int, split: str, index: int, config: ShapesWorldConfig) -> 
     )
     record.edit = _edit(scene, objects, refs, config, split, text_rng)
     return record
+
+
+def _tip_keypoints(tips: np.ndarray, visible: np.ndarray) -> np.ndarray:
+    """(5, 3) COCO keypoints of a star's tips: 2 where the tip's pixel (or one next to it) shows the star, 1 where
+    it is covered, 0 outside the image."""
+    size = visible.shape[0]
+    out = np.zeros((len(tips), 3))
+    for k, (x, y) in enumerate(tips):
+        if not (0 <= x < size and 0 <= y < size):
+            continue
+        col, row = int(x), int(y)
+        near = visible[max(0, row - 1) : row + 2, max(0, col - 1) : col + 2]
+        out[k] = [round(float(x), 2), round(float(y), 2), 2 if near.any() else 1]
+    return out
 
 
 def _object_index(ann: dict[str, Any]) -> int:
@@ -431,6 +462,7 @@ class _SplitWriter:
         self.images: list[dict] = []
         self.objects: list[dict] = []
         self.keypoints: list[dict] = []
+        self.stars: list[dict] = []
         self.captions: list[dict] = []
         self.questions: list[dict] = []
         self.answers: list[dict] = []
@@ -447,6 +479,7 @@ class _SplitWriter:
         self.images.append(r.image)
         self.objects += r.objects
         self.keypoints += r.keypoints
+        self.stars += r.stars
         base = image_id * 10
         self.captions += [{"image_id": image_id, "id": base + i, "caption": c} for i, c in enumerate(r.captions)]
         for i, (q, answers) in enumerate(zip(r.questions, r.answers, strict=True)):
@@ -501,6 +534,16 @@ class _SplitWriter:
             },
         )
         _write_json(
+            layout.star_keypoints(split),
+            {
+                "info": info,
+                "licenses": [],
+                "images": self.images,
+                "annotations": self.stars,
+                "categories": [star_category()],
+            },
+        )
+        _write_json(
             layout.captions(split), {"info": info, "licenses": [], "images": self.images, "annotations": self.captions}
         )
         common = {"info": info, "task_type": "Open-Ended", "data_type": "shapes", "data_subtype": split, "license": {}}
@@ -514,6 +557,7 @@ class _SplitWriter:
             "images": len(self.images),
             "objects": len(self.objects),
             "people": len(self.keypoints),
+            "stars": len(self.stars),
             "captions": len(self.captions),
             "questions": len(self.questions),
             "conversations": len(self.conversations),

@@ -54,3 +54,12 @@ def load_split(root: str | Path, split: str, task: Task | str) -> list[Sample]:
 
 def _with_task(sample: Sample, task: Task) -> Sample:
     return sample if sample.task is task else replace(sample, task=task)
+
+
+def load_star_keypoints(root: str | Path, split: str) -> list[Sample]:
+    """The images of a split with stars, each star with its 5 tips as keypoints (`STAR_KEYPOINT_NAMES`); none for a
+    dataset written before the stars' keypoints were."""
+    layout = ShapesWorldLayout(Path(root))
+    if not layout.star_keypoints(split).exists():
+        return []
+    return [s for s in readers.read_coco_keypoints(layout.star_keypoints(split), layout.image_dir(split)) if s.objects]

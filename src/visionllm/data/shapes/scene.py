@@ -169,6 +169,13 @@ def shape_outline(obj: SceneObject, circle_points: int = 48) -> np.ndarray:
     return np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], axis=1)
 
 
+def star_tips(obj: SceneObject) -> np.ndarray:
+    """(5, 2) a star's tips in pixels, from the topmost clockwise (as `STAR_KEYPOINT_NAMES` name them)."""
+    tips = shape_outline(obj)[0::2]
+    first = int(np.argmin(tips[:, 1]))  # the topmost; in image coordinates the outline runs clockwise
+    return np.roll(tips, -first, axis=0)
+
+
 def _person_joints(rng: np.random.Generator, center_xy: tuple[float, float], height: float) -> np.ndarray:
     """(17, 2) joints of a stick figure facing the viewer (its left is on the image's right)."""
     cx, cy = center_xy

@@ -12,7 +12,8 @@ Example i of a stream is a function of (seed, i) alone, as for v1. Every task is
   objects (the model's semantic map merges them);
 - grounding: an expression answered "<expression> [GRD]", the referred object the target;
 - keypoints: "person [DET] nose [POSE], left eye [POSE], ..." over a random subset of the skeleton's points (any
-  skeleton is its names), the people and their points the targets.
+  skeleton is its names: people's 17 points, and stars' 5 tips where the dataset has them), the objects and their
+  points the targets.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from PIL import Image
 
 from visionllm.data.sample import ObjectAnnotation, Sample
 from visionllm.data.shapes.language import ObjectFacts, region_description
-from visionllm.data.shapes.load import load_split
+from visionllm.data.shapes.load import load_split, load_star_keypoints
 from visionllm.data.shapes.scene import SHAPES
-from visionllm.formats.keypoints import COCO_KEYPOINT_NAMES
+from visionllm.formats.keypoints import COCO_KEYPOINT_NAMES, STAR_KEYPOINT_NAMES
 from visionllm.formats.task_table import build_request
 from visionllm.formats.tasks import Task
 from visionllm.models.v2.chat import Turn
@@ -145,6 +146,8 @@ class ChatMixture(torch.utils.data.Dataset):
         self.samples: dict[Task, list[Sample]] = {}
         for task in self.tasks:
             loaded = load_split(root, split, _LOADED_AS.get(task, task))
+            if task is Task.KEYPOINTS:  # people and, where the dataset has them, stars: two skeletons
+                loaded = loaded + load_star_keypoints(root, split)
             if _LOADED_AS.get(task, task) is Task.DETECTION:
                 loaded = [s for s in loaded if s.objects]
             if not loaded:
@@ -193,18 +196,19 @@ class ChatMixture(torch.utils.data.Dataset):
             request = build_request(task, expression=expression, template=rng)
             return asked(request, f"{expression} {ROUTE[task]}", Targets(object_targets(sample.objects[:1], [0], size)))
         if task is Task.KEYPOINTS:
-            people = [o for o in sample.objects if o.keypoints_xyv is not None]
-            count = len(COCO_KEYPOINT_NAMES)
-            chosen = (
-                list(range(count)) if rng.random() < 0.5 else sorted(rng.sample(range(count), rng.randint(1, count)))
-            )
-            names = [COCO_KEYPOINT_NAMES[k] for k in chosen]
-            points = torch.tensor(np.stack([o.keypoints_xyv[chosen] for o in people]), dtype=torch.float32)
+            annotated = [o for o in sample.objects if o.keypoints_xyv is not None]
+            category = annotated[0].category
+            skeleton = STAR_KEYPOINT_NAMES if category == "star" else COCO_KEYPOINT_NAMES
+            count = len(skeleton)
+            every = rng.random() < 0.5
+            chosen = list(range(count)) if every else sorted(rng.sample(range(count), rng.randint(1, count)))
+            names = [skeleton[k] for k in chosen]
+            points = torch.tensor(np.stack([o.keypoints_xyv[chosen] for o in annotated]), dtype=torch.float32)
             points[..., 0] /= size[0]
             points[..., 1] /= size[1]
-            request = build_request(task, classes=["person"], keypoint_names=names, template=rng)
-            targets = Targets(object_targets(people, [0] * len(people), size, masks=False), points)
-            return asked(request, keypoint_answer("person", names), targets)
+            request = build_request(task, classes=[category], keypoint_names=names, template=rng)
+            targets = Targets(object_targets(annotated, [0] * len(annotated), size, masks=False), points)
+            return asked(request, keypoint_answer(category, names), targets)
         if task in (Task.REGION_CAPTION, Task.INTERACTIVE_SEGMENTATION):
             obj = rng.choice(sample.objects)
             mask = object_mask(obj, size)
