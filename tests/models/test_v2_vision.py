@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from visionllm.config import ConfigError
+from visionllm.config import BackboneConfig, ConfigError
 from visionllm.models.v2.regions import RegionEncoder
 from visionllm.models.v2.vision import Bridge, VisionConfig, VisionEncoder
 
@@ -24,6 +24,23 @@ def test_image_tokens_come_from_the_penultimate_layer_without_the_class_token():
     masks[0, 8:24, 8:24] = 1
     assert region(pixels, masks, torch.tensor([1]), levels).shape == (1, 48)
     assert Bridge(32, 48)(tokens).shape == (2, 64, 48)
+
+
+def test_a_convolutional_encoder_gives_a_stride_16_grid_of_tokens_and_three_levels():
+    torch.manual_seed(0)
+    cnn = BackboneConfig(embedding_size=8, hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1], layer_type="basic")
+    config = VisionConfig(image_size=64, patch_size=16, hidden_size=24, num_layers=2, backbone=cnn, freeze=False)
+    encoder = VisionEncoder(config).eval()  # (batch norm mixes a batch in training mode)
+    pixels = torch.randn(2, 3, 64, 64, requires_grad=True)
+    tokens, levels = encoder(pixels)
+    assert tokens.shape == (2, 16, 24) and [tuple(level.shape) for level in levels] == [(2, 4, 4, 24)] * 3
+    (tokens[0, 5] * torch.arange(24.0)).sum().backward()  # a plain sum of a normalised vector is constant
+    assert pixels.grad[1].abs().sum() == 0 and pixels.grad[0].abs().sum() > 0  # each image reads only itself
+    masks = torch.zeros(1, 64, 64)
+    masks[0, 8:24, 8:24] = 1
+    assert RegionEncoder(24, 48, patch=16)(pixels, masks, torch.tensor([1]), levels).shape == (1, 48)
+    with pytest.raises(ConfigError, match="patch_size must be 16"):
+        VisionConfig(image_size=64, patch_size=8, num_layers=2, backbone=cnn)
 
 
 def test_the_paper_preset_has_clip_l_14_336_and_its_bridge_and_region_encoder_sizes():

@@ -4,16 +4,23 @@ The encoder is transformers' `CLIPVisionModel`, built from `VisionConfig` (the p
 576 patch tokens) or loaded from a local folder. The class token is dropped; the patch tokens of the chosen layer
 (the penultimate by default) are the image's tokens, and the last `region_levels` layers are what the region
 encoder reads. The bridge is an MLP (Linear, GELU, Linear) into the LLM's embedding width.
+
+For training from scratch on a small CPU budget, `vision.backbone` swaps the transformer for a convolutional
+backbone (a transformers ResNet or Swin, `visionllm.config.BackboneConfig`): its stride 8, 16 and 32 maps, each
+projected to `hidden_size` and resized to the stride-16 grid (`patch_size` must be 16), are the region encoder's
+three levels, and their sum (normalised) the image tokens.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from visionllm.config import ConfigError
+from visionllm.config import BackboneConfig, ConfigError
+from visionllm.models.common.backbone import Backbone
 
 
 @dataclass
@@ -22,6 +29,7 @@ class VisionConfig:
 
     Attributes:
         pretrained: a local folder with a CLIP (vision) checkpoint; None builds one from the sizes below.
+        backbone: a convolutional backbone instead of the transformer (see the module); its grid is stride 16.
         image_size, patch_size: input side and patch size in pixels (the grid is image_size / patch_size).
         hidden_size, num_layers, num_heads, intermediate_size: the transformer's layout.
         feature_layer: the layer whose patch tokens become the image tokens (-2: the penultimate, as LLaVA).
@@ -30,6 +38,7 @@ class VisionConfig:
     """
 
     pretrained: str | None = None
+    backbone: BackboneConfig | None = None
     image_size: int = 336
     patch_size: int = 14
     hidden_size: int = 1024
@@ -43,6 +52,10 @@ class VisionConfig:
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
             raise ConfigError(f"vision.image_size ({self.image_size}) must be a multiple of vision.patch_size")
+        if self.backbone is not None:
+            if self.patch_size != 16 or not 1 <= self.region_levels <= 3:
+                raise ConfigError("vision.backbone reads a stride-16 grid: patch_size must be 16, region_levels 1 to 3")
+            return
         if not -self.num_layers <= self.feature_layer < 0:
             raise ConfigError(f"vision.feature_layer counts from the end: -1 .. -{self.num_layers}")
         if not 1 <= self.region_levels <= self.num_layers + 1 + self.feature_layer:
@@ -65,6 +78,12 @@ class VisionEncoder(nn.Module):
     def __init__(self, config: VisionConfig, load_weights: bool = True) -> None:
         super().__init__()
         self.config = config
+        if config.backbone is not None:
+            self.cnn = ConvolutionalEncoder(config.backbone, config.hidden_size, load_weights)
+            if config.freeze:
+                self.cnn.requires_grad_(False)
+            self.width: int = config.hidden_size
+            return
         if config.pretrained and load_weights:
             self.clip = CLIPVisionModel.from_pretrained(config.pretrained, attn_implementation="sdpa")
         else:
@@ -89,12 +108,37 @@ class VisionEncoder(nn.Module):
     def forward(self, pixel_values: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Returns the image tokens (B, g*g, C) of `feature_layer` and the `region_levels` layers that end there,
         each (B, g, g, C) (class token dropped)."""
+        if self.config.backbone is not None:
+            levels = self.cnn(pixel_values)
+            tokens = self.cnn.norm(sum(levels))
+            return tokens.flatten(1, 2), levels[3 - self.config.region_levels :]
         out = self.clip(pixel_values=pixel_values, output_hidden_states=True)
         states = out.hidden_states  # embeddings + every layer: (B, 1 + g*g, C) each
         end = len(states) + self.config.feature_layer
         g = pixel_values.shape[-1] // self.clip.config.patch_size
         levels = [s[:, 1:].reshape(len(s), g, g, -1) for s in states[end - self.config.region_levels + 1 : end + 1]]
         return states[end][:, 1:], levels
+
+
+class ConvolutionalEncoder(nn.Module):
+    """A ResNet or Swin read at strides 8, 16 and 32, each map projected to `width` and resized to the stride-16
+    grid: three (B, g, g, width) levels (`norm` normalises their sum into the image tokens)."""
+
+    def __init__(self, backbone: BackboneConfig, width: int, load_weights: bool = True) -> None:
+        super().__init__()
+        self.backbone = Backbone(backbone, load_weights)
+        self.proj = nn.ModuleList(nn.Conv2d(c, width, kernel_size=1) for c in self.backbone.channels)
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, pixel_values: Tensor) -> list[Tensor]:
+        grid = pixel_values.shape[-1] // 16
+        levels = []
+        for proj, feature in zip(self.proj, self.backbone(pixel_values), strict=True):
+            level = proj(feature)
+            if level.shape[-1] != grid:
+                level = F.interpolate(level, size=(grid, grid), mode="bilinear", align_corners=False)
+            levels.append(level.permute(0, 2, 3, 1))
+        return levels
 
 
 class Bridge(nn.Module):
