@@ -94,8 +94,10 @@ def test_the_three_stages_run_through_the_training_loop(tmp_path, tiny_shapeswor
         stage["train"] |= common | {"output_dir": str(tmp_path / name), "max_steps": 2}
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({"base": "base.yaml", **stage}))
         finals[name] = VisionLLMv2.from_pretrained(train(tmp_path / f"{name}.yaml"))
-    assert finals["one"].objects is None and finals["two"].objects is not None
+    assert finals["one"].object_decoder is None and finals["two"].object_decoder is not None
     llm = {k: v for k, v in finals["two"].state_dict().items() if k.startswith(("llm.", "vision.", "link."))}
     after = finals["three"].state_dict()
     assert all(torch.equal(after[k], v) for k, v in llm.items())  # stage 3 keeps the chat model
-    assert not all(torch.equal(after[k], v) for k, v in finals["two"].state_dict().items() if k.startswith("objects."))
+    assert not all(
+        torch.equal(after[k], v) for k, v in finals["two"].state_dict().items() if k.startswith("object_decoder.")
+    )

@@ -7,6 +7,7 @@ import torch
 
 from visionllm.cli import main
 from visionllm.eval.runner import evaluate_shapesworld, inner_point, names_object
+from visionllm.formats.keypoints import STAR_KEYPOINT_NAMES
 from visionllm.formats.results import Detections, SegmentationMap, TextAnswer
 from visionllm.formats.task_table import build_instruction
 from visionllm.formats.tasks import Task
@@ -104,3 +105,16 @@ def test_serving_a_v2_model_is_refused_with_what_to_use(model, tmp_path, capsys)
     folder = model.save_pretrained(tmp_path / "v2")
     assert main(["serve", "--model", str(folder), "--port", "18731"]) == 2
     assert "serve and the demo take v1 models so far" in capsys.readouterr().err
+
+
+def test_the_one_call_helpers_answer_v2s_tasks(model):
+    image = np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    assert isinstance(model.detect(image, ["star"], min_score=0.0), Detections)
+    assert model.segment(image, ["star"], min_score=0.0).masks is not None
+    star = model.keypoints(image, min_score=0.0, category="star", names=STAR_KEYPOINT_NAMES)
+    assert star.keypoints_xyv_px.shape[1:] == (5, 3) and set(star.class_names) <= {"star"}
+    assert model.segment_semantic(image, ["circle", "star"]).labels.shape == (64, 64)
+    clicked = model.segment_region(image, ("point", [30, 30]))
+    assert len(clicked) == 1 and clicked.masks.shape == (1, 64, 64)
+    assert isinstance(model.describe_region(image, ("box", [10, 10, 40, 40])), str)
+    assert isinstance(model.ask(image, "how many stars are there?"), str) and isinstance(model.caption(image), str)

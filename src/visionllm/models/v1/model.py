@@ -26,7 +26,7 @@ from visionllm.config import ConfigError, VisionLLMConfig
 from visionllm.formats import tokens as tk
 from visionllm.formats.codec import OutputFormat, decode_slots, parse_class_binding, parse_format_header
 from visionllm.formats.results import Decoded, Detections, Dropped, TextAnswer
-from visionllm.formats.task_table import Instruction, build_instruction
+from visionllm.formats.task_table import Instruction
 from visionllm.formats.tasks import Task
 from visionllm.models.common.backbone import Backbone
 from visionllm.models.common.checkpoint import (
@@ -40,6 +40,7 @@ from visionllm.models.common.checkpoint import (
     read_weights,
     write_weights,
 )
+from visionllm.models.common.helpers import TaskHelpers
 from visionllm.models.common.inputs import ImageInput
 from visionllm.models.common.llm import configured_tokenizer
 from visionllm.models.common.sequence import (
@@ -66,7 +67,7 @@ logger = logging.getLogger(__name__)
 ImageLike = Image.Image | np.ndarray | str | Path
 
 
-class VisionLLM(nn.Module):
+class VisionLLM(nn.Module, TaskHelpers):
     """VisionLLM v1.
 
     Args:
@@ -580,42 +581,6 @@ class VisionLLM(nn.Module):
             return decoded
         keep = nms(found.boxes_xyxy_px, found.scores, self.config.decoder.nms_iou, labels=list(found.class_names))
         return Decoded(found.select(keep), decoded.dropped)
-
-    # -- task helpers -------------------------------------------------------------------------
-
-    def _one(self, image: ImageLike, instruction: Instruction, min_score: float = 0.05):
-        return self.predict([image], [instruction], min_score)[0].prediction
-
-    def detect(self, image: ImageLike, classes: Sequence[str], min_score: float = 0.05) -> Detections:
-        """Objects of any class set, as boxes in the image's pixels."""
-        return self._one(
-            image, build_instruction(Task.DETECTION, classes=classes, config=self.config.codec()), min_score
-        )
-
-    def segment(
-        self, image: ImageLike, classes: Sequence[str], points: int = 16, min_score: float = 0.05
-    ) -> Detections:
-        """Instance polygons with `points` boundary points each."""
-        instruction = build_instruction(
-            Task.INSTANCE_SEGMENTATION, classes=classes, num_points=points, config=self.config.codec()
-        )
-        return self._one(image, instruction, min_score)
-
-    def ground(self, image: ImageLike, expression: str) -> Detections:
-        """The one object a referring expression names (empty if none)."""
-        return self._one(
-            image, build_instruction(Task.GROUNDING, expression=expression, config=self.config.codec()), 0.0
-        )
-
-    def keypoints(self, image: ImageLike, min_score: float = 0.05) -> Detections:
-        """People with their 17 COCO keypoints."""
-        return self._one(image, build_instruction(Task.KEYPOINTS, config=self.config.codec()), min_score)
-
-    def caption(self, image: ImageLike) -> str:
-        return self._one(image, build_instruction(Task.CAPTION)).text
-
-    def ask(self, image: ImageLike, question: str) -> str:
-        return self._one(image, build_instruction(Task.VQA, question=question)).text
 
     # -- checkpoints --------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 from visionllm.config import ConfigError
 from visionllm.formats.keypoints import COCO_KEYPOINT_NAMES
 from visionllm.formats.results import Decoded, Detections, SegmentationMap, TextAnswer
-from visionllm.formats.task_table import Instruction
+from visionllm.formats.task_table import Instruction, build_instruction
 from visionllm.formats.tasks import Task
 from visionllm.models.common.checkpoint import (
     CONFIG_NAME,
@@ -35,6 +35,7 @@ from visionllm.models.common.checkpoint import (
     read_weights,
     write_weights,
 )
+from visionllm.models.common.helpers import TaskHelpers
 from visionllm.models.common.inputs import ImageInput, ProcessorError, normalise_image
 from visionllm.models.common.llm import (
     CausalLanguageModel,
@@ -66,6 +67,7 @@ logger = logging.getLogger(__name__)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGE = V2_TOKENS[0]
+REGION_MARK = f"region1 {REGION}"
 ImageLike = Image.Image | np.ndarray | str | Path
 
 
@@ -225,7 +227,7 @@ class VisionLLMv2Processor:
         )
 
 
-class VisionLLMv2(nn.Module):
+class VisionLLMv2(nn.Module, TaskHelpers):
     """VisionLLM v2's chat model.
 
     Args:
@@ -237,10 +239,10 @@ class VisionLLMv2(nn.Module):
 
     version = 2
 
-    FREEZE_GROUPS = ("vision", "bridge", "regions", "llm", "link", "objects", "keypoints")
+    FREEZE_GROUPS = ("vision", "bridge", "regions", "llm", "link", "object_decoder", "keypoint_decoder")
     """The parts a training stage may keep fixed (`train.freeze`): stage 3 freezes the chat model."""
 
-    VISUAL_PARTS = ("vision", "objects")
+    VISUAL_PARTS = ("vision", "object_decoder")
     """Top-level modules that train at `optim.visual_lr_scale` times the learning rate."""
 
     config_class = VisionLLMv2Config
@@ -263,10 +265,10 @@ class VisionLLMv2(nn.Module):
             self.vision.width, width, patch=config.vision.patch_size, num_points=config.regions.num_points
         )
         self.link = SuperLink(self.processor.route_ids, self.processor.query_id, width)
-        self.objects = ObjectDecoder(config.objects, width, load_weights) if config.objects else None
-        self.keypoints = (
-            KeypointDecoder(config.keypoints, width, config.objects.d_model, len(self.objects.input_proj))
-            if config.keypoints and self.objects is not None
+        self.object_decoder = ObjectDecoder(config.objects, width, load_weights) if config.objects else None
+        self.keypoint_decoder = (
+            KeypointDecoder(config.keypoints, width, config.objects.d_model, len(self.object_decoder.input_proj))
+            if config.keypoints and self.object_decoder is not None
             else None
         )
 
@@ -320,7 +322,7 @@ class VisionLLMv2(nn.Module):
         else:
             text = hidden.sum() * 0
         losses = {"text": text}
-        if self.objects is not None and any(t is not None for t in batch.targets):
+        if self.object_decoder is not None and any(t is not None for t in batch.targets):
             losses.update(self.decoder_losses(batch, hidden))
         total = text + self.config.decoder_loss_weight * sum(v for k, v in losses.items() if k != "text")
         return {"loss": total, **{k: v.detach() for k, v in losses.items()}}
@@ -335,13 +337,15 @@ class VisionLLMv2(nn.Module):
 
     def decode_objects(self, pixel_values: Tensor, conditions: Sequence[Sequence[Tensor]]) -> ObjectOutput:
         """The object decoder on the chat model's pixels with the given routed categories."""
-        assert self.objects is not None
-        return self.objects(self.objects.pixels(pixel_values, self.processor.mean, self.processor.std), conditions)
+        assert self.object_decoder is not None
+        return self.object_decoder(
+            self.object_decoder.pixels(pixel_values, self.processor.mean, self.processor.std), conditions
+        )
 
     def decoder_losses(self, batch: ChatBatch, hidden: Tensor) -> dict[str, Tensor]:
         """The object decoder's losses ("boxes", "masks") and the keypoint decoder's ("keypoints") on the
         conversations whose targets ask for them."""
-        assert self.objects is not None
+        assert self.object_decoder is not None
         routed = self.routed(hidden, batch.input_ids)
         samples = [
             b for b, t in enumerate(batch.targets) if t is not None and t.objects is not None and routed["object"][b]
@@ -349,12 +353,12 @@ class VisionLLMv2(nn.Module):
         zero = hidden.sum() * 0
         if not samples:
             out = {"boxes": zero, "masks": zero}
-            return out | ({"keypoints": zero} if self.keypoints is not None else {})
+            return out | ({"keypoints": zero} if self.keypoint_decoder is not None else {})
         index = torch.tensor(samples, device=hidden.device)
         output = self.decode_objects(batch.pixel_values[index], [routed["object"][b] for b in samples])
         chosen = [batch.targets[b] for b in samples]
-        losses, (image, rows, cols) = self.objects.loss(output, [t.objects for t in chosen])
-        if self.keypoints is None:
+        losses, (image, rows, cols) = self.object_decoder.loss(output, [t.objects for t in chosen])
+        if self.keypoint_decoder is None:
             return losses
         keep = [
             k
@@ -365,13 +369,13 @@ class VisionLLMv2(nn.Module):
             return losses | {"keypoints": zero}
         keep_t = torch.tensor(keep, device=image.device)
         image, rows, cols = image[keep_t], rows[keep_t], cols[keep_t]
-        points = self.keypoints(output, image, rows, [routed["keypoint"][b] for b in samples])
+        points = self.keypoint_decoder(output, image, rows, [routed["keypoint"][b] for b in samples])
         width = points[-1].shape[1]
         wanted = torch.zeros(len(keep), width, 3)
         for k, (i, j) in enumerate(zip(image.tolist(), cols.tolist(), strict=True)):
             annotated = chosen[i].keypoints[j]
             wanted[k, : len(annotated)] = annotated
-        return losses | {"keypoints": self.keypoints.loss(points, wanted.to(points[-1].device))}
+        return losses | {"keypoints": self.keypoint_decoder.loss(points, wanted.to(points[-1].device))}
 
     def hidden_states(self, batch: ChatBatch) -> Tensor:
         """The LLM's last hidden states (B, L, D) over the whole sequences (what the decoders' queries read)."""
@@ -502,7 +506,7 @@ class VisionLLMv2(nn.Module):
         min_score: float,
     ) -> list[Detections | SegmentationMap]:
         """The perception pairs `chosen`: their routed answers read in one pass, then the decoders."""
-        if self.objects is None:
+        if self.object_decoder is None:
             raise ProcessorError("this v2 model has no object decoder: it answers chat requests only")
         examples = [
             ChatExample(inputs[i], (Turn("user", plans[i].request), Turn("assistant", plans[i].answer)), prompts[i])
@@ -512,7 +516,7 @@ class VisionLLMv2(nn.Module):
         routed = self.routed(self.hidden_states(batch), batch.input_ids)
         output = self.decode_objects(batch.pixel_values, routed["object"])
         sizes = [inputs[i].size_wh for i in chosen]
-        found = self.objects.detect(output, sizes, min_score=min_score)
+        found = self.object_decoder.detect(output, sizes, min_score=min_score)
         out: list[Detections | SegmentationMap] = []
         for b, i in enumerate(chosen):
             task, names = plans[i].task, plans[i].class_names
@@ -536,15 +540,44 @@ class VisionLLMv2(nn.Module):
         min_score: float,
     ) -> Detections:
         """The best instances of the routed class with the keypoint decoder's points."""
-        if self.keypoints is None:
+        if self.keypoint_decoder is None:
             raise ProcessorError("this v2 model has no keypoint decoder")
-        count = min(self.keypoints.config.max_instances, output.class_logits.shape[1])
-        found = self.objects.detect(output, [size_wh] * len(output.boxes), top_k=count, min_score=min_score)[image]
+        count = min(self.keypoint_decoder.config.max_instances, output.class_logits.shape[1])
+        found = self.object_decoder.detect(output, [size_wh] * len(output.boxes), top_k=count, min_score=min_score)[
+            image
+        ]
         if len(found.queries) == 0:  # no instance: nothing for the keypoint decoder to read
             points = torch.zeros(0, len(planned.keypoint_names), 2)
         else:
-            points = self.keypoints(output, torch.full_like(found.queries, image), found.queries, names)[-1]
+            points = self.keypoint_decoder(output, torch.full_like(found.queries, image), found.queries, names)[-1]
         return keypoint_detections(found, points, size_wh, planned.class_names[0], len(planned.keypoint_names))
+
+    # -- task helpers (detect, segment, ground, caption and ask come from TaskHelpers) -------------
+
+    def keypoints(
+        self,
+        image: ImageLike,
+        min_score: float = 0.05,
+        category: str = "person",
+        names: Sequence[str] = COCO_KEYPOINT_NAMES,
+    ) -> Detections:
+        """The instances of `category` with the points `names` names (any skeleton: a person's 17, a star's tips)."""
+        instruction = build_instruction(Task.KEYPOINTS, classes=[category], keypoint_names=names)
+        return self._one(image, instruction, min_score, keypoint_names=names)
+
+    def segment_semantic(self, image: ImageLike, classes: Sequence[str]) -> SegmentationMap:
+        """One class per pixel (0: background, i + 1: classes[i])."""
+        return self._one(image, build_instruction(Task.SEMANTIC_SEGMENTATION, classes=classes))
+
+    def segment_region(self, image: ImageLike, region: RegionPrompt | tuple) -> Detections:
+        """The object a visual prompt marks (a click, a box, a scribble, a mask), with its mask."""
+        instruction = build_instruction(Task.INTERACTIVE_SEGMENTATION, regions=REGION_MARK)
+        return self._one(image, instruction, 0.0, regions=[[region]])
+
+    def describe_region(self, image: ImageLike, region: RegionPrompt | tuple) -> str:
+        """A short description of the object a visual prompt marks."""
+        instruction = build_instruction(Task.REGION_CAPTION, regions=REGION_MARK)
+        return self._one(image, instruction, regions=[[region]]).text
 
     def _text(self, ids: list[int]) -> str:
         tokenizer = self.processor.tokenizer
@@ -576,7 +609,7 @@ class VisionLLMv2(nn.Module):
             example = ChatExample(self.processor.image(image), tuple(turns), tuple(regions))
             batch = self.processor.collate([example], self.link, side="left")
             reply = self.generate(batch)[0]
-            if self.objects is not None:
+            if self.object_decoder is not None:
                 reply.results = self._decode_reply(batch.pixel_values, example.image.size_wh, reply)
             return reply
         finally:
@@ -585,13 +618,13 @@ class VisionLLMv2(nn.Module):
     def _decode_reply(self, pixel_values: Tensor, size_wh: tuple[int, int], reply: Reply) -> dict[str, Detections]:
         """The decoders' results for a reply's calls: its object calls are one category set for the object
         decoder; its [POSE] calls name the points of the instances of its first object call."""
-        assert self.objects is not None
+        assert self.object_decoder is not None
         called = list(zip(reply.calls, reply.names, strict=True))
         objects = [(route, name, states) for (route, states), name in called if ROUTES[route] == "object"]
         if not objects:
             return {}
         output = self.decode_objects(pixel_values, [[states for _, _, states in objects]])
-        found = self.objects.detect(output, [size_wh])[0]
+        found = self.object_decoder.detect(output, [size_wh])[0]
         names = [name for _, name, _ in objects]
         results: dict[str, Detections] = {}
         for route in dict.fromkeys(route for route, _, _ in objects):
@@ -602,7 +635,7 @@ class VisionLLMv2(nn.Module):
             chosen = Detected(*(getattr(found, f.name)[keep] for f in dataclass_fields(Detected)))
             results[route] = detections(chosen, names, masks=route == "[SEG]")
         points = [(name, states) for (route, states), name in called if ROUTES[route] == "keypoint"]
-        if points and self.keypoints is not None:
+        if points and self.keypoint_decoder is not None:
             pose = Plan(Task.KEYPOINTS, "", None, (names[0],), tuple(name for name, _ in points))
             results["[POSE]"] = self._keypoints(output, 0, size_wh, [[s for _, s in points]], pose, 0.05)
         return results
