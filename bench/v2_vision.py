@@ -1,0 +1,101 @@
+"""Which vision encoder the tiny v2 preset should train from scratch: the CLIP-layout transformer or a convolutional
+backbone, for equal CPU time.
+
+Each variant trains v2's stage 1 (the chat model: chat, VQA, captions, region captions) for the same number of
+minutes on the same data, then answers the first val images' VQA questions and captions, with the images and with
+each image swapped for another (the blind control). Run alone: two jobs on 2 cores starve each other.
+
+    python bench/v2_vision.py --shapesworld data/shapesworld --minutes 15 --out docs/benchmarks/v2_vision.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import yaml
+
+from visionllm.eval.runner import evaluate_shapesworld
+from visionllm.models.loading import load_pretrained
+from visionllm.train.loop import train
+
+ROOT = Path(__file__).resolve().parents[1]
+RESNET = {"kind": "resnet", "embedding_size": 32, "hidden_sizes": [32, 64, 128, 256], "depths": [1, 1, 2, 1]}
+RESNET["layer_type"] = "basic"
+VARIANTS = {
+    "CLIP-layout ViT (4 x 192, 16 px patches)": {},
+    "ResNet (v1's tiny layout) at strides 8-32, 192 wide": {"vision": {"backbone": RESNET}},
+}
+
+
+def _merged(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _steps_per_minute(preset: Path) -> float:
+    """Steps a minute of this variant, from a 30-step run after a 10-step warm-up."""
+    started = None
+    for steps in (10, 40):
+        if steps == 40:
+            started = time.perf_counter()
+        train(preset, resume=True, max_steps=steps)
+    assert started is not None
+    return 30 / ((time.perf_counter() - started) / 60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapesworld", type=Path, default=ROOT / "data/shapesworld")
+    parser.add_argument("--minutes", type=float, default=15.0)
+    parser.add_argument("--images", type=int, default=100, help="val images evaluated")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs/bench-v2-vision")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks/v2_vision.md")
+    args = parser.parse_args()
+    stage = yaml.safe_load((ROOT / "configs/tiny_v2_stage1.yaml").read_text())
+    model = _merged(yaml.safe_load((ROOT / "configs/tiny_v2.yaml").read_text())["model"], stage["model"])
+    rows = []
+    for name, override in VARIANTS.items():
+        work = args.work / str(len(rows))
+        work.mkdir(parents=True, exist_ok=True)
+        run = _merged(stage["train"], {"output_dir": str(work / "run"), "data": {"root": str(args.shapesworld)}})
+        preset = work / "preset.yaml"
+        preset.write_text(yaml.safe_dump({"model": _merged(model, override), "train": run}))
+        rate = _steps_per_minute(preset)
+        steps = max(41, round(rate * args.minutes))
+        started = time.perf_counter()
+        final = train(preset, resume=True, max_steps=steps)
+        minutes = (time.perf_counter() - started) / 60 + 40 / rate
+        metrics = evaluate_shapesworld(
+            load_pretrained(final), args.shapesworld, "val", ["caption", "vqa"], limit=args.images, progress=False
+        )
+        rows.append({"variant": name, "steps": steps, "minutes": round(minutes, 1), **metrics})
+        print(json.dumps(rows[-1]))
+    lines = [
+        "# The tiny v2 chat model's vision encoder, trained from scratch for equal CPU time",
+        "",
+        f"`python bench/v2_vision.py --minutes {args.minutes:g}`: v2's stage 1 for each encoder, then VQA and "
+        f"captions on the first {args.images} val images, with each image swapped for another (blind).",
+        "",
+        "| encoder | steps | minutes | vqa_accuracy | blind | CIDEr | blind |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['variant']} | {r['steps']} | {r['minutes']} | {r['vqa_accuracy']:.3f} | "
+            f"{r.get('vqa_accuracy_blind', float('nan')):.3f} | {r['CIDEr']:.3f} | "
+            f"{r.get('CIDEr_blind', float('nan')):.3f} |"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
