@@ -59,7 +59,7 @@ def test_an_image_without_routed_categories_is_refused(decoder):
 
 def test_detections_come_in_pixels_of_each_image_best_first(decoder):
     out = decoder.eval()(torch.randn(2, 3, 64, 64), conditions([2, 1]))
-    found = decoder.detect(out, [(200, 100), (64, 64)], top_k=5)
+    found = [decoder.detect(out, 0, (200, 100), top_k=5), decoder.detect(out, 1, (64, 64), top_k=5)]
     first = found[0]
     assert first.boxes.shape == (5, 4) and first.masks.shape == (5, 100, 200)
     assert (first.scores[:-1] >= first.scores[1:]).all()

@@ -321,10 +321,9 @@ def evaluate_shapesworld(
 
     def regions() -> list[tuple[dict, dict]]:
         """The split's region prompts with their objects' annotations, on the evaluated images."""
+        annotations = {a["id"]: a for a in view["annotations"]}  # the evaluated images' objects
         data = json.loads(layout.regions(split).read_text())
-        annotations = {a["id"]: a for a in json.loads(layout.instances(split).read_text())["annotations"]}
-        kept = {im["id"] for im in view["images"]}
-        return [(r, annotations[r["ann_id"]]) for r in data["regions"] if r["image_id"] in kept]
+        return [(r, annotations[r["ann_id"]]) for r in data["regions"] if r["ann_id"] in annotations]
 
     def interactive() -> dict[str, float]:
         chosen = regions()

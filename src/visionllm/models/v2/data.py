@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from visionllm.data.sample import ObjectAnnotation, Sample
 from visionllm.data.shapes.language import ObjectFacts, region_description
@@ -170,8 +169,7 @@ class ChatMixture(torch.utils.data.Dataset):
 
     def example(self, task: Task, sample: Sample, rng: random.Random) -> ChatExample:
         """The training conversation of a task for one sample."""
-        with Image.open(sample.image_path) as opened:
-            image = self.processor.image(opened)
+        image = self.processor.image(sample.image_path)
         size = image.size_wh
 
         def asked(request: str, answer: str, targets: Targets | None = None, regions=()) -> ChatExample:

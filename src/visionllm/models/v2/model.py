@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from dataclasses import fields as dataclass_fields
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +54,10 @@ from visionllm.models.common.sequence import (
 from visionllm.models.v2.chat import Turn, build_chat
 from visionllm.models.v2.config import VisionLLMv2Config
 from visionllm.models.v2.keypoint_decoder import KeypointDecoder
-from visionllm.models.v2.object_decoder import Detected, ObjectDecoder, ObjectOutput, ObjectTargets
+from visionllm.models.v2.object_decoder import ObjectDecoder, ObjectOutput, ObjectTargets
 from visionllm.models.v2.perception import Plan, detections, keypoint_detections, plan, semantic_map
 from visionllm.models.v2.regions import RegionEncoder, RegionPrompt, prompt_mask
-from visionllm.models.v2.superlink import QUERY, REGION, ROUTES, V2_TOKENS, RouteCall, SuperLink
+from visionllm.models.v2.superlink import QUERY, REGION, ROUTES, V2_TOKENS, SuperLink
 from visionllm.models.v2.vision import Bridge, VisionEncoder
 from visionllm.train.mix import MixConfig
 
@@ -330,7 +329,6 @@ class VisionLLMv2(nn.Module, TaskHelpers):
     def routed(self, hidden: Tensor, input_ids: Tensor) -> dict[str, list[list[Tensor]]]:
         """Per decoder family, per conversation, the query states of each of its calls in order."""
         found: dict[str, list[list[Tensor]]] = {family: [[] for _ in input_ids] for family in set(ROUTES.values())}
-        call: RouteCall
         for call, states in self.link.conditions(hidden, input_ids):
             found[ROUTES[call.route]][call.sample].append(states)
         return found
@@ -516,7 +514,6 @@ class VisionLLMv2(nn.Module, TaskHelpers):
         routed = self.routed(self.hidden_states(batch), batch.input_ids)
         output = self.decode_objects(batch.pixel_values, routed["object"])
         sizes = [inputs[i].size_wh for i in chosen]
-        found = self.object_decoder.detect(output, sizes, min_score=min_score)
         out: list[Detections | SegmentationMap] = []
         for b, i in enumerate(chosen):
             task, names = plans[i].task, plans[i].class_names
@@ -525,9 +522,10 @@ class VisionLLMv2(nn.Module, TaskHelpers):
             elif task is Task.KEYPOINTS:
                 out.append(self._keypoints(output, b, sizes[b], routed["keypoint"], plans[i], min_score))
             else:
-                keep = slice(0, 1) if task in (Task.GROUNDING, Task.INTERACTIVE_SEGMENTATION) else slice(None)
-                first = Detected(*(getattr(found[b], f.name)[keep] for f in dataclass_fields(Detected)))
-                out.append(detections(first, names, masks=task is not Task.DETECTION and task is not Task.GROUNDING))
+                masks = task not in (Task.DETECTION, Task.GROUNDING)
+                best = 1 if task in (Task.GROUNDING, Task.INTERACTIVE_SEGMENTATION) else 100
+                found = self.object_decoder.detect(output, b, sizes[b], best, min_score, masks)
+                out.append(detections(found, names))
         return out
 
     def _keypoints(
@@ -543,9 +541,7 @@ class VisionLLMv2(nn.Module, TaskHelpers):
         if self.keypoint_decoder is None:
             raise ProcessorError("this v2 model has no keypoint decoder")
         count = min(self.keypoint_decoder.config.max_instances, output.class_logits.shape[1])
-        found = self.object_decoder.detect(output, [size_wh] * len(output.boxes), top_k=count, min_score=min_score)[
-            image
-        ]
+        found = self.object_decoder.detect(output, image, size_wh, count, min_score, masks=False)
         if len(found.queries) == 0:  # no instance: nothing for the keypoint decoder to read
             points = torch.zeros(0, len(planned.keypoint_names), 2)
         else:
@@ -624,7 +620,7 @@ class VisionLLMv2(nn.Module, TaskHelpers):
         if not objects:
             return {}
         output = self.decode_objects(pixel_values, [[states for _, _, states in objects]])
-        found = self.object_decoder.detect(output, [size_wh])[0]
+        found = self.object_decoder.detect(output, 0, size_wh)
         names = [name for _, name, _ in objects]
         results: dict[str, Detections] = {}
         for route in dict.fromkeys(route for route, _, _ in objects):
@@ -632,8 +628,8 @@ class VisionLLMv2(nn.Module, TaskHelpers):
             keep = torch.isin(found.categories, mine).nonzero().flatten()
             if route == "[GRD]":
                 keep = keep[:1]
-            chosen = Detected(*(getattr(found, f.name)[keep] for f in dataclass_fields(Detected)))
-            results[route] = detections(chosen, names, masks=route == "[SEG]")
+            chosen = found.select(keep)
+            results[route] = detections(chosen if route == "[SEG]" else replace(chosen, masks=None), names)
         points = [(name, states) for (route, states), name in called if ROUTES[route] == "keypoint"]
         if points and self.keypoint_decoder is not None:
             pose = Plan(Task.KEYPOINTS, "", None, (names[0],), tuple(name for name, _ in points))

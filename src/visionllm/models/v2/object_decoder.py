@@ -135,15 +135,20 @@ class Detected:
         boxes: (N, 4) x1, y1, x2, y2 in pixels of the image.
         scores: (N,) in [0, 1].
         categories: (N,) the index of the routed category.
-        masks: (N, H, W) bool at the image's size.
+        masks: (N, H, W) bool at the image's size, or None when not asked for.
         queries: (N,) the decoder query each came from.
     """
 
     boxes: Tensor
     scores: Tensor
     categories: Tensor
-    masks: Tensor
+    masks: Tensor | None
     queries: Tensor
+
+    def select(self, index: Tensor | slice) -> Detected:
+        """The detections at `index`, in its order."""
+        masks = self.masks[index] if self.masks is not None else None
+        return Detected(self.boxes[index], self.scores[index], self.categories[index], masks, self.queries[index])
 
 
 class ObjectDecoder(nn.Module):
@@ -287,24 +292,26 @@ class ObjectDecoder(nn.Module):
 
     @torch.no_grad()
     def detect(
-        self, output: ObjectOutput, sizes_wh: Sequence[tuple[int, int]], top_k: int = 100, min_score: float = 0.0
-    ) -> list[Detected]:
-        """Each image's best (query, category) pairs, Deformable DETR's post-processing, with masks at its size."""
-        probs = output.class_logits.float().sigmoid().masked_fill(~output.valid[:, None, :], -1.0)
-        found = []
-        for b, (width, height) in enumerate(sizes_wh):
-            flat = probs[b].flatten()
-            count = min(top_k, flat.numel())
-            scores, index = flat.topk(count)
-            keep = scores >= max(min_score, 0.0)  # never a category the image did not route
-            scores, index = scores[keep], index[keep]
-            queries = index // probs.shape[-1]
-            categories = index % probs.shape[-1]
-            scale = torch.tensor([width, height, width, height], dtype=torch.float32, device=scores.device)
-            boxes = cxcywh_to_xyxy(output.boxes[b, queries].float()) * scale
-            masks = upsample_masks(output.mask_logits[b, queries].float(), (height, width)) > 0
-            found.append(Detected(boxes, scores, categories, masks, queries))
-        return found
+        self,
+        output: ObjectOutput,
+        image: int,
+        size_wh: tuple[int, int],
+        top_k: int = 100,
+        min_score: float = 0.0,
+        masks: bool = True,
+    ) -> Detected:
+        """Image `image`'s best (query, category) pairs, Deformable DETR's post-processing, in pixels of an image
+        of `size_wh`; with its masks at that size when `masks` (their upsampling is most of the cost)."""
+        probs = output.class_logits[image].float().sigmoid().masked_fill(~output.valid[image][None, :], -1.0)
+        scores, index = probs.flatten().topk(min(top_k, probs.numel()))
+        keep = scores >= max(min_score, 0.0)  # never a category the image did not route
+        scores, index = scores[keep], index[keep]
+        queries, categories = index // probs.shape[-1], index % probs.shape[-1]
+        width, height = size_wh
+        scale = torch.tensor([width, height, width, height], dtype=torch.float32, device=scores.device)
+        boxes = cxcywh_to_xyxy(output.boxes[image, queries].float()) * scale
+        found = upsample_masks(output.mask_logits[image, queries].float(), (height, width)) > 0 if masks else None
+        return Detected(boxes, scores, categories, found, queries)
 
 
 def _resized(mask: Tensor, size: torch.Size) -> Tensor:

@@ -86,13 +86,14 @@ def plan(instruction: str | Instruction, keypoint_names: Sequence[str] = COCO_KE
     return Plan(task, instruction.text)
 
 
-def detections(found: Detected, names: Sequence[str], masks: bool) -> Detections:
-    """An object decoder's detections of one image as typed results (class names from the routed groups)."""
+def detections(found: Detected, names: Sequence[str]) -> Detections:
+    """An object decoder's detections of one image as typed results (class names from the routed groups; masks
+    where the decoder gave them)."""
     return Detections(
         boxes_xyxy_px=found.boxes.double().numpy(),
         scores=found.scores.double().numpy(),
         class_names=tuple(names[c] for c in found.categories.tolist()),
-        masks=found.masks.numpy() if masks else None,
+        masks=found.masks.numpy() if found.masks is not None else None,
     )
 
 
