@@ -6,8 +6,9 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-output
 
 DEFAULT_MODEL := checkpoints/visionllm-v1-tiny
+V2_MODEL := checkpoints/visionllm-v2-tiny
 
-.PHONY: demo test lint setup bench clean train-default serve browser
+.PHONY: demo test lint setup bench clean train-default train-v2 serve browser
 
 setup: $(STAMP)
 
@@ -30,6 +31,14 @@ train-default: $(STAMP)
 	$(VENV)/bin/visionllm train --config configs/tiny_stage1.yaml --resume
 	$(VENV)/bin/visionllm train --config configs/tiny_stage2.yaml --resume
 	$(VENV)/bin/visionllm export runs/tiny-stage2/final $(DEFAULT_MODEL) --dtype fp16
+
+# Trains the shipped v2 model: stage 1 (the chat model), stage 2 (the decoders attached, every task), stage 3 (the
+# decoders alone), each resumable from its last checkpoint; then writes it in fp16 to $(V2_MODEL).
+train-v2: $(STAMP)
+	$(VENV)/bin/visionllm train --config configs/tiny_v2_stage1.yaml --resume
+	$(VENV)/bin/visionllm train --config configs/tiny_v2_stage2.yaml --resume
+	$(VENV)/bin/visionllm train --config configs/tiny_v2_stage3.yaml --resume
+	$(VENV)/bin/visionllm export runs/tiny-v2-stage3/final $(V2_MODEL) --dtype fp16
 
 # The web page's test drives Debian's Chromium through Playwright (no browser download): install it when
 # missing (as root, or through sudo).

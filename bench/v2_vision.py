@@ -1,11 +1,12 @@
 """Which vision encoder the tiny v2 preset should train from scratch: the CLIP-layout transformer or a convolutional
-backbone, for equal CPU time.
+backbone, each with and without the patch labels (`visionllm.models.v2.patch_labels`).
 
 Each variant trains v2's stage 1 (the chat model: chat, VQA, captions, region captions) for the same number of
-minutes on the same data, then answers the first val images' VQA questions and captions, with the images and with
-each image swapped for another (the blind control). Run alone: two jobs on 2 cores starve each other.
+steps on the same data (the table gives the minutes each took), then answers the first val images' VQA questions
+and captions, with the images and with each image swapped for another (the blind control). Run alone: two jobs on
+2 cores starve each other.
 
-    python bench/v2_vision.py --shapesworld data/shapesworld --minutes 15 --out docs/benchmarks/v2_vision.md
+    python bench/v2_vision.py --shapesworld data/shapesworld --steps 1000 --out docs/benchmarks/v2_vision.md
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -25,9 +27,12 @@ from visionllm.train.loop import train
 ROOT = Path(__file__).resolve().parents[1]
 RESNET = {"kind": "resnet", "embedding_size": 32, "hidden_sizes": [32, 64, 128, 256], "depths": [1, 1, 2, 1]}
 RESNET["layer_type"] = "basic"
+NONE = {"patch_labels": None}  # the preset's patch labels left out
 VARIANTS = {
-    "CLIP-layout ViT (4 x 192, 16 px patches)": {},
-    "ResNet (v1's tiny layout) at strides 8-32, 192 wide": {"vision": {"backbone": RESNET}},
+    "vit": ("CLIP-layout ViT (4 x 192, 16 px patches)", NONE),
+    "vit+labels": ("the same ViT with patch labels", {}),
+    "resnet": ("ResNet (v1's tiny layout) at strides 8-32, 192 wide", {"vision": {"backbone": RESNET}, **NONE}),
+    "resnet+labels": ("the same ResNet with patch labels", {"vision": {"backbone": RESNET}}),
 }
 
 
@@ -38,21 +43,11 @@ def _merged(base: dict, override: dict) -> dict:
     return out
 
 
-def _steps_per_minute(preset: Path) -> float:
-    """Steps a minute of this variant, from a 30-step run after a 10-step warm-up."""
-    started = None
-    for steps in (10, 40):
-        if steps == 40:
-            started = time.perf_counter()
-        train(preset, resume=True, max_steps=steps)
-    assert started is not None
-    return 30 / ((time.perf_counter() - started) / 60)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapesworld", type=Path, default=ROOT / "data/shapesworld")
-    parser.add_argument("--minutes", type=float, default=15.0)
+    parser.add_argument("--steps", type=int, default=1000, help="training steps of each variant")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--images", type=int, default=100, help="val images evaluated")
     parser.add_argument("--work", type=Path, default=ROOT / "runs/bench-v2-vision")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks/v2_vision.md")
@@ -60,27 +55,27 @@ def main() -> None:
     stage = yaml.safe_load((ROOT / "configs/tiny_v2_stage1.yaml").read_text())
     model = _merged(yaml.safe_load((ROOT / "configs/tiny_v2.yaml").read_text())["model"], stage["model"])
     rows = []
-    for name, override in VARIANTS.items():
-        work = args.work / str(len(rows))
-        work.mkdir(parents=True, exist_ok=True)
+    for key in args.variants:
+        name, override = VARIANTS[key]
+        work = args.work / key
+        shutil.rmtree(work, ignore_errors=True)  # each variant trains from its first step
+        work.mkdir(parents=True)
         run = _merged(stage["train"], {"output_dir": str(work / "run"), "data": {"root": str(args.shapesworld)}})
         preset = work / "preset.yaml"
         preset.write_text(yaml.safe_dump({"model": _merged(model, override), "train": run}))
-        rate = _steps_per_minute(preset)
-        steps = max(41, round(rate * args.minutes))
         started = time.perf_counter()
-        final = train(preset, resume=True, max_steps=steps)
-        minutes = (time.perf_counter() - started) / 60 + 40 / rate
+        final = train(preset, max_steps=args.steps)
+        minutes = (time.perf_counter() - started) / 60
         metrics = evaluate_shapesworld(
             load_pretrained(final), args.shapesworld, "val", ["caption", "vqa"], limit=args.images, progress=False
         )
-        rows.append({"variant": name, "steps": steps, "minutes": round(minutes, 1), **metrics})
+        rows.append({"variant": name, "steps": args.steps, "minutes": round(minutes, 1), **metrics})
         print(json.dumps(rows[-1]))
     lines = [
         "# The tiny v2 chat model's vision encoder, trained from scratch for equal CPU time",
         "",
-        f"`python bench/v2_vision.py --minutes {args.minutes:g}`: v2's stage 1 for each encoder, then VQA and "
-        f"captions on the first {args.images} val images, with each image swapped for another (blind).",
+        f"`python bench/v2_vision.py --steps {args.steps} --images {args.images}`: v2's stage 1 for each encoder, "
+        f"then VQA and captions on the first {args.images} val images, with each image swapped for another (blind).",
         "",
         "| encoder | steps | minutes | vqa_accuracy | blind | CIDEr | blind |",
         "|---|---|---|---|---|---|---|",

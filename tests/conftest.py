@@ -15,7 +15,9 @@ from visionllm.config import (
 from visionllm.data.shapes.dataset import ShapesWorldLayout, generate_shapesworld
 from visionllm.data.shapes.scene import ShapesWorldConfig
 from visionllm.models.v1.model import VisionLLM
+from visionllm.models.v2.config import VisionLLMv2Config
 from visionllm.models.v2.keypoint_decoder import KeypointDecoderConfig
+from visionllm.models.v2.model import VisionLLMv2
 from visionllm.models.v2.object_decoder import ObjectDecoderConfig
 
 
@@ -82,6 +84,13 @@ MICRO_V2 = {
 def micro_v2() -> dict:
     """A v2 model section at toy size (every part, its own 700-entry vocabulary), as a preset holds it."""
     return copy.deepcopy(MICRO_V2)
+
+
+@pytest.fixture(scope="session")
+def micro_v2_model() -> VisionLLMv2:
+    """A toy v2 model with every part (random weights), shared by the session: do not train it."""
+    torch.manual_seed(0)
+    return VisionLLMv2(VisionLLMv2Config.from_dict(copy.deepcopy(MICRO_V2))).eval()
 
 
 @pytest.fixture(scope="session")

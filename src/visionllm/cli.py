@@ -147,9 +147,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_model(path: Path, serving: bool = False):
-    """The checkpoint's model (either version); `serving`: for the server and the demo, which take v1 models so
-    far."""
+def _load_model(path: Path):
+    """The checkpoint's model (either version)."""
     from visionllm.models.common.checkpoint import CheckpointError
     from visionllm.models.loading import load_pretrained
 
@@ -157,11 +156,6 @@ def _load_model(path: Path, serving: bool = False):
         model = load_pretrained(path)
     except (CheckpointError, FileNotFoundError) as error:
         raise CliError(str(error)) from None
-    if serving and model.version != 1:
-        raise CliError(
-            f"{path} is a v{model.version} model: serve and the demo take v1 models so far; "
-            "use visionllm chat, predict or eval with it"
-        )
     return model
 
 
@@ -199,7 +193,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     import json
 
     from visionllm.formats.codec import CodecError
-    from visionllm.formats.task_table import build_instruction, tasks_of_version
+    from visionllm.formats.task_table import build_instruction
     from visionllm.formats.tasks import Task
     from visionllm.models.common.inputs import ProcessorError
 
@@ -207,7 +201,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         raise CliError(f"image {args.image} not found" + (" (it is a folder)" if args.image.is_dir() else ""))
     _check_output_file(args.save_vis, "--save-vis", image=True)
     model = _load_model(args.model)
-    answered = tasks_of_version(model.version)
+    answered = model.TASKS
     if not args.instruction and Task(args.task) not in answered:
         raise CliError(
             f"{args.model} is a v{model.version} model and does not answer {args.task}; "
@@ -352,12 +346,12 @@ def _serve(model_dir: Path, host: str, port: int, model_id: str | None = None, *
     if not model_dir.exists():
         raise CliError(f"model folder {model_dir} not found (train one with `make train-default`)")
     _check_port_free(host, port)
-    model = _load_model(model_dir, serving=True)
-    own_limit = model.config.decoder.max_prompt_tokens
+    model = _load_model(model_dir)
+    own_limit = model.config.max_prompt_tokens
     if (settings.get("max_prompt_tokens") or 0) > own_limit:
         raise CliError(
             f"--max-prompt-tokens {settings['max_prompt_tokens']} is over the model's own limit of {own_limit} "
-            "(decoder.max_prompt_tokens in its config.json)"
+            "(max_prompt_tokens in its config.json)"
         )
     name = model_id or model_dir.resolve().name
     app = create_app(model, ServerSettings(model_id=name, **settings))

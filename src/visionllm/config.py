@@ -256,6 +256,11 @@ class VisionLLMConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def max_prompt_tokens(self) -> int:
+        """The longest instruction accepted, in LLM tokens (`decoder.max_prompt_tokens`; v2 has it at the top)."""
+        return self.decoder.max_prompt_tokens
+
     def codec(self) -> CodecConfig:
         """The output codec's sizes (location bins, points, class tokens): the one place they are read from."""
         d = self.decoder

@@ -6,7 +6,8 @@ Inputs are pixel coordinates of the original image; drawing can upscale the pict
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -120,6 +121,8 @@ def _draw_keypoints(
 ) -> None:
     points = keypoints_xyv[:, :2] * scale
     shown = keypoints_xyv[:, 2] > 0
+    if max((max(pair) for pair in skeleton), default=0) > len(shown):
+        skeleton = ()  # another skeleton's points (a star's tips): points without bones
     for a, b in skeleton:
         if shown[a - 1] and shown[b - 1]:
             draw.line([tuple(points[a - 1]), tuple(points[b - 1])], fill=color, width=width)
@@ -179,8 +182,38 @@ def draw_result(
         return draw_detections(image, prediction, skeleton=COCO_SKELETON, scale=scale)
     if isinstance(prediction, SegmentationMap):
         return draw_segmentation(image, prediction, scale=scale)
+    if prediction.routed:  # a v2 reply: what its routing tokens found, under the reply
+        found = merge_detections(list(prediction.routed.values()), image.size)
+        return draw_text_below(draw_detections(image, found, skeleton=COCO_SKELETON, scale=scale), [prediction.text])
     resized = image.resize((round(image.width * scale), round(image.height * scale)), Image.NEAREST)
     return draw_text_below(resized, [prediction.text])
+
+
+def merge_detections(parts: Sequence[Detections], size_wh: tuple[int, int]) -> Detections:
+    """Several detection results of one image as one (to draw them together): masks and keypoints where any part
+    has them, empty (unmarked, invisible) for the others."""
+    width, height = size_wh
+
+    def joined(field: str, blank: Callable[[Detections], np.ndarray]) -> np.ndarray | None:
+        if all(getattr(p, field) is None for p in parts):
+            return None
+        return np.concatenate([getattr(p, field) if getattr(p, field) is not None else blank(p) for p in parts])
+
+    points = max((p.keypoints_xyv_px.shape[1] for p in parts if p.keypoints_xyv_px is not None), default=0)
+    keypoints = [
+        p.keypoints_xyv_px
+        if p.keypoints_xyv_px is None or p.keypoints_xyv_px.shape[1] == points
+        else np.pad(p.keypoints_xyv_px, ((0, 0), (0, points - p.keypoints_xyv_px.shape[1]), (0, 0)))
+        for p in parts
+    ]
+    parts = [replace(p, keypoints_xyv_px=k) for p, k in zip(parts, keypoints, strict=True)]
+    return Detections(
+        boxes_xyxy_px=np.concatenate([p.boxes_xyxy_px.reshape(-1, 4) for p in parts]),
+        scores=np.concatenate([p.scores for p in parts]),
+        class_names=tuple(name for p in parts for name in p.class_names),
+        keypoints_xyv_px=joined("keypoints_xyv_px", lambda p: np.zeros((len(p), points, 3))),
+        masks=joined("masks", lambda p: np.zeros((len(p), height, width), bool)),
+    )
 
 
 def contact_sheet(tiles: Sequence[Image.Image], columns: int = 4, gap: int = 4) -> Image.Image:

@@ -101,10 +101,11 @@ def test_a_region_caption_must_name_the_colour_and_the_shape(text, right):
     assert names_object(text, "red", "circle") is right
 
 
-def test_serving_a_v2_model_is_refused_with_what_to_use(model, tmp_path, capsys):
+def test_serve_reads_a_v2_model_s_own_prompt_limit(model, tmp_path, capsys):
     folder = model.save_pretrained(tmp_path / "v2")
-    assert main(["serve", "--model", str(folder), "--port", "18731"]) == 2
-    assert "serve and the demo take v1 models so far" in capsys.readouterr().err
+    over = model.config.max_prompt_tokens + 1
+    assert main(["serve", "--model", str(folder), "--port", "18731", "--max-prompt-tokens", str(over)]) == 2
+    assert f"over the model's own limit of {over - 1}" in capsys.readouterr().err
 
 
 def test_the_one_call_helpers_answer_v2s_tasks(model):

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -37,20 +38,34 @@ def chromium_path() -> str:
 
 
 @pytest.fixture(scope="module")
-def page(shipped_model, live_server):
+def browser():
     from playwright.sync_api import sync_playwright
 
-    app = create_app(shipped_model, ServerSettings(model_id="visionllm-v1-tiny", samples=6))
-    with live_server(app) as url, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@contextmanager
+def opened(browser, live_server, app):
+    """The app served and its page loaded in a new tab; no console error other than 4xx answers on closing."""
+    with live_server(app) as url:
         tab = browser.new_page(viewport={"width": 1400, "height": 900})
         console_errors = []
         tab.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
         tab.goto(url)
         tab.wait_for_selector("body[data-state=ready]", timeout=30_000)
         yield tab
-        browser.close()
+        tab.close()
         assert not [e for e in console_errors if "status of 4" not in e], console_errors
+
+
+@pytest.fixture(scope="module")
+def page(shipped_model, live_server, browser):
+    app = create_app(shipped_model, ServerSettings(model_id="visionllm-v1-tiny", samples=6))
+    with opened(browser, live_server, app) as tab:
+        yield tab
 
 
 def overlay_fraction(tab) -> float:
@@ -122,3 +137,62 @@ def test_upload_then_a_bad_request_shows_the_error_and_the_page_recovers(page, t
     page.click("#run")
     page.wait_for_selector("body[data-state=done]", timeout=60_000)
     assert json.loads(page.inner_text("#raw-json"))["image_size"] == [120, 90]
+
+
+@pytest.fixture(scope="module")
+def v2_page(micro_v2_model, live_server, browser):
+    with opened(
+        browser, live_server, create_app(micro_v2_model, ServerSettings(model_id="micro-v2", samples=2))
+    ) as tab:
+        yield tab
+
+
+def test_prompts_drawn_on_the_canvas_are_sent_as_regions_in_image_pixels(v2_page):
+    tab = v2_page
+    tab.select_option("#task", "interactive_segmentation")
+    assert tab.is_visible("#prompt-tools") and tab.is_hidden("#classes")
+    side = tab.eval_on_selector("#input-image", "img => img.naturalWidth")
+    box = tab.locator("#prompt-layer").bounding_box()
+    at = lambda fx, fy: (box["x"] + fx * box["width"], box["y"] + fy * box["height"])  # noqa: E731
+    tab.mouse.click(*at(0.25, 0.5))  # a point
+    tab.click("#prompt-tools [data-tool=box]")
+    tab.mouse.move(*at(0.5, 0.5))
+    tab.mouse.down()
+    tab.mouse.move(*at(0.75, 0.625), steps=4)
+    tab.mouse.up()
+    tab.click("#prompt-tools [data-tool=scribble]")
+    tab.mouse.move(*at(0.1, 0.1))
+    tab.mouse.down()
+    for k in range(1, 5):
+        tab.mouse.move(*at(0.1 + 0.05 * k, 0.1 + 0.02 * k))
+    tab.mouse.up()
+    assert tab.inner_text("#prompt-count") == "3 regions"
+    drawn = tab.evaluate(
+        """() => { const c = document.getElementById("prompt-layer");
+        const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+        let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n / (c.width * c.height); }"""
+    )
+    assert drawn > 0.005  # the prompts are visible over the image
+    with tab.expect_request("**/v1/predict") as sent:
+        tab.click("#run")
+    regions = sent.value.post_data_json["regions"]
+    tab.wait_for_selector("body[data-state=done]", timeout=60_000)
+    assert [r["kind"] for r in regions] == ["point", "box", "scribble"]
+    assert regions[0]["data"] == pytest.approx([0.25 * side, 0.5 * side], abs=1.0)
+    assert regions[1]["data"] == pytest.approx([0.5 * side, 0.5 * side, 0.75 * side, 0.625 * side], abs=1.0)
+    assert len(regions[2]["data"]) >= 3
+    result = json.loads(tab.inner_text("#raw-json"))
+    assert result["task"] == "interactive_segmentation" and len(result["detections"]) == 1  # one mask, always
+    assert result["detections"][0]["mask_rle"]["size"] == [side, side]
+    assert tab.eval_on_selector("#result-image", "img => img.naturalWidth") >= 512
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    tab.screenshot(path=str(ARTIFACTS / "web_page_prompts.png"), full_page=True)
+    tab.click("#clear-prompts")
+    assert tab.inner_text("#prompt-count") == "no region drawn"
+
+
+def test_a_task_without_prompts_hides_the_tools(v2_page):
+    v2_page.select_option("#task", "detection")
+    assert v2_page.is_hidden("#prompt-tools")
+    v2_page.select_option("#task", "instruction")
+    assert v2_page.is_visible("#prompt-tools")  # a chat turn of a v2 model may carry regions

@@ -133,6 +133,9 @@ class Detections:
             }
             if self.polygons_xy_px is not None:
                 item["polygon_xy_px"] = np.round(self.polygons_xy_px[i], 2).tolist()
+            elif self.masks is not None:  # v2's masks, as COCO RLE of the image's size
+                rle = mask_utils.encode(np.asfortranarray(self.masks[i].astype(np.uint8)))
+                item["mask_rle"] = {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
             if self.keypoints_xyv_px is not None:
                 item["keypoints_xyv_px"] = np.round(self.keypoints_xyv_px[i], 2).tolist()
             out.append(item)
@@ -141,12 +144,22 @@ class Detections:
 
 @dataclass(frozen=True)
 class TextAnswer:
-    """A free-text answer (caption, VQA answer, chat reply)."""
+    """A free-text answer (caption, VQA answer, chat reply).
+
+    Attributes:
+        text: the answer.
+        routed: for a v2 reply that wrote routing tokens, what their decoders found, by routing token ("[DET]",
+            "[SEG]", "[GRD]", "[POSE]").
+    """
 
     text: str
+    routed: dict[str, Detections] = field(default_factory=dict)
 
-    def to_json(self) -> dict[str, str]:
-        return {"text": self.text}
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"text": self.text}
+        if self.routed:
+            out["routed"] = {route: found.to_json() for route, found in self.routed.items()}
+        return out
 
 
 @dataclass(frozen=True)

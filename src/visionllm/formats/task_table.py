@@ -34,6 +34,8 @@ class TaskSpec:
         version: 1 for tasks v1 answers, 2 for tasks that need v2's parts.
         routed: the same request for a model that answers through routing tokens and decoders (v2): no codec
             words, {classes} a plain list; empty where `templates` already read so.
+        answered: False for a task the table words but no model answers yet (it is left out of
+            `tasks_of_version`, so the CLI, the server and the evaluation do not offer it).
     """
 
     task: Task
@@ -42,6 +44,7 @@ class TaskSpec:
     fields: tuple[str, ...] = ()
     version: int = 1
     routed: tuple[str, ...] = ()
+    answered: bool = True
 
     @property
     def requests(self) -> tuple[str, ...]:
@@ -317,16 +320,16 @@ TASK_TABLE: dict[Task, TaskSpec] = {
         TaskSpec(Task.REGION_CAPTION, OutputKind.TEXT, _REGION_CAPTION, ("regions",), version=2),
         TaskSpec(Task.INTERACTIVE_SEGMENTATION, OutputKind.MASKS, _INTERACTIVE_SEGMENTATION, ("regions",), version=2),
         TaskSpec(Task.SEMANTIC_SEGMENTATION, OutputKind.MASKS, _SEMANTIC_SEGMENTATION, ("classes",), version=2),
-        TaskSpec(Task.GROUNDED_CAPTION, OutputKind.TEXT, _GROUNDED_CAPTION, version=2),
-        TaskSpec(Task.GENERATION, OutputKind.IMAGE, _GENERATION, ("description",), version=2),
-        TaskSpec(Task.EDITING, OutputKind.IMAGE, _EDITING, ("edit",), version=2),
+        TaskSpec(Task.GROUNDED_CAPTION, OutputKind.TEXT, _GROUNDED_CAPTION, version=2, answered=False),
+        TaskSpec(Task.GENERATION, OutputKind.IMAGE, _GENERATION, ("description",), version=2, answered=False),
+        TaskSpec(Task.EDITING, OutputKind.IMAGE, _EDITING, ("edit",), version=2, answered=False),
     )
 }
 
 
 def tasks_of_version(version: int) -> list[Task]:
-    """The tasks a model of this version answers, in table order."""
-    return [task for task, spec in TASK_TABLE.items() if spec.version <= version]
+    """The tasks a model of this version answers, in table order (tasks no model answers yet left out)."""
+    return [task for task, spec in TASK_TABLE.items() if spec.version <= version and spec.answered]
 
 
 def build_request(

@@ -37,26 +37,35 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from visionllm.formats.codec import CodecError
+from visionllm.formats.prompts import RegionPrompt
 from visionllm.formats.results import Decoded
-from visionllm.formats.task_table import TASK_TABLE, Instruction, tasks_of_version
+from visionllm.formats.task_table import TASK_TABLE, Instruction
+from visionllm.formats.tasks import Task
+from visionllm.formats.tokens import IMAGE
 from visionllm.models.common.inputs import ProcessorError
 from visionllm.serve.batcher import DynamicBatcher, Job
 from visionllm.serve.errors import RequestError
 from visionllm.serve.images import ImageLimits, load_image, to_data_url
 from visionllm.serve.protocol import (
+    REGION,
     ChatRequest,
     PredictRequest,
     TaskParams,
     answer_body,
     answer_text,
     build_request_instruction,
+    history_from_chat,
     params_from_chat,
+    region_prompts,
 )
 from visionllm.vis import draw_result
 
 logger = logging.getLogger(__name__)
 
 WEB_DIR = resources.files("visionllm.serve") / "web"
+ONE_OBJECT = (Task.GROUNDING, Task.INTERACTIVE_SEGMENTATION)
+PAGE_PROMPTS = ("point", "box", "scribble")
+"""The visual prompts the page draws for a task that takes regions (the API also takes polygons and masks)."""
 
 
 @dataclass(frozen=True)
@@ -202,10 +211,11 @@ class CatchAll:
 
 
 def create_app(model: Any, settings: ServerSettings) -> FastAPI:
-    """Build the app around a loaded model (anything with `VisionLLM`'s `predict`, `check_request`, `config` and
-    `version`)."""
+    """Build the app around a loaded model of either version (anything with `predict`, `check_request`, `config`,
+    `version` and `TASKS`)."""
     codec = model.config.codec()
-    tasks = tasks_of_version(model.version)
+    tasks = list(model.TASKS)
+    version = model.version
     batcher = DynamicBatcher(
         model.predict,
         settings.max_batch_size,
@@ -252,16 +262,31 @@ def create_app(model: Any, settings: ServerSettings) -> FastAPI:
                 404, f"unknown model {name!r}; this server serves {settings.model_id!r}", "model", "model_not_found"
             )
 
-    async def prepare(params: TaskParams, image_ref: str, param: str) -> tuple[Image.Image, Instruction | str, int]:
-        """The request's image and instruction, and its cost in tokens; everything the model would refuse is
-        refused here, before the request joins a batch."""
-        instruction = build_request_instruction(params, codec, tasks)
+    async def prepare(
+        params: TaskParams, image_ref: str, param: str, history: list[dict[str, str]] | None = None
+    ) -> tuple[Image.Image, Instruction | str, int, tuple[RegionPrompt, ...]]:
+        """The request's image, instruction and visual prompts, and its cost in tokens; everything the model
+        would refuse is refused here, before the request joins a batch."""
+        history = history or []
+        placed = any(IMAGE in turn["content"] for turn in history)
+        earlier = sum(turn["content"].count(REGION) for turn in history)
+        instruction = build_request_instruction(params, codec, tasks, version, bool(history), earlier)
+        extra = {"history": history, "regions": len(params.regions)} if version >= 2 else {}
+        if version >= 2 and placed and isinstance(instruction, Instruction):
+            raise RequestError(400, f"a task request shows the image itself: leave {IMAGE} out of earlier turns")
         try:
-            cost = await run_in_threadpool(model.check_request, instruction, settings.max_prompt_tokens)
+            cost = await run_in_threadpool(model.check_request, instruction, settings.max_prompt_tokens, **extra)
         except ProcessorError as error:
             raise RequestError(400, str(error), "instruction", "invalid_instruction") from None
         image = await run_in_threadpool(load_image, image_ref, settings.limits, param)
-        return image, instruction, cost
+        regions = await run_in_threadpool(region_prompts, params.regions, image.size, settings.limits)
+        return image, instruction, cost, regions
+
+    def floor(instruction: Instruction | str, min_score: float) -> float:
+        """The score below which results are left out: none for a v2 task answered by its one best object
+        (grounding, interactive segmentation), which always answers."""
+        one = isinstance(instruction, Instruction) and instruction.task in ONE_OBJECT
+        return 0.0 if version >= 2 and one else min_score
 
     async def answer(job: Job, request: Request) -> Decoded:
         """The job's answer; the job is cancelled if the client goes away first (a queued job never runs)."""
@@ -309,10 +334,13 @@ def create_app(model: Any, settings: ServerSettings) -> FastAPI:
 
     @app.get("/v1/tasks")
     async def task_list() -> dict[str, Any]:
-        data = [
-            {"task": task.value, "fields": list(TASK_TABLE[task].fields), "output": TASK_TABLE[task].result}
-            for task in tasks
-        ]
+        data = []
+        for task in tasks:
+            spec = TASK_TABLE[task]
+            entry = {"task": task.value, "fields": list(spec.fields), "output": spec.result}
+            if "regions" in spec.fields:
+                entry["prompts"] = list(PAGE_PROMPTS)
+            data.append(entry)
         return {"object": "list", "data": data}
 
     @app.get("/v1/samples")
@@ -331,8 +359,9 @@ def create_app(model: Any, settings: ServerSettings) -> FastAPI:
     @app.post("/v1/predict")
     async def predict(body: PredictRequest, request: Request) -> dict[str, Any]:
         check_model(body.model)
-        image, instruction, cost = await prepare(body, body.image, "image")
-        decoded = await answer(Job(image, instruction, body.min_score, cost=cost), request)
+        image, instruction, cost, regions = await prepare(body, body.image, "image")
+        job = Job(image, instruction, floor(instruction, body.min_score), cost=cost, regions=regions)
+        decoded = await answer(job, request)
         response = {
             "id": f"pred-{uuid.uuid4().hex[:16]}",
             "model": settings.model_id,
@@ -346,13 +375,18 @@ def create_app(model: Any, settings: ServerSettings) -> FastAPI:
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(body: ChatRequest, request: Request) -> dict[str, Any] | StreamingResponse:
         check_model(body.model)
-        image_ref, params = params_from_chat(body)
-        image, instruction, cost = await prepare(params, image_ref, "messages")
+        image_ref, params = params_from_chat(body, version)
+        history = history_from_chat(body) if version >= 2 else []
+        image, instruction, cost, regions = await prepare(params, image_ref, "messages", history)
+        turns = tuple(history)
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
 
         if not body.stream:
-            decoded = await answer(Job(image, instruction, params.min_score, cost=cost), request)
+            job = Job(
+                image, instruction, floor(instruction, params.min_score), cost=cost, regions=regions, history=turns
+            )
+            decoded = await answer(job, request)
             return {
                 "id": completion_id,
                 "object": "chat.completion",
@@ -373,9 +407,11 @@ def create_app(model: Any, settings: ServerSettings) -> FastAPI:
         job = Job(
             image,
             instruction,
-            params.min_score,
+            floor(instruction, params.min_score),
             on_text=lambda d: loop.call_soon_threadsafe(deltas.put_nowait, d),
             cost=cost,
+            regions=regions,
+            history=turns,
         )
         future = asyncio.wrap_future(batcher.submit(job))
 

@@ -48,6 +48,8 @@ class Job:
         future: resolves to the `Decoded` answer; cancelling it before it runs skips the job.
         cost: what the job weighs against the queue's token budget (`VisionLLM.check_request`).
         streamed: whether part of its answer went out already.
+        regions: its visual prompts (v2 models).
+        history: the conversation's earlier turns, {"role", "content"} each (v2 models).
     """
 
     image: Image.Image
@@ -57,6 +59,8 @@ class Job:
     future: Future = field(default_factory=Future)
     cost: int = 1
     streamed: bool = False
+    regions: tuple = ()
+    history: tuple = ()
 
 
 class DynamicBatcher:
@@ -194,11 +198,15 @@ class DynamicBatcher:
                 job.on_text(delta)
 
         streaming = any(job.on_text is not None for job in batch)
+        conversations = {}  # only for a model that reads them (v2): v1's predict takes neither
+        if any(job.regions or job.history for job in batch):
+            conversations = {"regions": [job.regions for job in batch], "history": [job.history for job in batch]}
         results = self.predict(
             [job.image for job in batch],
             [job.instruction for job in batch],
             min_score=min(job.min_score for job in batch),
             on_text=on_text if streaming else None,
+            **conversations,
         )
         return [_above(result, job.min_score) for result, job in zip(results, batch, strict=True)]
 

@@ -6,7 +6,13 @@ A chat message becomes an instruction in this order:
 2. text containing `<image>` is used as the instruction itself;
 3. text starting with a command: `detect: a, b`, `segment: a, b`, `ground: <expression>`, `keypoints`,
    `caption` (or `describe`);
-4. any other text is a question about the image (VQA); no text at all asks for a caption.
+4. any other text is a question about the image (VQA) for a v1 model, the next turn of the conversation for a v2
+   model; no text at all asks for a caption.
+
+A v2 model also reads the earlier turns of the conversation, and visual prompts: `visionllm.regions` (in the
+extra body of chat, or `regions` in `/v1/predict`), each {"kind": "point" | "box" | "scribble" | "polygon" |
+"mask", "data": ...} in the image's pixels (a mask as a PNG data URL, nonzero inside). Each fills one `<region>`
+of the conversation, in order; a last user message without `<region>` is given "region1 <region>, ..." first.
 """
 
 from __future__ import annotations
@@ -14,15 +20,33 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from visionllm.formats.codec import CodecError
-from visionllm.formats.results import Decoded, Detections, TextAnswer
-from visionllm.formats.task_table import Instruction, build_instruction
+from visionllm.formats.prompts import RegionError, RegionPrompt, prompt_mask
+from visionllm.formats.results import Decoded, Detections, SegmentationMap, TextAnswer
+from visionllm.formats.task_table import TASK_TABLE, Instruction, build_instruction
 from visionllm.formats.tasks import Task
 from visionllm.formats.tokens import IMAGE, CodecConfig
 from visionllm.models.common.inputs import ProcessorError, check_text
 from visionllm.serve.errors import RequestError
+from visionllm.serve.images import ImageLimits, load_image
+
+REGION = "<region>"
+
+
+class RegionSpec(BaseModel):
+    """One visual prompt, in pixels of the request's image."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["point", "box", "scribble", "polygon", "mask"]
+    data: list[float] | list[list[float]] | str = Field(
+        ...,
+        description="point [x, y]; box [x1, y1, x2, y2]; scribble or polygon [[x, y], ...]; mask: a PNG data URL "
+        "of the image's size, nonzero inside",
+    )
 
 
 class TaskParams(BaseModel):
@@ -38,6 +62,11 @@ class TaskParams(BaseModel):
     points: int = Field(16, ge=3, strict=True, description="boundary points per object (instance_segmentation)")
     min_score: float = Field(
         0.3, ge=0.0, le=1.0, strict=True, description="leave out detections scored below this (a number in [0, 1])"
+    )
+    regions: list[RegionSpec] = Field(
+        default_factory=list,
+        max_length=16,
+        description="visual prompts (v2: region captions, interactive segmentation, region questions)",
     )
 
 
@@ -78,21 +107,43 @@ class ChatRequest(BaseModel):
     visionllm: TaskParams | None = None
 
 
-def build_request_instruction(params: TaskParams, codec: CodecConfig, tasks: list[Task]) -> Instruction | str:
+def build_request_instruction(
+    params: TaskParams,
+    codec: CodecConfig,
+    tasks: list[Task],
+    version: int = 1,
+    placed: bool = False,
+    earlier_regions: int = 0,
+) -> Instruction | str:
     """The instruction a request asks for.
+
+    Args:
+        params: the request's task and fields, or its free instruction.
+        codec: the model's codec sizes.
+        tasks: the tasks the model answers.
+        version: the model's version: v1 needs `<image>` in a free instruction (added at its end when missing);
+            v2 places the image itself.
+        placed: an earlier turn of the conversation already shows the image.
+        earlier_regions: `<region>` placeholders the earlier turns hold (their prompts come first in `regions`).
 
     Raises:
         RequestError: 400 with what is missing or wrong (unknown task, no classes, too many classes, text that is
-            not valid Unicode, ...).
+            not valid Unicode, regions for a model or task that takes none, ...).
     """
     _check_unicode(params)
+    regions = len(params.regions)
+    if regions and version < 2:
+        raise RequestError(400, "visual prompts (regions) need a v2 model; this server runs a v1 model", "regions")
     if params.instruction is not None:
         text = params.instruction.strip()
         if not text:
             raise RequestError(400, "the instruction is empty", "instruction")
         count = text.count(IMAGE)
-        if count > 1:
-            raise RequestError(400, f"the instruction has {count} {IMAGE} markers; use one", "instruction")
+        if count > 1 or (placed and count):
+            where = "this message and an earlier one show" if placed else f"the instruction has {count}"
+            raise RequestError(400, f"{where} {IMAGE} markers; show the image once", "instruction")
+        if version >= 2:
+            return _with_regions(text, regions - earlier_regions)
         return text if count == 1 else f"{text} The image is {IMAGE}."
     if params.task is None:
         raise RequestError(400, "give a task (one of " + ", ".join(t.value for t in tasks) + ") or an instruction")
@@ -110,6 +161,12 @@ def build_request_instruction(params: TaskParams, codec: CodecConfig, tasks: lis
         raise RequestError(400, "vqa needs a question", "question")
     if task is Task.GROUNDING and not (params.expression or "").strip():
         raise RequestError(400, 'grounding needs an expression, e.g. "the red circle on the left"', "expression")
+    takes_regions = "regions" in TASK_TABLE[task].fields
+    if takes_regions and not regions:
+        example = 'regions: [{"kind": "point", "data": [x, y]}]'
+        raise RequestError(400, f"{task.value} needs a visual prompt, e.g. {example}", "regions")
+    if regions and not takes_regions:
+        raise RequestError(400, f"{task.value} takes no visual prompts; send them as a chat turn", "regions")
     try:
         return build_instruction(
             task,
@@ -117,10 +174,23 @@ def build_request_instruction(params: TaskParams, codec: CodecConfig, tasks: lis
             expression=(params.expression or "").strip() or None,
             question=(params.question or "").strip() or None,
             num_points=params.points,
+            regions=_region_marks(regions) if regions else None,
             config=codec,
         )
     except CodecError as error:
         raise RequestError(400, str(error), _param_of(str(error))) from None
+
+
+def _region_marks(count: int) -> str:
+    """ "region1 <region>, region2 <region>" for `count` prompts."""
+    return ", ".join(f"region{k} {REGION}" for k in range(1, count + 1))
+
+
+def _with_regions(text: str, count: int) -> str:
+    """A v2 chat turn with its prompts' placeholders: the text's own `<region>`s, or marks put first."""
+    if count and REGION not in text:
+        return f"{_region_marks(count)} {text}"
+    return text
 
 
 def _check_unicode(params: TaskParams) -> None:
@@ -143,8 +213,27 @@ def _param_of(message: str) -> str | None:
 _COMMAND = re.compile(r"^\s*(detect|segment|ground|keypoints|caption|describe)\b\s*:?\s*(.*)$", re.I | re.S)
 
 
-def params_from_chat(request: ChatRequest) -> tuple[str, TaskParams]:
-    """The image reference (last image of the user messages) and the task parameters of a chat request.
+def history_from_chat(request: ChatRequest) -> list[dict[str, str]]:
+    """The turns before the last user message, as {"role": "user" | "assistant", "content": text} (system and
+    tool messages and image parts left out): what a v2 model reads before the request."""
+    last = max(k for k, m in enumerate(request.messages) if m.role == "user")
+    turns = []
+    for message in request.messages[:last]:
+        if message.role in ("user", "assistant"):
+            turns.append({"role": message.role, "content": _message_text(message)})
+    return turns
+
+
+def _message_text(message: ChatMessage) -> str:
+    if isinstance(message.content, str):
+        return message.content.strip()
+    parts = message.content if isinstance(message.content, list) else []
+    return "\n".join(p.text for p in parts if p.type == "text" and p.text).strip()
+
+
+def params_from_chat(request: ChatRequest, version: int = 1) -> tuple[str, TaskParams]:
+    """The image reference (last image of the user messages) and the task parameters of a chat request; for a
+    v2 model (`version` 2) text that is no command is the conversation's next turn.
 
     Raises:
         RequestError: no image, or no user message.
@@ -182,7 +271,10 @@ def params_from_chat(request: ChatRequest) -> tuple[str, TaskParams]:
             params.expression = last_user_text
         return images[-1], params
     extra = request.visionllm.model_dump(exclude={"task", "instruction"}) if request.visionllm else {}
-    fields = _params_from_text(last_user_text) | {k: v for k, v in extra.items() if v}  # explicit fields win
+    fields = _params_from_text(last_user_text)
+    if version >= 2 and fields.get("task") in (Task.VQA.value, None) and last_user_text:
+        fields = {"instruction": last_user_text}  # v2 converses: a question is the next turn, not a VQA template
+    fields |= {k: v for k, v in extra.items() if v}  # explicit fields win
     return images[-1], TaskParams(**fields)
 
 
@@ -215,13 +307,17 @@ def answer_body(instruction: Instruction | str, image_size: tuple[int, int], dec
 
 
 def result_json(decoded: Decoded) -> dict[str, Any]:
-    """The structured answer: `{"output": "detections", "detections": [...]}` or `{"output": "text", ...}`."""
+    """The structured answer: `{"output": "detections", "detections": [...]}`, `{"output": "masks",
+    "class_names": [...], "masks_rle": {...}}` (semantic segmentation) or `{"output": "text", "text": ...}` (with
+    `routed`: what the decoders found for each routing token a v2 reply wrote)."""
     prediction = decoded.prediction
     body: dict[str, Any]
     if isinstance(prediction, Detections):
         body = {"output": "detections", "detections": prediction.to_json()}
+    elif isinstance(prediction, SegmentationMap):
+        body = {"output": "masks", **prediction.to_json()}
     else:
-        body = {"output": "text", "text": prediction.text}
+        body = {"output": "text", **prediction.to_json()}
     body["dropped"] = [{"slot": d.slot, "reason": d.reason} for d in decoded.dropped]
     return body
 
@@ -231,6 +327,9 @@ def answer_text(decoded: Decoded) -> str:
     prediction = decoded.prediction
     if isinstance(prediction, TextAnswer):
         return prediction.text
+    if isinstance(prediction, SegmentationMap):
+        found = [name for k, name in enumerate(prediction.class_names, 1) if (prediction.labels == k).any()]
+        return "Segmented: " + ", ".join(found) + "." if found else "None of the classes is in the image."
     if not len(prediction):
         return "No objects found."
     items = []
@@ -239,3 +338,30 @@ def answer_text(decoded: Decoded) -> str:
         items.append(f"{item['class_name']} ({item['score']:.2f}) at [{x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}]")
     noun = "object" if len(items) == 1 else "objects"
     return f"{len(items)} {noun}: " + "; ".join(items) + "."
+
+
+def region_prompts(specs: list[RegionSpec], size_wh: tuple[int, int], limits: ImageLimits) -> tuple[RegionPrompt, ...]:
+    """The request's visual prompts, checked against its image (each must mark part of it).
+
+    Raises:
+        RequestError: 400 naming the prompt: coordinates of the wrong shape, a mask that is no image of the
+            image's size, or a prompt outside the image.
+    """
+    prompts = []
+    for k, spec in enumerate(specs):
+        param = f"regions[{k}]"
+        if spec.kind == "mask":
+            if not isinstance(spec.data, str):
+                raise RequestError(400, f"{param}: a mask is a PNG data URL of the image's size", param)
+            data: Any = np.asarray(load_image(spec.data, limits, param).convert("L")) > 0
+        elif isinstance(spec.data, str):
+            raise RequestError(400, f"{param}: a {spec.kind} is given by coordinates, not a string", param)
+        else:
+            data = spec.data
+        prompt = RegionPrompt(spec.kind, data)
+        try:
+            prompt_mask(prompt, size_wh)
+        except RegionError as error:
+            raise RequestError(400, f"{param}: {error}", param, "invalid_region") from None
+        prompts.append(prompt)
+    return tuple(prompts)

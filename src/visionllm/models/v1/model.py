@@ -26,7 +26,7 @@ from visionllm.config import ConfigError, VisionLLMConfig
 from visionllm.formats import tokens as tk
 from visionllm.formats.codec import OutputFormat, decode_slots, parse_class_binding, parse_format_header
 from visionllm.formats.results import Decoded, Detections, Dropped, TextAnswer
-from visionllm.formats.task_table import Instruction
+from visionllm.formats.task_table import Instruction, tasks_of_version
 from visionllm.formats.tasks import Task
 from visionllm.models.common.backbone import Backbone
 from visionllm.models.common.checkpoint import (
@@ -77,7 +77,9 @@ class VisionLLM(nn.Module, TaskHelpers):
     """
 
     version = 1
-    """The tasks of the task table up to this version are the ones this model answers."""
+
+    TASKS = tuple(tasks_of_version(1))
+    """The tasks this model answers (the task table's v1 tasks)."""
 
     config_class = VisionLLMConfig
     """The config a preset's `model:` section is read into."""

@@ -17,6 +17,7 @@ from visionllm.config import ConfigError, LLMConfig, build
 from visionllm.formats.tokens import CodecConfig
 from visionllm.models.v2.keypoint_decoder import KeypointDecoderConfig
 from visionllm.models.v2.object_decoder import ObjectDecoderConfig
+from visionllm.models.v2.patch_labels import PatchLabelConfig
 from visionllm.models.v2.superlink import ROUTES
 from visionllm.models.v2.vision import VisionConfig
 
@@ -63,6 +64,7 @@ class VisionLLMv2Config:
         link: the super links.
         objects: the object decoder ([DET] [GRD] [SEG]); None: a chat model without it.
         keypoints: the keypoint decoder ([POSE]; it reads the object decoder's instances); None: without it.
+        patch_labels: a training aid for an encoder learned from scratch (`patch_labels` module); None: without.
         decoder_loss_weight: weight of the decoders' losses beside the text loss.
         max_new_tokens: longest generated reply.
         max_prompt_tokens: longest conversation accepted, in LLM tokens without the image's.
@@ -75,6 +77,7 @@ class VisionLLMv2Config:
     link: SuperLinkConfig = field(default_factory=SuperLinkConfig)
     objects: ObjectDecoderConfig | None = field(default_factory=ObjectDecoderConfig)
     keypoints: KeypointDecoderConfig | None = field(default_factory=KeypointDecoderConfig)
+    patch_labels: PatchLabelConfig | None = None
     decoder_loss_weight: float = 1.0
     max_new_tokens: int = 256
     max_prompt_tokens: int = 2048

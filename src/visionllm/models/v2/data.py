@@ -35,6 +35,7 @@ from visionllm.formats.tasks import Task
 from visionllm.models.v2.chat import Turn
 from visionllm.models.v2.model import ChatExample, Targets, VisionLLMv2Processor
 from visionllm.models.v2.object_decoder import ObjectTargets
+from visionllm.models.v2.patch_labels import patch_targets
 from visionllm.models.v2.perception import ROUTE, detection_answer, keypoint_answer
 from visionllm.models.v2.regions import RegionPrompt
 from visionllm.ops.polygons import polygons_to_mask, rle_to_mask
@@ -152,6 +153,9 @@ class ChatMixture(torch.utils.data.Dataset):
             if not loaded:
                 raise ValueError(f"the {split} split of {root} has no {task.value} samples")
             self.samples[task] = loaded
+        self.scenes: dict[str, list[ObjectAnnotation]] | None = None
+        if processor.config.patch_labels is not None:  # every image's objects, for its patch labels
+            self.scenes = {str(s.image_path): s.objects for s in load_split(root, split, Task.DETECTION)}
         self.questions: dict[object, list[Sample]] = {}
         for s in self.samples.get(Task.VQA, []):
             self.questions.setdefault(s.image_id, []).append(s)
@@ -165,7 +169,18 @@ class ChatMixture(torch.utils.data.Dataset):
             task = random.Random(f"batch:{self.seed}:{index // self.batch_size}").choices(self.tasks, self.weights)[0]
         else:
             task = rng.choices(self.tasks, self.weights)[0]
-        return self.example(task, rng.choice(self.samples[task]), rng)
+        sample = rng.choice(self.samples[task])
+        example = self.example(task, sample, rng)
+        if self.scenes is not None:
+            example.patches = self.patches(sample, example.image.size_wh)
+        return example
+
+    def patches(self, sample: Sample, size_wh: tuple[int, int]) -> torch.Tensor:
+        """The patch labels of a sample's image (`patch_labels`); an image without annotated objects is background."""
+        assert self.scenes is not None
+        objects = self.scenes.get(str(sample.image_path), [])
+        config, grid = self.processor.config.patch_labels, self.processor.config.vision.grid
+        return patch_targets(config, [(o, object_mask(o, size_wh)) for o in objects], size_wh, grid)
 
     def example(self, task: Task, sample: Sample, rng: random.Random) -> ChatExample:
         """The training conversation of a task for one sample."""

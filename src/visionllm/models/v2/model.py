@@ -9,7 +9,7 @@ join this model as they land (`SuperLink.conditions`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 from visionllm.config import ConfigError
 from visionllm.formats.keypoints import COCO_KEYPOINT_NAMES
 from visionllm.formats.results import Decoded, Detections, SegmentationMap, TextAnswer
-from visionllm.formats.task_table import Instruction, build_instruction
+from visionllm.formats.task_table import Instruction, build_instruction, tasks_of_version
 from visionllm.formats.tasks import Task
 from visionllm.models.common.checkpoint import (
     CONFIG_NAME,
@@ -55,6 +55,7 @@ from visionllm.models.v2.chat import Turn, build_chat
 from visionllm.models.v2.config import VisionLLMv2Config
 from visionllm.models.v2.keypoint_decoder import KeypointDecoder
 from visionllm.models.v2.object_decoder import ObjectDecoder, ObjectOutput, ObjectTargets
+from visionllm.models.v2.patch_labels import PatchLabelHead
 from visionllm.models.v2.perception import Plan, detections, keypoint_detections, plan, semantic_map
 from visionllm.models.v2.regions import RegionEncoder, RegionPrompt, prompt_mask
 from visionllm.models.v2.superlink import QUERY, REGION, ROUTES, V2_TOKENS, SuperLink
@@ -94,12 +95,14 @@ class ChatExample:
         turns: user and assistant turns, alternating from the user; `<image>` once, `<region>` per region.
         regions: the visual prompts, in the order of the `<region>` placeholders.
         targets: what its routed calls should produce, for training.
+        patches: what covers each patch of the image (`patch_labels.patch_targets`), for training; None: unknown.
     """
 
     image: ImageInput
     turns: tuple[Turn, ...]
     regions: tuple[RegionPrompt, ...] = ()
     targets: Targets | None = None
+    patches: Tensor | None = None
 
 
 @dataclass
@@ -131,6 +134,7 @@ class ChatBatch:
         region_masks: (R, S, S) every region's mask at the model's image size, by conversation then order.
         region_image: (R,) the conversation each region belongs to.
         targets: each conversation's `Targets` (None: none).
+        patches: (B, channels, g, g) the patch labels of every image; None where an example has none.
     """
 
     pixel_values: Tensor
@@ -142,6 +146,7 @@ class ChatBatch:
     region_masks: Tensor
     region_image: Tensor
     targets: list[Targets | None] = field(default_factory=list)
+    patches: Tensor | None = None
 
 
 class VisionLLMv2Processor:
@@ -222,6 +227,7 @@ class VisionLLMv2Processor:
             region_masks=torch.stack(masks).float() if masks else torch.zeros(0, size, size),
             region_image=torch.tensor(owners, dtype=torch.long),
             targets=[example.targets for example in examples],
+            patches=_stacked([e.patches for e in examples]),
             **padded,
         )
 
@@ -238,7 +244,19 @@ class VisionLLMv2(nn.Module, TaskHelpers):
 
     version = 2
 
-    FREEZE_GROUPS = ("vision", "bridge", "regions", "llm", "link", "object_decoder", "keypoint_decoder")
+    TASKS = tuple(tasks_of_version(2))
+    """The tasks this model answers (the task table's up to v2)."""
+
+    FREEZE_GROUPS = (
+        "vision",
+        "bridge",
+        "regions",
+        "llm",
+        "link",
+        "object_decoder",
+        "keypoint_decoder",
+        "patch_labels",
+    )
     """The parts a training stage may keep fixed (`train.freeze`): stage 3 freezes the chat model."""
 
     VISUAL_PARTS = ("vision", "object_decoder")
@@ -270,6 +288,7 @@ class VisionLLMv2(nn.Module, TaskHelpers):
             if config.keypoints and self.object_decoder is not None
             else None
         )
+        self.patch_labels = PatchLabelHead(config.patch_labels, self.vision.width) if config.patch_labels else None
 
     def freeze(self, groups: Sequence[str]) -> None:
         """Keep these parts fixed (`FREEZE_GROUPS`).
@@ -289,14 +308,15 @@ class VisionLLMv2(nn.Module, TaskHelpers):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def embed(self, batch: ChatBatch) -> Tensor:
+    def embed(self, batch: ChatBatch, seen: tuple[Tensor, list[Tensor]] | None = None) -> Tensor:
         """The LLM's input embeddings: token embeddings with the image tokens, the region vectors and the
-        super-link queries in their placeholders.
+        super-link queries in their placeholders. `seen`: the vision encoder's output for these pixels, if the
+        caller has it.
 
         Raises:
             PlaceholderMismatch: region placeholders and regions that do not match.
         """
-        tokens, levels = self.vision(batch.pixel_values)
+        tokens, levels = seen if seen is not None else self.vision(batch.pixel_values)
         embeds = self.llm.embed_ids(batch.input_ids)
         image_tokens = self.bridge(tokens.to(self.bridge.mlp[0].weight.dtype))
         embeds = self.llm.fill_placeholders(embeds, batch.input_ids, self.processor.image_id, image_tokens)
@@ -311,8 +331,10 @@ class VisionLLMv2(nn.Module, TaskHelpers):
     def forward(self, batch: ChatBatch) -> dict[str, Tensor]:
         """The losses of a batch of conversations: the text loss (cross-entropy of the answers' tokens, routing
         tokens included, queries and everything else left out, averaged over those tokens) plus the decoders'
-        losses on the conversations with targets, weighted by `decoder_loss_weight`."""
-        hidden = self.hidden_states(batch)
+        losses on the conversations with targets, weighted by `decoder_loss_weight`, plus the patch labels' loss
+        (weighted by `patch_labels.weight`) where the batch has them."""
+        seen = self.vision(batch.pixel_values)
+        hidden = self.hidden_states(batch, seen)
         targets = batch.labels[:, 1:]
         selected = targets != IGNORE
         if selected.any():
@@ -324,6 +346,9 @@ class VisionLLMv2(nn.Module, TaskHelpers):
         if self.object_decoder is not None and any(t is not None for t in batch.targets):
             losses.update(self.decoder_losses(batch, hidden))
         total = text + self.config.decoder_loss_weight * sum(v for k, v in losses.items() if k != "text")
+        if self.patch_labels is not None and batch.patches is not None and self.patch_labels.config.weight > 0:
+            losses["patches"] = self.patch_labels.loss(seen[0], batch.patches)
+            total = total + self.patch_labels.config.weight * losses["patches"]
         return {"loss": total, **{k: v.detach() for k, v in losses.items()}}
 
     def routed(self, hidden: Tensor, input_ids: Tensor) -> dict[str, list[list[Tensor]]]:
@@ -375,9 +400,9 @@ class VisionLLMv2(nn.Module, TaskHelpers):
             wanted[k, : len(annotated)] = annotated
         return losses | {"keypoints": self.keypoint_decoder.loss(points, wanted.to(points[-1].device))}
 
-    def hidden_states(self, batch: ChatBatch) -> Tensor:
+    def hidden_states(self, batch: ChatBatch, seen: tuple[Tensor, list[Tensor]] | None = None) -> Tensor:
         """The LLM's last hidden states (B, L, D) over the whole sequences (what the decoders' queries read)."""
-        embeds = self.embed(batch)
+        embeds = self.embed(batch, seen)
         mask = block_mask(batch.kinds, batch.groups).unsqueeze(1)
         positions = slot_positions(batch.kinds, batch.groups, batch.slot_offsets)
         hidden, _ = self.llm.run(embeds, mask, positions)
@@ -454,6 +479,8 @@ class VisionLLMv2(nn.Module, TaskHelpers):
         min_score: float = 0.05,
         regions: Sequence[Sequence[RegionPrompt | tuple]] | None = None,
         keypoint_names: Sequence[str] = COCO_KEYPOINT_NAMES,
+        history: Sequence[Sequence[Turn | dict]] | None = None,
+        on_text: Callable[[int, str], None] | None = None,
     ) -> list[Decoded]:
         """Answer a batch of (image, request) pairs; tasks may be mixed freely.
 
@@ -462,38 +489,118 @@ class VisionLLMv2(nn.Module, TaskHelpers):
             instructions: `Instruction`s (`build_instruction`: the task and its classes, expression or question),
                 or free text (a chat turn about the image).
             min_score: detections with a lower probability are left out.
-            regions: per pair, the visual prompts of its `<region>` placeholders (region captions, interactive
-                segmentation).
+            regions: per pair, the visual prompts of its conversation's `<region>` placeholders (region captions,
+                interactive segmentation, region questions), in order.
             keypoint_names: the skeleton a keypoint request asks for (COCO's 17 points by default).
+            history: per pair, the earlier turns of its conversation (`Turn`s or {"role", "content"} messages,
+                from a user turn, alternating); the request is the next user turn. The image is placed in the
+                first user turn when no turn places it.
+            on_text: called as `on_text(i, text)` with pair i's whole text answer once it is generated (the
+                server's streaming interface; v2 does not stream token by token yet).
 
         Returns:
             One `Decoded` per pair: `Detections` (detection, instance / interactive segmentation with masks,
-            grounding best first, keypoints), a `SegmentationMap` (semantic segmentation) or a `TextAnswer`.
+            grounding best first, keypoints), a `SegmentationMap` (semantic segmentation) or a `TextAnswer`
+            (with what the decoders found for each routing token a chat reply wrote).
+
+        Raises:
+            ProcessorError: a task this model does not answer, or a conversation it cannot take.
         """
         if len(images) != len(instructions):
             raise ValueError(f"{len(images)} images but {len(instructions)} instructions")
         prompts = [tuple(_region(r) for r in rs) for rs in regions] if regions is not None else [()] * len(images)
         if len(prompts) != len(images):
             raise ValueError(f"{len(images)} images but {len(prompts)} region lists")
+        earlier = [_turns(h) for h in history] if history is not None else [()] * len(images)
+        if len(earlier) != len(images):
+            raise ValueError(f"{len(images)} images but {len(earlier)} histories")
+        plans = [
+            self._plan(instruction, keypoint_names, before)
+            for instruction, before in zip(instructions, earlier, strict=True)
+        ]
+        earlier = [_placed(before, p.request) for before, p in zip(earlier, plans, strict=True)]
         inputs = [self.processor.image(image) for image in images]
-        plans = [plan(instruction, keypoint_names) for instruction in instructions]
         results: list[Decoded | None] = [None] * len(images)
         was_training = self.training
         self.eval()
         try:
             chat = [i for i, p in enumerate(plans) if p.answer is None]
             if chat:
-                examples = [ChatExample(inputs[i], (Turn("user", plans[i].request),), prompts[i]) for i in chat]
-                replies = self.generate(self.processor.collate(examples, self.link, side="left"))
-                for i, reply in zip(chat, replies, strict=True):
-                    results[i] = Decoded(TextAnswer(reply.text))
-            routed = [i for i, p in enumerate(plans) if p.answer is not None]
-            if routed:
-                for i, found in zip(routed, self._perceive(inputs, plans, prompts, routed, min_score), strict=True):
-                    results[i] = Decoded(found)
+                examples = [
+                    ChatExample(inputs[i], (*earlier[i], Turn("user", plans[i].request)), prompts[i]) for i in chat
+                ]
+                batch = self.processor.collate(examples, self.link, side="left")
+                replies = self.generate(batch)
+                for k, (i, reply) in enumerate(zip(chat, replies, strict=True)):
+                    routed = {}
+                    if self.object_decoder is not None and reply.calls:
+                        pixels = batch.pixel_values[k : k + 1]
+                        routed = self._decode_reply(pixels, inputs[i].size_wh, reply, min_score)
+                    results[i] = Decoded(TextAnswer(reply.text, routed))
+                    if on_text is not None:
+                        on_text(i, reply.text)
+            perceived = [i for i, p in enumerate(plans) if p.answer is not None]
+            if perceived:
+                found = self._perceive(inputs, plans, prompts, perceived, min_score, earlier)
+                for i, result in zip(perceived, found, strict=True):
+                    results[i] = Decoded(result)
         finally:
             self.train(was_training)
         return [r for r in results if r is not None]
+
+    def _plan(self, instruction: str | Instruction, keypoint_names: Sequence[str], earlier: Sequence[Turn]) -> Plan:
+        """The plan of one request after `earlier` turns: a task this model answers, the image placed once."""
+        if isinstance(instruction, Instruction) and instruction.task not in self.TASKS:
+            answered = ", ".join(t.value for t in self.TASKS)
+            raise ProcessorError(f"this model does not answer {instruction.task.value}; it answers: {answered}")
+        planned = plan(instruction, keypoint_names)
+        if earlier and isinstance(instruction, str) and IMAGE not in instruction:
+            return replace(planned, request=instruction)  # the image goes in an earlier turn (`_placed`)
+        return planned
+
+    def check_request(
+        self,
+        instruction: str | Instruction,
+        max_prompt_tokens: int | None = None,
+        history: Sequence[Turn | dict] = (),
+        regions: int = 0,
+    ) -> int:
+        """Check, without model work, that `predict` can answer this request; its cost in LLM tokens.
+
+        Args:
+            instruction: as for `predict`.
+            max_prompt_tokens: a lower limit on the conversation's tokens than the model's own, or None.
+            history: the earlier turns, as for `predict`.
+            regions: how many visual prompts come with the conversation.
+
+        Returns:
+            The most tokens the LLM runs for it: the conversation with its image tokens and the longest answer.
+
+        Raises:
+            ProcessorError: what `predict` would refuse: a task it does not answer, a conversation that does not
+                alternate or places the image twice, `<region>` placeholders that do not match the prompts, or a
+                conversation over the token limit.
+        """
+        earlier = _turns(history)
+        planned = self._plan(instruction, COCO_KEYPOINT_NAMES, earlier)
+        turns = (*_placed(earlier, planned.request), Turn("user", planned.request))
+        try:
+            row = build_chat(self.processor.tokenizer, turns, self.link)
+        except ValueError as error:
+            raise ProcessorError(str(error)) from None
+        if row.ids.count(self.processor.image_id) != 1:
+            raise ProcessorError(f"a v2 conversation shows its image once ({IMAGE} in one user turn)")
+        placed = row.ids.count(self.processor.region_id)
+        if placed != regions:
+            raise ProcessorError(f"the conversation has {placed} {REGION} placeholders but {regions} regions")
+        limit = min(self.config.max_prompt_tokens, max_prompt_tokens or self.config.max_prompt_tokens)
+        if len(row.ids) - 1 > limit:
+            raise ProcessorError(
+                f"the conversation is {len(row.ids) - 1} tokens long; this server takes at most {limit}: "
+                "shorten it or drop earlier turns"
+            )
+        answer = len(self.processor.tokenizer(planned.answer).input_ids) if planned.answer else 0
+        return len(row.ids) - 1 + self.processor.num_image_tokens + max(answer, self.config.max_new_tokens)
 
     def _perceive(
         self,
@@ -502,12 +609,18 @@ class VisionLLMv2(nn.Module, TaskHelpers):
         prompts: Sequence[tuple[RegionPrompt, ...]],
         chosen: Sequence[int],
         min_score: float,
+        earlier: Sequence[Sequence[Turn]],
     ) -> list[Detections | SegmentationMap]:
-        """The perception pairs `chosen`: their routed answers read in one pass, then the decoders."""
+        """The perception pairs `chosen` (after their `earlier` turns): their routed answers read in one pass, then
+        the decoders."""
         if self.object_decoder is None:
             raise ProcessorError("this v2 model has no object decoder: it answers chat requests only")
         examples = [
-            ChatExample(inputs[i], (Turn("user", plans[i].request), Turn("assistant", plans[i].answer)), prompts[i])
+            ChatExample(
+                inputs[i],
+                (*earlier[i], Turn("user", plans[i].request), Turn("assistant", plans[i].answer)),
+                prompts[i],
+            )
             for i in chosen
         ]
         batch = self.processor.collate(examples, self.link)
@@ -523,8 +636,10 @@ class VisionLLMv2(nn.Module, TaskHelpers):
                 out.append(self._keypoints(output, b, sizes[b], routed["keypoint"], plans[i], min_score))
             else:
                 masks = task not in (Task.DETECTION, Task.GROUNDING)
-                best = 1 if task in (Task.GROUNDING, Task.INTERACTIVE_SEGMENTATION) else 100
-                found = self.object_decoder.detect(output, b, sizes[b], best, min_score, masks)
+                one = task in (Task.GROUNDING, Task.INTERACTIVE_SEGMENTATION)  # the best object, however scored
+                found = self.object_decoder.detect(
+                    output, b, sizes[b], 1 if one else 100, 0.0 if one else min_score, masks
+                )
                 out.append(detections(found, names))
         return out
 
@@ -611,16 +726,19 @@ class VisionLLMv2(nn.Module, TaskHelpers):
         finally:
             self.train(was_training)
 
-    def _decode_reply(self, pixel_values: Tensor, size_wh: tuple[int, int], reply: Reply) -> dict[str, Detections]:
-        """The decoders' results for a reply's calls: its object calls are one category set for the object
-        decoder; its [POSE] calls name the points of the instances of its first object call."""
+    def _decode_reply(
+        self, pixel_values: Tensor, size_wh: tuple[int, int], reply: Reply, min_score: float = 0.05
+    ) -> dict[str, Detections]:
+        """The decoders' results for a reply's calls (one image): its object calls are one category set for the
+        object decoder; its [POSE] calls name the points of the instances of its first object call. Detections
+        below `min_score` are left out."""
         assert self.object_decoder is not None
         called = list(zip(reply.calls, reply.names, strict=True))
         objects = [(route, name, states) for (route, states), name in called if ROUTES[route] == "object"]
         if not objects:
             return {}
         output = self.decode_objects(pixel_values, [[states for _, _, states in objects]])
-        found = self.object_decoder.detect(output, 0, size_wh)
+        found = self.object_decoder.detect(output, 0, size_wh, min_score=min_score)
         names = [name for _, name, _ in objects]
         results: dict[str, Detections] = {}
         for route in dict.fromkeys(route for route, _, _ in objects):
@@ -633,7 +751,7 @@ class VisionLLMv2(nn.Module, TaskHelpers):
         points = [(name, states) for (route, states), name in called if ROUTES[route] == "keypoint"]
         if points and self.keypoint_decoder is not None:
             pose = Plan(Task.KEYPOINTS, "", None, (names[0],), tuple(name for name, _ in points))
-            results["[POSE]"] = self._keypoints(output, 0, size_wh, [[s for _, s in points]], pose, 0.05)
+            results["[POSE]"] = self._keypoints(output, 0, size_wh, [[s for _, s in points]], pose, min_score)
         return results
 
     # -- checkpoints ----------------------------------------------------------------------------
@@ -700,6 +818,28 @@ class VisionLLMv2(nn.Module, TaskHelpers):
 def _region(prompt: RegionPrompt | tuple) -> RegionPrompt:
     """A visual prompt, or a (kind, data) pair such as ("box", [x1, y1, x2, y2])."""
     return prompt if isinstance(prompt, RegionPrompt) else RegionPrompt(*prompt)
+
+
+def _stacked(tensors: Sequence[Tensor | None]) -> Tensor | None:
+    """The tensors stacked, or None when any is missing."""
+    return None if any(t is None for t in tensors) else torch.stack(list(tensors))
+
+
+def _turns(messages: Sequence[Turn | dict]) -> tuple[Turn, ...]:
+    """Earlier turns of a conversation as `Turn`s (from `Turn`s or {"role", "content"} messages)."""
+    return tuple(m if isinstance(m, Turn) else Turn(m["role"], m["content"]) for m in messages)
+
+
+def _placed(earlier: tuple[Turn, ...], request: str) -> tuple[Turn, ...]:
+    """The earlier turns with the image put first in their first user turn, when neither they nor the request
+    show it."""
+    if not earlier or IMAGE in request or any(IMAGE in t.text for t in earlier):
+        return earlier
+    turns = list(earlier)
+    first = next((k for k, t in enumerate(turns) if t.role == "user"), None)
+    if first is not None:
+        turns[first] = Turn("user", f"{IMAGE} {turns[first].text}")
+    return tuple(turns)
 
 
 def _llm_tokenizer(config: VisionLLMv2Config) -> PreTrainedTokenizerBase:

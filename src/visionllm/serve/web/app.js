@@ -1,15 +1,31 @@
 // The VisionLLM page: pick an image and a task, call /v1/predict, show the drawn result and the raw JSON.
 //
-// Extension points (for tasks that take visual prompts or answer with images):
-// - a task in /v1/tasks may list `prompts` (e.g. ["point", "box", "scribble"]); each kind is a tool in
-//   PROMPT_TOOLS that draws on #prompt-layer and adds entries to state.prompts (pixel coordinates of the image),
-//   which are sent as `prompts` in the request;
-// - a response with `output: "image"` carries the generated image in `image` and is shown in #result-image.
+// Visual prompts: a task in /v1/tasks may list `prompts` (["point", "box", "scribble"] for a v2 model's region
+// tasks). Each kind is a tool below that draws on #prompt-layer (the canvas over the image) and adds an entry
+// {kind, data} in pixels of the image to state.prompts, sent as `regions` in the request. With a model that takes
+// prompts, a free instruction (a chat turn) may carry them too ("What color is region1 <region>?").
+// A response with `output: "image"` carries the generated image in `image` and is shown in #result-image.
 "use strict";
 
-const PROMPT_TOOLS = {};  // kind -> {label, start(layer, image, prompts)}; none for the tasks of v1
+// kind -> label and pointer handlers: down(p) starts a prompt, move(p) extends it, up(p) returns the finished
+// prompt or null; p is the pointer in image pixels.
+const PROMPT_TOOLS = {
+  point: { label: "Point", down: (p) => ({ kind: "point", data: p }), move: (d) => d, up: (d) => d },
+  box: {
+    label: "Box",
+    down: (p) => ({ kind: "box", start: p, data: [p[0], p[1], p[0], p[1]] }),
+    move: (d, p) => ({ ...d, data: [Math.min(d.start[0], p[0]), Math.min(d.start[1], p[1]), Math.max(d.start[0], p[0]), Math.max(d.start[1], p[1])] }),
+    up: (d) => (d.data[2] - d.data[0] >= 1 && d.data[3] - d.data[1] >= 1 ? { kind: "box", data: d.data } : null),
+  },
+  scribble: {
+    label: "Scribble",
+    down: (p) => ({ kind: "scribble", data: [p] }),
+    move: (d, p) => ({ ...d, data: [...d.data, p] }),
+    up: (d) => (d.data.length >= 2 ? { kind: "scribble", data: d.data } : null),
+  },
+};
 
-const state = { image: null, tasks: [], prompts: [] };
+const state = { image: null, tasks: [], prompts: [], tool: "point", drawing: null };
 const $ = (id) => document.getElementById(id);
 
 function headers() {
@@ -36,6 +52,105 @@ function setImage(dataUrl) {
   state.image = dataUrl;
   state.prompts = [];
   $("input-image").src = dataUrl;
+  $("input-image").onload = drawPrompts;
+}
+
+// -- visual prompts -----------------------------------------------------------------------------
+
+function imagePoint(event) {
+  const img = $("input-image"), box = img.getBoundingClientRect();
+  const x = ((event.clientX - box.left) * img.naturalWidth) / box.width;
+  const y = ((event.clientY - box.top) * img.naturalHeight) / box.height;
+  return [Math.round(Math.min(Math.max(x, 0), img.naturalWidth) * 10) / 10, Math.round(Math.min(Math.max(y, 0), img.naturalHeight) * 10) / 10];
+}
+
+function drawPrompts() {
+  const img = $("input-image"), layer = $("prompt-layer");
+  if (!img.naturalWidth) return;
+  layer.width = img.naturalWidth * 4;
+  layer.height = img.naturalHeight * 4;
+  const g = layer.getContext("2d");
+  g.clearRect(0, 0, layer.width, layer.height);
+  g.scale(4, 4);
+  const px = img.clientWidth ? img.naturalWidth / img.clientWidth : 1;  // image pixels per screen pixel
+  g.lineWidth = 2.5 * px;
+  const all = state.drawing ? [...state.prompts, state.drawing] : state.prompts;
+  all.forEach((prompt, i) => {
+    g.strokeStyle = g.fillStyle = i < state.prompts.length ? "#ff2d55" : "#ffcc00";
+    if (prompt.kind === "point") {
+      g.beginPath();
+      g.arc(prompt.data[0], prompt.data[1], 5 * px, 0, 2 * Math.PI);
+      g.fill();
+    } else if (prompt.kind === "box") {
+      const [x1, y1, x2, y2] = prompt.data;
+      g.strokeRect(x1, y1, x2 - x1, y2 - y1);
+    } else {
+      g.beginPath();
+      prompt.data.forEach(([x, y], k) => (k ? g.lineTo(x, y) : g.moveTo(x, y)));
+      g.stroke();
+    }
+    if (i < state.prompts.length) {
+      const [x, y] = prompt.kind === "scribble" ? prompt.data[0] : prompt.data;
+      g.font = `bold ${13 * px}px sans-serif`;
+      g.fillText(`region${i + 1}`, x + 6 * px, Math.max(13 * px, y - 6 * px));
+    }
+  });
+  $("prompt-count").textContent = state.prompts.length ? `${state.prompts.length} region${state.prompts.length === 1 ? "" : "s"}` : "no region drawn";
+}
+
+function buildTools() {
+  const tools = $("prompt-tools");
+  const buttons = Object.entries(PROMPT_TOOLS).map(([kind, tool]) => {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "tool";
+    b.dataset.tool = kind;
+    b.textContent = tool.label;
+    b.addEventListener("click", () => { state.tool = kind; markTool(); });
+    return b;
+  });
+  const clear = document.createElement("button");
+  clear.type = "button";
+  clear.className = "tool";
+  clear.id = "clear-prompts";
+  clear.textContent = "Clear";
+  clear.addEventListener("click", () => { state.prompts = []; drawPrompts(); });
+  const count = document.createElement("span");
+  count.id = "prompt-count";
+  count.className = "muted";
+  tools.replaceChildren(...buttons, clear, count);
+  markTool();
+  const layer = $("prompt-layer");
+  layer.addEventListener("pointerdown", (event) => {
+    event.preventDefault();
+    layer.setPointerCapture(event.pointerId);
+    state.drawing = PROMPT_TOOLS[state.tool].down(imagePoint(event));
+    drawPrompts();
+  });
+  layer.addEventListener("pointermove", (event) => {
+    if (!state.drawing) return;
+    state.drawing = PROMPT_TOOLS[state.drawing.kind].move(state.drawing, imagePoint(event));
+    drawPrompts();
+  });
+  const finish = (event) => {
+    if (!state.drawing) return;
+    const done = PROMPT_TOOLS[state.drawing.kind].up(state.drawing, imagePoint(event));
+    state.drawing = null;
+    if (done) state.prompts.push(done);
+    drawPrompts();
+  };
+  layer.addEventListener("pointerup", finish);
+  layer.addEventListener("pointercancel", () => { state.drawing = null; drawPrompts(); });
+}
+
+function markTool() {
+  document.querySelectorAll("#prompt-tools [data-tool]").forEach((b) => b.classList.toggle("chosen", b.dataset.tool === state.tool));
+}
+
+function promptKinds(task) {
+  // A free instruction takes the prompts any task of this model takes (a v2 model's region questions).
+  const kinds = task.task === "instruction" ? [...new Set(state.tasks.flatMap((t) => t.prompts || []))] : task.prompts || [];
+  return kinds.filter((kind) => kind in PROMPT_TOOLS);
 }
 
 function blobToDataUrl(blob) {
@@ -59,8 +174,10 @@ function currentTask() {
 function updateFields() {
   const task = currentTask();
   document.querySelectorAll("[data-field]").forEach((el) => { el.hidden = !task.fields.includes(el.dataset.field); });
-  const kinds = (task.prompts || []).filter((kind) => kind in PROMPT_TOOLS);
+  const kinds = promptKinds(task);
   $("prompt-tools").hidden = kinds.length === 0;
+  document.querySelectorAll("#prompt-tools [data-tool]").forEach((b) => { b.hidden = !kinds.includes(b.dataset.tool); });
+  if (kinds.length && !kinds.includes(state.tool)) { state.tool = kinds[0]; markTool(); }
   $("input-stage").classList.toggle("prompting", kinds.length > 0);
 }
 
@@ -69,13 +186,14 @@ function requestBody() {
   const body = { image: state.image, render: true, min_score: Number($("min-score").value) };
   if (task.task === "instruction") {
     body.instruction = $("instruction").value;
+    if (promptKinds(task).length && state.prompts.length) body.regions = state.prompts;
   } else {
     body.task = task.task;
     if (task.fields.includes("classes")) body.classes = $("classes").value.split(",").map((s) => s.trim()).filter(Boolean);
     if (task.fields.includes("expression")) body.expression = $("expression").value;
     if (task.fields.includes("question")) body.question = $("question").value;
     if (task.fields.includes("points")) body.points = Number($("points").value);
-    if ((task.prompts || []).length) body.prompts = state.prompts;
+    if (promptKinds(task).length) body.regions = state.prompts;
   }
   return body;
 }
@@ -95,6 +213,9 @@ function showResult(result) {
         row.insertCell().textContent = v;
       });
     });
+  } else if (result.output === "masks") {
+    const n = result.class_names.length;
+    $("answer").textContent = `${n} class${n === 1 ? "" : "es"} segmented`;
   } else {
     $("answer").textContent = result.text || "";
   }
@@ -133,6 +254,8 @@ function init() {
     setImage(await blobToDataUrl(file));
   });
   $("task").addEventListener("change", updateFields);
+  window.addEventListener("resize", drawPrompts);
+  buildTools();
   $("run").addEventListener("click", run);
   load();
 }

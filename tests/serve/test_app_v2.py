@@ -1,0 +1,164 @@
+"""The server with a v2 model: visual prompts in /v1/predict and in chat's extra body, multi-turn conversations,
+routed results as JSON beside the text, and clear refusals of prompts that do not fit."""
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from visionllm.formats.results import Decoded, Detections, TextAnswer
+from visionllm.serve.app import ServerSettings, create_app
+from visionllm.serve.images import to_data_url
+from visionllm.serve.protocol import result_json
+
+IMAGE = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def v2_model(micro_v2_model):
+    return micro_v2_model
+
+
+@pytest.fixture(scope="module")
+def calls(v2_model):
+    """Every predict call the server makes: its instructions and its keyword arguments."""
+    seen = []
+    real = v2_model.predict
+
+    def spy(images, instructions, **kwargs):
+        seen.append((list(instructions), kwargs))
+        return real(images, instructions, **kwargs)
+
+    v2_model.predict = spy
+    yield seen
+    del v2_model.predict
+
+
+@pytest.fixture(scope="module")
+def client(v2_model, calls):
+    with TestClient(create_app(v2_model, ServerSettings(model_id="micro-v2", samples=1))) as test_client:
+        yield test_client
+
+
+def image_url():
+    from PIL import Image
+
+    return to_data_url(Image.fromarray(IMAGE))
+
+
+def chat(client, messages, **visionllm):
+    body = {"model": "micro-v2", "messages": messages}
+    if visionllm:
+        body["visionllm"] = visionllm
+    return client.post("/v1/chat/completions", json=body)
+
+
+def user(text, image=True):
+    parts = [{"type": "image_url", "image_url": {"url": image_url()}}] if image else []
+    return {"role": "user", "content": [*parts, {"type": "text", "text": text}]}
+
+
+def test_the_task_list_offers_v2_tasks_with_their_prompt_tools_and_nothing_unanswered(client):
+    tasks = {t["task"]: t for t in client.get("/v1/tasks").json()["data"]}
+    assert tasks["interactive_segmentation"]["prompts"] == ["point", "box", "scribble"]
+    assert tasks["region_caption"]["prompts"] == ["point", "box", "scribble"]
+    assert tasks["semantic_segmentation"]["output"] == "masks" and "prompts" not in tasks["detection"]
+    assert not {"generation", "editing", "grounded_caption"} & set(tasks)
+
+
+def test_a_point_prompt_segments_through_predict_and_is_drawn(client, calls):
+    body = {"image": image_url(), "task": "interactive_segmentation", "min_score": 0.0, "render": True}
+    body["regions"] = [{"kind": "point", "data": [20, 12]}]
+    answer = client.post("/v1/predict", json=body)
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    assert result["output"] == "detections" and len(result["detections"]) == 1
+    assert result["detections"][0]["mask_rle"]["size"] == [40, 56]
+    assert result["visualization"].startswith("data:image/png;base64,")
+    instructions, kwargs = calls[-1]
+    assert "<region>" in instructions[0].text
+    [[prompt]] = kwargs["regions"]
+    assert prompt.kind == "point" and list(prompt.data) == [20, 12]
+
+
+def test_semantic_segmentation_answers_masks(client):
+    body = {"image": image_url(), "task": "semantic_segmentation", "classes": ["circle", "person"]}
+    result = client.post("/v1/predict", json=body).json()
+    assert result["output"] == "masks" and result["class_names"] == ["circle", "person"]
+    assert set(result["masks_rle"]) == {"circle", "person"}
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "words"),
+    [
+        ({"task": "interactive_segmentation"}, "regions", "needs a visual prompt"),
+        ({"task": "caption", "regions": [{"kind": "point", "data": [3, 3]}]}, "regions", "takes no visual prompts"),
+        (
+            {"task": "interactive_segmentation", "regions": [{"kind": "point", "data": [500, 500]}]},
+            "regions[0]",
+            "outside",
+        ),
+        ({"task": "interactive_segmentation", "regions": [{"kind": "box", "data": [1, 2]}]}, "regions[0]", "box"),
+        ({"task": "interactive_segmentation", "regions": [{"kind": "mask", "data": [1, 2]}]}, "regions[0]", "PNG"),
+        ({"instruction": "What is region1 <region>?"}, "instruction", "1 <region> placeholders but 0 regions"),
+    ],
+)
+def test_prompts_that_do_not_fit_are_refused_with_what_is_wrong(client, body, param, words):
+    answer = client.post("/v1/predict", json={"image": image_url(), **body})
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert words in error["message"] and error["param"] == param
+
+
+def test_a_mask_prompt_comes_as_a_png_data_url(client, calls):
+    from PIL import Image
+
+    mask = np.zeros(IMAGE.shape[:2], np.uint8)
+    mask[10:20, 5:15] = 255
+    body = {"image": image_url(), "task": "region_caption"}
+    body["regions"] = [{"kind": "mask", "data": to_data_url(Image.fromarray(mask))}]
+    answer = client.post("/v1/predict", json=body)
+    assert answer.status_code == 200, answer.text
+    [[prompt]] = calls[-1][1]["regions"]
+    assert prompt.kind == "mask" and prompt.data.sum() == 100
+
+
+def test_chat_reads_the_earlier_turns_and_the_regions_of_the_extra_body(client, calls):
+    messages = [
+        user("What is in the image?"),
+        {"role": "assistant", "content": "a red circle"},
+        {"role": "user", "content": "What color is it?"},
+    ]
+    answer = chat(client, messages, regions=[{"kind": "box", "data": [5, 5, 30, 30]}])
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["choices"][0]["message"]["content"] == body["visionllm"]["text"]
+    assert body["visionllm"]["output"] == "text"
+    instructions, kwargs = calls[-1]
+    assert instructions == ["region1 <region> What color is it?"]
+    assert list(kwargs["history"][0]) == [
+        {"role": "user", "content": "What is in the image?"},
+        {"role": "assistant", "content": "a red circle"},
+    ]
+    [[prompt]] = kwargs["regions"]
+    assert prompt.kind == "box"
+
+
+def test_a_conversation_that_shows_the_image_twice_is_refused(client):
+    messages = [user("<image> What is this?"), {"role": "assistant", "content": "a star"}, user("<image> And this?")]
+    answer = chat(client, messages)
+    assert answer.status_code == 400 and "once" in answer.json()["error"]["message"]
+
+
+def test_a_v1_model_refuses_visual_prompts(micro_model):
+    with TestClient(create_app(micro_model, ServerSettings(model_id="micro", samples=1))) as v1:
+        body = {"image": image_url(), "task": "caption", "regions": [{"kind": "point", "data": [3, 3]}]}
+        answer = v1.post("/v1/predict", json=body)
+    assert answer.status_code == 400 and "v2 model" in answer.json()["error"]["message"]
+
+
+def test_routed_results_are_json_beside_the_reply_text():
+    found = Detections(np.array([[1.0, 2.0, 10.0, 12.0]]), np.array([0.9]), ("red circle",))
+    body = result_json(Decoded(TextAnswer("red circle [DET]", {"[DET]": found})))
+    assert body["output"] == "text" and body["text"] == "red circle [DET]"
+    assert body["routed"]["[DET]"][0]["class_name"] == "red circle"
+    assert "routed" not in result_json(Decoded(TextAnswer("a circle")))
