@@ -467,9 +467,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--points", type=_whole(3), default=16, help="boundary points for --task segment (default 16)"
     )
-    evaluate.add_argument("--shapesworld", type=Path, help="a ShapesWorld folder: every v1 task's metric")
+    evaluate.add_argument(
+        "--shapesworld", type=Path, help="a ShapesWorld folder: the metric of every task the model answers"
+    )
     evaluate.add_argument("--split", default="val", choices=("train", "val"))
-    evaluate.add_argument("--tasks", help="ShapesWorld tasks, comma-separated (default: all v1 tasks)")
+    evaluate.add_argument("--tasks", help="ShapesWorld tasks, comma-separated (default: every task the model answers)")
     evaluate.add_argument("--limit", type=_POSITIVE, help="evaluate on the first N images only")
     evaluate.add_argument(
         "--no-controls",
@@ -517,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chat.set_defaults(func=_cmd_chat)
 
-    demo = commands.add_parser("demo", help="run a model on new ShapesWorld images for every v1 task")
+    demo = commands.add_parser("demo", help="run a model on new ShapesWorld images for every task it answers")
     demo.add_argument("--model", type=Path, default=Path("checkpoints/visionllm-v1-tiny"), help="checkpoint folder")
     demo.add_argument("--out", type=Path, default=Path("demo-output"), help="folder for the annotated pictures")
     demo.add_argument("--images", type=_POSITIVE, default=4, help="how many new images (default 4)")

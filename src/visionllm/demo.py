@@ -1,6 +1,6 @@
 """The demo: run a model on freshly generated ShapesWorld images for every task it answers (v1's, and for a v2 model
-also interactive segmentation from one click, a region caption and semantic segmentation), print a results table
-and write annotated pictures."""
+also interactive segmentation from one click, a region caption, semantic segmentation, a star's keypoints and a chat
+turn), print a results table and write annotated pictures."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from PIL import Image
 from visionllm.data.shapes.dataset import make_image
 from visionllm.data.shapes.scene import SKELETON, ShapesWorldConfig
 from visionllm.eval.runner import inner_point
+from visionllm.formats.keypoints import STAR_KEYPOINT_NAMES, STAR_SKELETON
 from visionllm.formats.results import Detections, SegmentationMap, TextAnswer
 from visionllm.formats.task_table import build_instruction
 from visionllm.formats.tasks import Task
@@ -66,6 +67,10 @@ def run_demo(model_dir: str | Path, out: str | Path, images: int = 4, seed: int 
             tasks.append(("interactive (click)", build_instruction(Task.INTERACTIVE_SEGMENTATION, regions=region)))
             tasks.append(("region caption", build_instruction(Task.REGION_CAPTION, regions=region)))
             tasks.append(("semantic", build_instruction(Task.SEMANTIC_SEGMENTATION, classes=SHAPE_CLASSES)))
+            if any(f.category == "star" for f in record.facts):
+                star = build_instruction(Task.KEYPOINTS, classes=["star"], keypoint_names=STAR_KEYPOINT_NAMES)
+                tasks.append(("star keypoints", star))
+            tasks.append(("chat", "What do you see in this picture?"))
             marked = {"interactive (click)": [click], "region caption": [click]}
         for name, instruction in tasks:
             requests.append(instruction)
@@ -86,13 +91,16 @@ def run_demo(model_dir: str | Path, out: str | Path, images: int = 4, seed: int 
                 ", ".join(f"{n} {s:.2f}" for n, s in zip(prediction.class_names, prediction.scores, strict=True))
                 or "(nothing)"
             )
-            drawn = draw_detections(picture, prediction, skeleton=SKELETON, scale=3.0)
+            drawn = draw_detections(
+                picture, prediction, skeleton=STAR_SKELETON if "star" in name else SKELETON, scale=3.0
+            )
             detail = instruction.class_names[0] if name == "grounding" else ""
             tile = draw_text_below(drawn, [f"#{i} {name}" + (f": {detail}" if detail else "")])
         else:
             text = prediction.text if isinstance(prediction, TextAnswer) else ""
             summary = text
             question = [instruction.text.split("question: ")[-1]] if name == "vqa" else []
+            question = [instruction] if name == "chat" else question
             tile = draw_text_below(
                 picture.resize((size * 3, size * 3), Image.NEAREST), [f"#{i} {name}", *question, f"-> {text}"]
             )

@@ -119,3 +119,11 @@ def test_the_one_call_helpers_answer_v2s_tasks(model):
     assert len(clicked) == 1 and clicked.masks.shape == (1, 64, 64)
     assert isinstance(model.describe_region(image, ("box", [10, 10, 40, 40])), str)
     assert isinstance(model.ask(image, "how many stars are there?"), str) and isinstance(model.caption(image), str)
+
+
+def test_keypoint_requests_of_two_skeletons_share_a_batch(model):
+    image = np.random.default_rng(2).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    star = build_instruction(Task.KEYPOINTS, classes=["star"], keypoint_names=STAR_KEYPOINT_NAMES)
+    person, stars = model.predict([image, image], [build_instruction(Task.KEYPOINTS), star], min_score=0.0)
+    assert person.prediction.keypoints_xyv_px.shape[1:] == (17, 3)
+    assert stars.prediction.keypoints_xyv_px.shape[1:] == (5, 3) and set(stars.prediction.class_names) <= {"star"}

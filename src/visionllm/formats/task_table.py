@@ -398,12 +398,14 @@ class Instruction:
         task: the task it asks for.
         output_format: the answer's format (None for v2 outputs outside the token grammar: masks, images).
         class_names: the bound class set (<ci> is class_names[i]); empty for text tasks.
+        keypoint_names: the skeleton's point names of a keypoint request; empty for other tasks.
     """
 
     text: str
     task: Task
     output_format: OutputFormat | None
     class_names: tuple[str, ...] = ()
+    keypoint_names: tuple[str, ...] = ()
 
 
 def build_instruction(
@@ -469,4 +471,5 @@ def build_instruction(
     }
     text = _filled(spec.templates[index], values, f"a {task.value} instruction")
     binds = (fmt is not None and fmt.structured) or task is Task.SEMANTIC_SEGMENTATION
-    return Instruction(text, task, fmt, tuple(str(c).strip() for c in classes) if binds else ())
+    names = tuple(keypoint_names) if task is Task.KEYPOINTS else ()
+    return Instruction(text, task, fmt, tuple(str(c).strip() for c in classes) if binds else (), names)

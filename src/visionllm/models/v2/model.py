@@ -491,7 +491,8 @@ class VisionLLMv2(nn.Module, TaskHelpers):
             min_score: detections with a lower probability are left out.
             regions: per pair, the visual prompts of its conversation's `<region>` placeholders (region captions,
                 interactive segmentation, region questions), in order.
-            keypoint_names: the skeleton a keypoint request asks for (COCO's 17 points by default).
+            keypoint_names: the skeleton of a keypoint request that names none (an `Instruction` built with
+                `keypoint_names` carries its own; COCO's 17 points by default).
             history: per pair, the earlier turns of its conversation (`Turn`s or {"role", "content"} messages,
                 from a user turn, alternating); the request is the next user turn. The image is placed in the
                 first user turn when no turn places it.

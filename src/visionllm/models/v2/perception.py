@@ -65,7 +65,8 @@ class Plan:
 
 def plan(instruction: str | Instruction, keypoint_names: Sequence[str] = COCO_KEYPOINT_NAMES) -> Plan:
     """The plan of an instruction: free text is a chat turn (the image placed first when it does not say where);
-    an `Instruction` is answered as its task, in v2's request words."""
+    an `Instruction` is answered as its task, in v2's request words (a keypoint request with the point names it
+    carries, else `keypoint_names`)."""
     if isinstance(instruction, str):
         return Plan(Task.CHAT, instruction if "<image>" in instruction else f"<image> {instruction}")
     task, names = instruction.task, instruction.class_names
@@ -75,6 +76,7 @@ def plan(instruction: str | Instruction, keypoint_names: Sequence[str] = COCO_KE
         expression = names[0]
         return Plan(task, build_request(task, expression=expression), f"{expression} {ROUTE[task]}", names)
     if task is Task.KEYPOINTS:
+        keypoint_names = instruction.keypoint_names or keypoint_names  # the request's own skeleton first
         count = instruction.output_format.num_points if instruction.output_format else len(keypoint_names)
         if count != len(keypoint_names):
             raise ValueError(f"the keypoint request asks for {count} points but {len(keypoint_names)} names are given")
