@@ -13,16 +13,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import shutil
-import time
 from pathlib import Path
 
 import yaml
 
-from visionllm.eval.runner import evaluate_shapesworld
-from visionllm.models.loading import load_pretrained
-from visionllm.train.loop import train
+from variants import run_variant, write_table
 
 ROOT = Path(__file__).resolve().parents[1]
 RESNET = {"kind": "resnet", "embedding_size": 32, "hidden_sizes": [32, 64, 128, 256], "depths": [1, 1, 2, 1]}
@@ -57,39 +52,21 @@ def main() -> None:
     rows = []
     for key in args.variants:
         name, override = VARIANTS[key]
-        work = args.work / key
-        shutil.rmtree(work, ignore_errors=True)  # each variant trains from its first step
-        work.mkdir(parents=True)
-        run = _merged(stage["train"], {"output_dir": str(work / "run"), "data": {"root": str(args.shapesworld)}})
-        preset = work / "preset.yaml"
-        preset.write_text(yaml.safe_dump({"model": _merged(model, override), "train": run}))
-        started = time.perf_counter()
-        final = train(preset, max_steps=args.steps)
-        minutes = (time.perf_counter() - started) / 60
-        metrics = evaluate_shapesworld(
-            load_pretrained(final), args.shapesworld, "val", ["caption", "vqa"], limit=args.images, progress=False
+        run = _merged(
+            stage["train"], {"output_dir": str(args.work / key / "run"), "data": {"root": str(args.shapesworld)}}
         )
-        rows.append({"variant": name, "steps": args.steps, "minutes": round(minutes, 1), **metrics})
-        print(json.dumps(rows[-1]))
-    lines = [
+        preset = {"model": _merged(model, override), "train": run}
+        rows.append(
+            run_variant(name, preset, args.work / key, args.steps, args.shapesworld, ["caption", "vqa"], args.images)
+        )
+    heading = [
         "# The tiny v2 chat model's vision encoder, trained from scratch for equal CPU time",
         "",
         f"`python bench/v2_vision.py --steps {args.steps} --images {args.images}`: v2's stage 1 for each encoder, "
         f"then VQA and captions on the first {args.images} val images, with each image swapped for another (blind).",
-        "",
-        "| encoder | steps | minutes | vqa_accuracy | blind | CIDEr | blind |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['variant']} | {r['steps']} | {r['minutes']} | {r['vqa_accuracy']:.3f} | "
-            f"{r.get('vqa_accuracy_blind', float('nan')):.3f} | {r['CIDEr']:.3f} | "
-            f"{r.get('CIDEr_blind', float('nan')):.3f} |"
-        )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
-    print("\n".join(lines))
+    vqa = [("vqa_accuracy", "vqa_accuracy", "{:.3f}"), ("blind", "vqa_accuracy_blind", "{:.3f}")]
+    write_table(args.out, heading, [*vqa, ("CIDEr", "CIDEr", "{:.3f}"), ("blind", "CIDEr_blind", "{:.3f}")], rows)
 
 
 if __name__ == "__main__":

@@ -358,12 +358,17 @@ class VisionLLMv2(nn.Module, TaskHelpers):
             found[ROUTES[call.route]][call.sample].append(states)
         return found
 
-    def decode_objects(self, pixel_values: Tensor, conditions: Sequence[Sequence[Tensor]]) -> ObjectOutput:
-        """The object decoder on the chat model's pixels with the given routed categories."""
+    def decode_objects(
+        self,
+        pixel_values: Tensor,
+        conditions: Sequence[Sequence[Tensor]],
+        targets: Sequence[ObjectTargets] | None = None,
+    ) -> ObjectOutput:
+        """The object decoder on the chat model's pixels with the given routed categories (and, in training, the
+        targets its denoising queries are built from)."""
         assert self.object_decoder is not None
-        return self.object_decoder(
-            self.object_decoder.pixels(pixel_values, self.processor.mean, self.processor.std), conditions
-        )
+        pixels = self.object_decoder.pixels(pixel_values, self.processor.mean, self.processor.std)
+        return self.object_decoder(pixels, conditions, targets)
 
     def decoder_losses(self, batch: ChatBatch, hidden: Tensor) -> dict[str, Tensor]:
         """The object decoder's losses ("boxes", "masks") and the keypoint decoder's ("keypoints") on the
@@ -375,12 +380,13 @@ class VisionLLMv2(nn.Module, TaskHelpers):
         ]
         zero = hidden.sum() * 0
         if not samples:
-            out = {"boxes": zero, "masks": zero}
+            out = {"boxes": zero, "masks": zero} | ({"denoising": zero} if self.object_decoder.label_embed else {})
             return out | ({"keypoints": zero} if self.keypoint_decoder is not None else {})
         index = torch.tensor(samples, device=hidden.device)
-        output = self.decode_objects(batch.pixel_values[index], [routed["object"][b] for b in samples])
         chosen = [batch.targets[b] for b in samples]
-        losses, (image, rows, cols) = self.object_decoder.loss(output, [t.objects for t in chosen])
+        objects = [t.objects for t in chosen]
+        output = self.decode_objects(batch.pixel_values[index], [routed["object"][b] for b in samples], objects)
+        losses, (image, rows, cols) = self.object_decoder.loss(output, objects)
         if self.keypoint_decoder is None:
             return losses
         keep = [

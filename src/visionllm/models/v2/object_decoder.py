@@ -10,7 +10,8 @@ Masks: each final query's embedding dotted with stride-4 pixel features (the str
 upsampled stride-8 memory, as Mask DINO builds them).
 
 Losses: the DETR set loss (focal, L1, GIoU after Hungarian matching) on every decoder layer and on the selected
-proposals; mask BCE and dice on the last layer's matched queries, against the targets resized to stride 4.
+proposals; mask BCE and dice on the last layer's matched queries, against the targets resized to stride 4; with
+`denoising_groups`, DINO's contrastive denoising loss on jittered target boxes (`denoising`).
 """
 
 from __future__ import annotations
@@ -31,11 +32,14 @@ from visionllm.models.common.deformable import (
     Levels,
     Proposals,
     TextFusion,
+    box_sine,
     deformable_config,
     fused_levels,
+    inverse_sigmoid,
     layer_predictions,
 )
 from visionllm.models.common.detr_loss import Matches, mask_losses, matched_set_loss
+from visionllm.models.v2.denoising import DenoisingQueries, denoising_loss, denoising_queries
 from visionllm.models.v2.heads import CategoryHead, MaskHead, upsample_masks
 from visionllm.ops.tensor_boxes import cxcywh_to_xyxy
 
@@ -58,6 +62,9 @@ class ObjectDecoderConfig:
             deformable transformer.
         class_weight, l1_weight, giou_weight, mask_weight, dice_weight, focal_alpha: loss weights (the first three
             also the matching costs).
+        denoising_groups: contrastive denoising groups in training (DINO; 0: none; `denoising` module).
+        box_noise, label_noise: how far a positive denoising query's corners move (a share of the box's half size;
+            negatives move one to two times that), and how often its category is swapped for another.
     """
 
     backbone: BackboneConfig = field(default_factory=_swin_t)
@@ -76,12 +83,17 @@ class ObjectDecoderConfig:
     mask_weight: float = 5.0
     dice_weight: float = 5.0
     focal_alpha: float = 0.25
+    denoising_groups: int = 0
+    box_noise: float = 0.4
+    label_noise: float = 0.2
 
     def __post_init__(self) -> None:
         if self.image_size < 32 or self.image_size % 32:
             raise ConfigError(f"objects.image_size must be a multiple of 32, not {self.image_size}")
         if self.d_model % self.num_heads or self.d_model % self.fusion_heads:
             raise ConfigError("objects.d_model must be a multiple of num_heads and fusion_heads")
+        if self.denoising_groups < 0 or not 0 < self.box_noise <= 1 or not 0 <= self.label_noise <= 1:
+            raise ConfigError("objects.denoising_groups must be >= 0, box_noise in (0, 1], label_noise in [0, 1]")
 
 
 @dataclass
@@ -112,6 +124,7 @@ class ObjectOutput:
         layer_logits, layer_boxes: per decoder layer, for the auxiliary losses.
         proposal_logits, proposal_boxes: the selected encoder proposals.
         memory, levels: the encoder's memory and its layout (what the keypoint decoder reads).
+        denoising: in training with `denoising_groups`, the denoising queries and their per-layer logits and boxes.
     """
 
     boxes: Tensor
@@ -125,6 +138,7 @@ class ObjectOutput:
     proposal_boxes: Tensor
     memory: Tensor
     levels: Levels
+    denoising: tuple[DenoisingQueries, list[Tensor], list[Tensor]] | None = None
 
 
 @dataclass
@@ -197,6 +211,7 @@ class ObjectDecoder(nn.Module):
         self.query_from_proposal = nn.Sequential(nn.Linear(2 * d, 2 * d), nn.LayerNorm(2 * d))
         self.memory_to_pixels = nn.Conv2d(d, d, kernel_size=1)
         self.masks = MaskHead(d, channels[0])
+        self.label_embed = nn.Linear(d, d) if config.denoising_groups else None
 
     def pixels(self, clip_pixels: Tensor, clip_mean: Tensor, clip_std: Tensor) -> Tensor:
         """The chat model's normalised pixels re-normalised for this backbone, at its image size."""
@@ -209,12 +224,19 @@ class ObjectDecoder(nn.Module):
     def _class_logits(self, head: int, hidden: Tensor, features: Tensor, valid: Tensor) -> Tensor:
         return self.categories.logits(self.class_proj[head](hidden), features, valid)
 
-    def forward(self, pixel_values: Tensor, conditions: Sequence[Sequence[Tensor]]) -> ObjectOutput:
+    def forward(
+        self,
+        pixel_values: Tensor,
+        conditions: Sequence[Sequence[Tensor]],
+        targets: Sequence[ObjectTargets] | None = None,
+    ) -> ObjectOutput:
         """Decode B images.
 
         Args:
             pixel_values: (B, 3, S, S) at this decoder's normalisation and size (`pixels`).
             conditions: per image, one (n, llm_width) tensor of query states per routed category (at least one).
+            targets: in training, each image's objects: with `denoising_groups`, their jittered boxes are decoded
+                too (`denoising`).
         """
         if any(len(c) == 0 for c in conditions):
             raise ValueError("every image given to the object decoder needs at least one routed category")
@@ -242,6 +264,9 @@ class ObjectDecoder(nn.Module):
         stride4 = maps[0]
         extra = F.interpolate(self.memory_to_pixels(stride8), size=stride4.shape[-2:], mode="bilinear")
         mask_logits = self.masks(decoded.last_hidden_state, stride4, extra)
+        denoising = None
+        if self.training and self.label_embed is not None and targets is not None:
+            denoising = self._denoise(features, valid, memory, levels, targets)
         return ObjectOutput(
             boxes=layer_boxes[-1],
             class_logits=layer_logits[-1],
@@ -254,7 +279,38 @@ class ObjectDecoder(nn.Module):
             proposal_boxes=proposals.boxes,
             memory=memory,
             levels=levels,
+            denoising=denoising,
         )
+
+    def _denoise(
+        self, features: Tensor, valid: Tensor, memory: Tensor, levels: Levels, targets: Sequence[ObjectTargets]
+    ) -> tuple[DenoisingQueries, list[Tensor], list[Tensor]] | None:
+        """The denoising queries of these targets through the decoder, one row per (image, group)."""
+        c, d = self.config, self.config.d_model
+        counts = valid.sum(1).tolist()
+        queries = denoising_queries(
+            [t.boxes for t in targets],
+            [t.classes for t in targets],
+            counts,
+            c.denoising_groups,
+            c.box_noise,
+            c.label_noise,
+        )
+        if queries is None:
+            return None
+        device = memory.device
+        rows = queries.rows.to(device)
+        reference = queries.reference.to(device, memory.dtype)
+        query_pos, target = self.query_from_proposal(box_sine(inverse_sigmoid(reference), d // 2)).split(d, dim=-1)
+        carried = features[rows[:, None], queries.classes.to(device)]  # (R, N, d) each query's category feature
+        target = (target + self.label_embed(carried.to(target.dtype))) * queries.real.to(device)[..., None]
+        chosen = levels.select(rows)
+        decoded = chosen.decode(self.decoder, target, query_pos, reference, memory[rows])
+        row_features, row_valid = features[rows], valid[rows]
+        logits, boxes = layer_predictions(
+            decoded, reference, self.box_head, lambda layer, h: self._class_logits(layer, h, row_features, row_valid)
+        )
+        return queries, logits, boxes
 
     def loss(self, output: ObjectOutput, targets: Sequence[ObjectTargets]) -> tuple[dict[str, Tensor], Matches]:
         """The set loss on every layer and the proposals, and the mask losses on the last layer's matches.
@@ -288,7 +344,12 @@ class ObjectDecoder(nn.Module):
             )
             bce, dice = mask_losses(output.mask_logits[image, rows], wanted.to(output.mask_logits.device))
             mask_loss = c.mask_weight * bce + c.dice_weight * dice
-        return {"boxes": total / len(pairs), "masks": mask_loss}, matches
+        losses = {"boxes": total / len(pairs), "masks": mask_loss}
+        if output.denoising is not None:
+            queries, layer_logits, layer_boxes = output.denoising
+            row_valid = output.valid[queries.rows.to(output.valid.device)]
+            losses["denoising"] = denoising_loss(layer_logits, layer_boxes, queries, row_valid, *weights)
+        return losses, matches
 
     @torch.no_grad()
     def detect(
