@@ -21,9 +21,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Runs the shipped default model on new ShapesWorld images for every v1 task.
+# Runs the shipped models on new ShapesWorld images: the default (v1) for every v1 task, then the tiny v2 model for
+# every task it answers (its pictures in $(DEMO_DIR)/v2).
 demo: $(STAMP)
 	$(VENV)/bin/visionllm demo --model $(DEFAULT_MODEL) --out $(DEMO_DIR)
+	$(VENV)/bin/visionllm demo --model $(V2_MODEL) --out $(DEMO_DIR)/v2
 
 # Trains the shipped default model: stage 1 (the image tokenizer alone), then stage 2 (every v1 task), each resumable
 # from its last checkpoint; then writes it in fp16 to $(DEFAULT_MODEL). About 1 h 50 min on 2 CPU cores (budget 2.5 h).

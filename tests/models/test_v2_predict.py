@@ -127,3 +127,20 @@ def test_keypoint_requests_of_two_skeletons_share_a_batch(model):
     person, stars = model.predict([image, image], [build_instruction(Task.KEYPOINTS), star], min_score=0.0)
     assert person.prediction.keypoints_xyv_px.shape[1:] == (17, 3)
     assert stars.prediction.keypoints_xyv_px.shape[1:] == (5, 3) and set(stars.prediction.class_names) <= {"star"}
+
+
+def test_the_semantic_map_takes_each_pixel_from_a_confident_query_that_covers_it():
+    from types import SimpleNamespace
+
+    from visionllm.models.v2.perception import semantic_map
+
+    logits = torch.tensor([[[2.0, -9.0], [-9.0, -1.0], [-9.0, -3.0]]])  # p = 0.88 / 0.27 / 0.05 for their classes
+    masks = torch.full((1, 3, 4, 4), -9.0)
+    masks[0, 0, :2, :2] = 9.0  # class 0, confident: its pixels
+    masks[0, 1, 2:, 2:] = 9.0  # class 1 at 0.27: above the floor, its pixels (the product rule dropped them)
+    masks[0, 2, :2, 2:] = 9.0  # class 1 at 0.05: below the floor, background
+    output = SimpleNamespace(class_logits=logits, valid=torch.ones(1, 2, dtype=torch.bool), mask_logits=masks)
+    labels = semantic_map(output, 0, (16, 16), ["circle", "star"]).labels
+    assert labels.shape == (16, 16)
+    assert (labels[:6, :6] == 1).all() and (labels[10:, 10:] == 2).all()  # away from the blurred borders
+    assert (labels[:6, 10:] == 0).all() and (labels[10:, :6] == 0).all()

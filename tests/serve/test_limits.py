@@ -21,6 +21,7 @@ class Spy:
         self.model = model
         self.config = model.config
         self.version = model.version
+        self.TASKS = model.TASKS
         self.delay = delay
         self.fail_on = fail_on
         self.instructions = []

@@ -99,16 +99,24 @@ def detections(found: Detected, names: Sequence[str]) -> Detections:
     )
 
 
+SEMANTIC_MIN_PROB = 0.2
+"""A query takes part in the semantic map when its class probability reaches this (chosen on the first 100 val
+images of ShapesWorld among 0.1 / 0.2 / 0.3: mIoU 0.55 / 0.54 / 0.52, against 0.24 for the product rule)."""
+
+
 def semantic_map(output: ObjectOutput, image: int, size_wh: tuple[int, int], names: Sequence[str]) -> SegmentationMap:
-    """Per pixel, the class whose best query is most confident there (class probability x mask probability), or
-    background where no class reaches 0.5: the instance outputs merged into one map."""
+    """The instance outputs merged into one map: each pixel takes the class of the most confident query (class
+    probability x mask probability) among the queries whose class probability reaches `SEMANTIC_MIN_PROB`, when
+    one of that class's queries covers it (mask probability >= 0.5); background elsewhere."""
     width, height = size_wh
     probs = output.class_logits[image].float().sigmoid() * output.valid[image][None, :]  # (Q, C)
     masks = upsample_masks(output.mask_logits[image].float(), (height, width)).sigmoid()  # (Q, H, W)
-    count = len(names)
-    scores = torch.stack([(probs[:, c, None, None] * masks).amax(0) for c in range(count)])  # (C, H, W)
+    confident = (probs >= SEMANTIC_MIN_PROB).float()
+    scores = torch.stack([((probs[:, c] * confident[:, c])[:, None, None] * masks).amax(0) for c in range(len(names))])
+    cover = torch.stack([(confident[:, c, None, None] * masks).amax(0) for c in range(len(names))])  # (C, H, W)
     best, label = scores.max(0)
-    labels = torch.where(best >= 0.5, label + 1, torch.zeros_like(label))
+    covered = cover.gather(0, label[None])[0] >= 0.5
+    labels = torch.where(covered & (best > 0), label + 1, torch.zeros_like(label))
     return SegmentationMap(labels.numpy().astype(np.int64), tuple(names))
 
 
