@@ -144,3 +144,9 @@ def test_the_semantic_map_takes_each_pixel_from_a_confident_query_that_covers_it
     assert labels.shape == (16, 16)
     assert (labels[:6, :6] == 1).all() and (labels[10:, 10:] == 2).all()  # away from the blurred borders
     assert (labels[:6, 10:] == 0).all() and (labels[10:, :6] == 0).all()
+
+
+def test_chat_places_the_image_when_no_turn_does(model):
+    image = np.random.default_rng(3).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    placed = model.chat(image, [{"role": "user", "content": "<image> What is this?"}])
+    assert model.chat(image, [{"role": "user", "content": "What is this?"}]).text == placed.text

@@ -703,15 +703,16 @@ class VisionLLMv2(nn.Module, TaskHelpers):
 
     def chat(
         self,
-        image: Image.Image | np.ndarray,
+        image: ImageLike,
         turns: Sequence[Turn | dict],
         regions: Sequence[RegionPrompt | tuple] = (),
     ) -> Reply:
         """The reply to a conversation about one image that ends with a user turn.
 
         Args:
-            image: the image.
-            turns: `Turn`s, or messages as {"role": "user" | "assistant", "content": text}.
+            image: a PIL image, a uint8 array or an image file.
+            turns: `Turn`s, or messages as {"role": "user" | "assistant", "content": text}; the image goes first in
+                the first user turn when no turn places it with `<image>`.
             regions: `RegionPrompt`s, or (kind, data) pairs such as ("box", [x1, y1, x2, y2]), in the order of the
                 conversation's `<region>` placeholders.
 
@@ -719,7 +720,7 @@ class VisionLLMv2(nn.Module, TaskHelpers):
             ValueError: a conversation or prompt the model cannot take (ChatTemplateError, RegionError,
                 ProcessorError), with what is wrong.
         """
-        turns = [t if isinstance(t, Turn) else Turn(t["role"], t["content"]) for t in turns]
+        turns = _placed(_turns(turns), "")
         regions = [_region(r) for r in regions]
         was_training = self.training
         self.eval()
