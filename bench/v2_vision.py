@@ -31,13 +31,6 @@ VARIANTS = {
 }
 
 
-def _merged(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapesworld", type=Path, default=ROOT / "data/shapesworld")
@@ -48,14 +41,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs/benchmarks/v2_vision.md")
     args = parser.parse_args()
     stage = yaml.safe_load((ROOT / "configs/tiny_v2_stage1.yaml").read_text())
-    model = _merged(yaml.safe_load((ROOT / "configs/tiny_v2.yaml").read_text())["model"], stage["model"])
+    base = str(ROOT / "configs/tiny_v2.yaml")  # the variant's model: the preset's, refined by stage 1's and its own
     rows = []
     for key in args.variants:
         name, override = VARIANTS[key]
-        run = _merged(
-            stage["train"], {"output_dir": str(args.work / key / "run"), "data": {"root": str(args.shapesworld)}}
-        )
-        preset = {"model": _merged(model, override), "train": run}
+        run = copy.deepcopy(stage["train"]) | {"output_dir": str(args.work / key / "run")}
+        run["data"]["root"] = str(args.shapesworld)
+        preset = {"base": base, "model": {**stage["model"], **override}, "train": run}
         rows.append(
             run_variant(name, preset, args.work / key, args.steps, args.shapesworld, ["caption", "vqa"], args.images)
         )

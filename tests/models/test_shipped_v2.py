@@ -28,8 +28,13 @@ def scenes(size, count=24):
 
 
 def test_it_is_a_small_fp16_v2_checkpoint(model):
+    from safetensors import safe_open
+
     assert model.version == 2 and model.config.patch_labels is not None
     assert (SHIPPED_V2 / "model.safetensors").stat().st_size < 60 * 2**20
+    with safe_open(str(SHIPPED_V2 / "model.safetensors"), "pt") as weights:
+        floats = {weights.get_slice(name).get_dtype() for name in weights.keys()} - {"I64", "BOOL"}  # noqa: SIM118
+    assert floats == {"F16"}
 
 
 def test_chat_prints_the_reply(tmp_path, capsys):

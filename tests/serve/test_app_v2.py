@@ -14,28 +14,23 @@ IMAGE = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
 
 
 @pytest.fixture(scope="module")
-def v2_model(micro_v2_model):
-    return micro_v2_model
-
-
-@pytest.fixture(scope="module")
-def calls(v2_model):
+def calls(micro_v2_model):
     """Every predict call the server makes: its instructions and its keyword arguments."""
     seen = []
-    real = v2_model.predict
+    real = micro_v2_model.predict
 
     def spy(images, instructions, **kwargs):
         seen.append((list(instructions), kwargs))
         return real(images, instructions, **kwargs)
 
-    v2_model.predict = spy
+    micro_v2_model.predict = spy
     yield seen
-    del v2_model.predict
+    del micro_v2_model.predict
 
 
 @pytest.fixture(scope="module")
-def client(v2_model, calls):
-    with TestClient(create_app(v2_model, ServerSettings(model_id="micro-v2", samples=1))) as test_client:
+def client(micro_v2_model, calls):
+    with TestClient(create_app(micro_v2_model, ServerSettings(model_id="micro-v2", samples=1))) as test_client:
         yield test_client
 
 

@@ -41,7 +41,6 @@ from visionllm.formats.prompts import RegionPrompt
 from visionllm.formats.results import Decoded
 from visionllm.formats.task_table import TASK_TABLE, Instruction
 from visionllm.formats.tasks import Task
-from visionllm.formats.tokens import IMAGE
 from visionllm.models.common.inputs import ProcessorError
 from visionllm.serve.batcher import DynamicBatcher, Job
 from visionllm.serve.errors import RequestError
@@ -268,13 +267,10 @@ def create_app(model: Any, settings: ServerSettings) -> FastAPI:
         """The request's image, instruction and visual prompts, and its cost in tokens; everything the model
         would refuse is refused here, before the request joins a batch."""
         history = history or []
-        placed = any(IMAGE in turn["content"] for turn in history)
         earlier = sum(turn["content"].count(REGION) for turn in history)
-        instruction = build_request_instruction(params, codec, tasks, version, bool(history), earlier)
+        instruction = build_request_instruction(params, codec, tasks, version, earlier)
         extra = {"history": history, "regions": len(params.regions)} if version >= 2 else {}
-        if version >= 2 and placed and isinstance(instruction, Instruction):
-            raise RequestError(400, f"a task request shows the image itself: leave {IMAGE} out of earlier turns")
-        try:
+        try:  # a v2 conversation that shows the image twice is refused here too
             cost = await run_in_threadpool(model.check_request, instruction, settings.max_prompt_tokens, **extra)
         except ProcessorError as error:
             raise RequestError(400, str(error), "instruction", "invalid_instruction") from None

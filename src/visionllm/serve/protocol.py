@@ -112,7 +112,6 @@ def build_request_instruction(
     codec: CodecConfig,
     tasks: list[Task],
     version: int = 1,
-    placed: bool = False,
     earlier_regions: int = 0,
 ) -> Instruction | str:
     """The instruction a request asks for.
@@ -123,7 +122,6 @@ def build_request_instruction(
         tasks: the tasks the model answers.
         version: the model's version: v1 needs `<image>` in a free instruction (added at its end when missing);
             v2 places the image itself.
-        placed: an earlier turn of the conversation already shows the image.
         earlier_regions: `<region>` placeholders the earlier turns hold (their prompts come first in `regions`).
 
     Raises:
@@ -139,9 +137,8 @@ def build_request_instruction(
         if not text:
             raise RequestError(400, "the instruction is empty", "instruction")
         count = text.count(IMAGE)
-        if count > 1 or (placed and count):
-            where = "this message and an earlier one show" if placed else f"the instruction has {count}"
-            raise RequestError(400, f"{where} {IMAGE} markers; show the image once", "instruction")
+        if count > 1:
+            raise RequestError(400, f"the instruction has {count} {IMAGE} markers; show the image once", "instruction")
         if version >= 2:
             return _with_regions(text, regions - earlier_regions)
         return text if count == 1 else f"{text} The image is {IMAGE}."

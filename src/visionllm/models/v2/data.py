@@ -144,8 +144,15 @@ class ChatMixture(torch.utils.data.Dataset):
         self.tasks = [Task(name) for name, weight in mix.tasks.items() if weight > 0]
         self.weights = [mix.tasks[t.value] for t in self.tasks]
         self.samples: dict[Task, list[Sample]] = {}
+        read: dict[Task, list[Sample]] = {}  # each annotation file once (four tasks read the instances)
+
+        def loaded_as(kind: Task) -> list[Sample]:
+            if kind not in read:
+                read[kind] = load_split(root, split, kind)
+            return read[kind]
+
         for task in self.tasks:
-            loaded = load_split(root, split, _LOADED_AS.get(task, task))
+            loaded = loaded_as(_LOADED_AS.get(task, task))
             if task is Task.KEYPOINTS:  # people and, where the dataset has them, stars: two skeletons
                 loaded = loaded + load_star_keypoints(root, split)
             if _LOADED_AS.get(task, task) is Task.DETECTION:
@@ -155,7 +162,7 @@ class ChatMixture(torch.utils.data.Dataset):
             self.samples[task] = loaded
         self.scenes: dict[str, list[ObjectAnnotation]] | None = None
         if processor.config.patch_labels is not None:  # every image's objects, for its patch labels
-            self.scenes = {str(s.image_path): s.objects for s in load_split(root, split, Task.DETECTION)}
+            self.scenes = {str(s.image_path): s.objects for s in loaded_as(Task.DETECTION)}
         self.questions: dict[object, list[Sample]] = {}
         for s in self.samples.get(Task.VQA, []):
             self.questions.setdefault(s.image_id, []).append(s)
