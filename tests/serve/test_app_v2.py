@@ -157,3 +157,14 @@ def test_routed_results_are_json_beside_the_reply_text():
     assert body["output"] == "text" and body["text"] == "red circle [DET]"
     assert body["routed"]["[DET]"][0]["class_name"] == "red circle"
     assert "routed" not in result_json(Decoded(TextAnswer("a circle")))
+
+
+def test_the_image_may_come_in_the_last_turn_of_a_conversation(client, calls):
+    messages = [
+        {"role": "user", "content": "Hello."},
+        {"role": "assistant", "content": "Hi."},
+        user("<image> And this?"),
+    ]
+    assert chat(client, messages).status_code == 200
+    instructions, kwargs = calls[-1]
+    assert instructions == ["<image> And this?"] and "<image>" not in kwargs["history"][0][0]["content"]
