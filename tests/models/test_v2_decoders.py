@@ -85,3 +85,36 @@ def test_keypoints_follow_the_routed_names_of_any_skeleton(decoder, micro_keypoi
     loss.backward()
     assert names[1][4].grad.abs().sum() > 0 and names[1][0].grad.abs().sum() > 0
     assert points.point_head[-1].layers[-1].weight.grad.abs().sum() > 0
+
+
+def test_a_decoder_starts_from_a_trained_v1_detector_where_names_and_shapes_match(decoder, micro_objects, tmp_path):
+    """A v1 checkpoint names its backbone `backbone.*` and its image tokenizer `tokenizer.*` (class projections:
+    `class_head`); what fits starts the decoder, the rest (its category pooling, masks) stays as it was."""
+    from safetensors.torch import save_file
+
+    from visionllm.models.common.checkpoint import CheckpointError
+
+    trained = {}
+    for name, tensor in decoder.state_dict().items():
+        if name.startswith("backbone."):
+            trained[name] = tensor + 1
+        elif name.startswith("class_proj."):
+            trained["tokenizer.class_head." + name.removeprefix("class_proj.")] = tensor + 1
+        elif not name.startswith(("categories.", "masks.")):
+            trained["tokenizer." + name] = tensor + 1
+    trained["tokenizer.text_proj.weight"] = torch.ones(3, 5)  # v1 only: left out
+    trained["tokenizer.level_embed"] = torch.ones(7, 7)  # another shape: left out
+    save_file({k: v.contiguous() for k, v in trained.items()}, str(tmp_path / "model.safetensors"))
+    fresh = ObjectDecoder(micro_objects, WIDTH)
+    before = fresh.state_dict()
+    loaded, left = fresh.load_detector(tmp_path)
+    after = fresh.state_dict()
+    assert "backbone.resnet.embedder.embedder.convolution.weight" in loaded and "class_proj.0.weight" in loaded
+    assert "level_embed" in left and all(n.startswith(("categories.", "masks.", "level_embed")) for n in left)
+    assert torch.equal(after["class_proj.0.weight"], decoder.state_dict()["class_proj.0.weight"] + 1)
+    assert torch.equal(after["categories.pool.mlp.0.weight"], before["categories.pool.mlp.0.weight"])
+    with pytest.raises(CheckpointError, match=r"init_detector.*cannot be read"):
+        fresh.load_detector(tmp_path / "nowhere")
+    save_file({"tokenizer.text_proj.weight": torch.ones(3, 5)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"nothing in .* fits"):
+        fresh.load_detector(tmp_path)

@@ -4,7 +4,7 @@ at stride 4, and the mask losses."""
 import torch
 
 from visionllm.models.common.detr_loss import mask_losses
-from visionllm.models.v2.heads import CategoryHead, MaskHead, upsample_masks
+from visionllm.models.v2.heads import SEPARATION_MARGIN, CategoryHead, MaskHead, phrase_separation, upsample_masks
 
 
 def test_categories_come_from_their_routed_queries_and_classify_object_queries():
@@ -23,6 +23,18 @@ def test_categories_come_from_their_routed_queries_and_classify_object_queries()
     assert head.pool.mlp[0].weight.grad.abs().sum() > 0
     empty, none = head.categories([[], []])
     assert empty.shape == (2, 1, 8) and not none.any()
+
+
+def test_phrase_separation_penalises_different_phrases_that_share_a_feature():
+    same = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    assert phrase_separation(same, ["circle", "circle", "star"]) == 0  # one phrase twice, the other orthogonal
+    collapsed = phrase_separation(same, ["circle", "square", "star"])  # circle and square share their feature
+    pairs = 6  # ordered pairs of different phrases: (0, 1), (1, 0) are at cosine 1, the other four at 0
+    assert torch.isclose(collapsed, torch.tensor(2 * (1 - SEPARATION_MARGIN) ** 2 / pairs))
+    assert phrase_separation(same[:2], ["circle", "circle"]) == 0  # no pair of different phrases
+    features = torch.tensor([[1.0, 0.1], [1.0, -0.1]], requires_grad=True)
+    phrase_separation(features, [("red", "circle"), ("square",)]).backward()
+    assert features.grad[0, 1] < 0 < features.grad[1, 1]  # the gradient pushes the two apart
 
 
 def test_masks_are_query_embeddings_against_pixel_features():

@@ -4,6 +4,7 @@ loss reads only the answers, and the answers depend on the image and the region.
 import copy
 import io
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from visionllm.models.common.inputs import ProcessorError
 from visionllm.models.common.sequence import IGNORE
 from visionllm.models.v2.chat import Turn
 from visionllm.models.v2.config import VisionLLMv2Config
+from visionllm.models.v2.heads import phrase_separation
 from visionllm.models.v2.model import ChatExample, Targets, VisionLLMv2
 from visionllm.models.v2.object_decoder import ObjectTargets
 from visionllm.models.v2.regions import RegionPrompt
@@ -130,6 +132,45 @@ def test_routed_calls_train_their_decoders_through_the_llm(model):
     assert model.link.tables["object"].grad.abs().sum() > 0 and model.link.tables["keypoint"].grad.abs().sum() > 0
 
 
+def test_phrase_separation_reads_the_phrases_of_the_answer(model):
+    """With `phrase_separation`, the category features of different phrases of a batch are pushed apart: the
+    loss joins the decoders' losses and reaches the category pooling; one phrase alone gives none."""
+    model.object_decoder.config.phrase_separation = 2.0
+    one = model.processor.collate(routed_examples(model)[:1], model.link)
+    assert model(one)["separation"] == 0  # "square" is the batch's only phrase
+    p, found = model.processor, routed_examples(model)[0]
+    turns = (Turn("user", "<image> find the squares and circles."), Turn("assistant", "red square [DET], circle [DET]"))
+    objects = ObjectTargets(found.targets.objects.boxes, torch.tensor([0]), found.targets.objects.masks)
+    two = model.processor.collate([ChatExample(found.image, turns, targets=Targets(objects))], model.link)
+    losses = model(two)
+    hidden = model.hidden_states(two)
+    assert torch.isclose(losses["separation"], 2.0 * model._phrase_separation(two, hidden))
+    states = [s for _, s in model.link.conditions(hidden, two.input_ids)]
+    features = model.object_decoder.categories.pool.pooled(states)
+    assert torch.isclose(losses["separation"], 2.0 * phrase_separation(features, ["red square", "circle"]))
+    model.zero_grad()
+    model._phrase_separation(two, hidden).backward()
+    assert model.object_decoder.categories.pool.mlp[0].weight.grad.abs().sum() > 0
+    assert p.tokenizer.convert_tokens_to_ids(",") != p.tokenizer.unk_token_id  # commas are left out of phrases
+
+
+def test_a_batch_moves_to_a_device_whole(model):
+    """Every tensor of a batch, its targets' too, goes to the device the model runs on (a GPU's data loader
+    moves batches with `.to`); the meta device stands in for a GPU here."""
+    batch = model.processor.collate(routed_examples(model) + examples(model), model.link)
+    batch.patches = torch.zeros(len(batch.input_ids), 3, 4, 4)
+    moved = batch.to("meta", non_blocking=True)
+    tensors = [v for v in vars(moved).values() if isinstance(v, torch.Tensor)]
+    for targets in moved.targets:
+        if targets is not None:
+            objects = targets.objects
+            tensors += [objects.boxes, objects.classes, objects.masks]
+            tensors += [targets.keypoints] if targets.keypoints is not None else []
+    assert len(tensors) == 9 + 3 * 4 + 2 and all(t.device.type == "meta" for t in tensors)
+    assert moved.targets[4] is None and batch.pixel_values.device.type == "cpu"  # the original stays
+    assert moved.input_ids.shape == batch.input_ids.shape
+
+
 def test_a_routed_task_overfits_boxes_and_keypoints(model):
     torch.manual_seed(0)
     batch = model.processor.collate(routed_examples(model), model.link)
@@ -217,6 +258,26 @@ def test_save_then_load_gives_the_same_model_through_the_loading_table(trained, 
         == 0
     )
     assert all(d["class_name"] == "square" for d in json.loads(capsys.readouterr().out)["result"])
+
+
+def test_a_stage_attaching_the_decoder_starts_it_from_the_named_detector(model, tmp_path):
+    """`objects.init_detector` starts a decoder the stage's checkpoint lacks (stage 2 after the chat model of stage
+    1); a checkpoint that has the decoder keeps its own."""
+    from safetensors.torch import save_file
+
+    detector = tmp_path / "v1"
+    detector.mkdir()
+    weights = model.object_decoder.backbone.state_dict()
+    save_file({"backbone." + k: v + 1 for k, v in weights.items()}, str(detector / "model.safetensors"))
+    chat_only = VisionLLMv2(replace(model.config, objects=None, keypoints=None), model.processor.tokenizer)
+    chat_only.save_pretrained(tmp_path / "stage1")
+    config = replace(model.config, objects=replace(model.config.objects, init_detector=str(detector)))
+    attached = VisionLLMv2.for_stage(config, tmp_path / "stage1")
+    name = "resnet.embedder.embedder.convolution.weight"
+    assert torch.equal(attached.object_decoder.backbone.state_dict()[name], weights[name] + 1)
+    model.save_pretrained(tmp_path / "stage2")
+    kept = VisionLLMv2.for_stage(config, tmp_path / "stage2")
+    assert torch.equal(kept.object_decoder.backbone.state_dict()[name], weights[name])
 
 
 def test_visionllm_chat_answers_one_message_or_a_conversation(trained, tmp_path, capsys, monkeypatch):

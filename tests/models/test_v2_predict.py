@@ -150,3 +150,29 @@ def test_chat_places_the_image_when_no_turn_does(model):
     image = np.random.default_rng(3).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     placed = model.chat(image, [{"role": "user", "content": "<image> What is this?"}])
     assert model.chat(image, [{"role": "user", "content": "What is this?"}]).text == placed.text
+
+
+def test_interactive_segmentation_answers_the_candidate_that_covers_the_prompt(model):
+    from visionllm.formats.prompts import RegionPrompt, prompt_mask
+    from visionllm.models.v2.object_decoder import Detected
+    from visionllm.models.v2.perception import prompted
+
+    masks = torch.zeros(3, 32, 32, dtype=torch.bool)
+    masks[0, :16, :16] = True  # the most confident, top left
+    masks[1, 16:, 16:] = True  # bottom right
+    masks[2, 16:, 16:28] = True  # bottom right too, less confident
+    found = Detected(
+        torch.zeros(3, 4), torch.tensor([0.9, 0.5, 0.6]), torch.zeros(3, dtype=torch.long), masks, torch.arange(3)
+    )
+    click = prompt_mask(RegionPrompt("point", [30, 30]), (32, 32))
+    assert prompted(found, click).queries.tolist() == [1]  # the only one under the click
+    box = prompt_mask(RegionPrompt("box", [17, 17, 27, 27]), (32, 32))
+    assert prompted(found, box).queries.tolist() == [2]  # both cover the box: the more confident
+    nowhere = np.zeros((32, 32), bool)
+    nowhere[30:, :2] = True
+    assert prompted(found, nowhere).queries.tolist() == [0]  # none covers it: the most confident
+    empty = found.select(torch.zeros(0, dtype=torch.long))
+    assert len(prompted(empty, click).scores) == 0
+    image = np.zeros((64, 64, 3), np.uint8)
+    answer = model.segment_region(image, RegionPrompt("point", [40, 40]))
+    assert len(answer.scores) == 1 and answer.masks.shape == (1, 64, 64)

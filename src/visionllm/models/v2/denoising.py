@@ -58,7 +58,7 @@ def denoising_queries(
     for image, (box, cls, count) in enumerate(zip(boxes, classes, num_classes, strict=True)):
         if len(box) == 0:
             continue
-        box, cls = box.float(), cls.long()
+        box, cls = box.float().cpu(), cls.long().cpu()  # built on the CPU; the decoder moves them to its device
         for _ in range(groups):
             both = torch.cat([box, box])
             sign = torch.randint(0, 2, both.shape) * 2.0 - 1.0

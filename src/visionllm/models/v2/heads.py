@@ -11,7 +11,7 @@ features at stride 4 (the mask head of Mask DINO-style decoders).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,10 @@ class ConditionPool(nn.Module):
         self.dim = dim
         self.mlp = nn.Sequential(nn.Linear(llm_width, dim), nn.ReLU(), nn.Linear(dim, dim))
 
+    def pooled(self, states: Sequence[Tensor]) -> Tensor:
+        """The features (N, d) of N groups of query states, each (n, llm_width) (every group has the same n)."""
+        return self.mlp(torch.stack(list(states)).to(self.mlp[0].weight.dtype)).mean(1)
+
     def forward(self, conditions: Sequence[Sequence[Tensor]]) -> tuple[Tensor, Tensor]:
         """Per image, its groups' features (B, G, d) (G: the most groups of any image) and which exist (B, G).
 
@@ -44,11 +48,28 @@ class ConditionPool(nn.Module):
         states = [state for c in conditions for state in c]
         if not states:
             return features, valid
-        pooled = self.mlp(torch.stack(states).to(weight.dtype)).mean(1)  # every group has the same query count
+        pooled = self.pooled(states)
         at = torch.tensor([(b, g) for b, c in enumerate(conditions) for g in range(len(c))], device=weight.device)
         features = features.to(pooled.dtype).index_put((at[:, 0], at[:, 1]), pooled)
         valid[at[:, 0], at[:, 1]] = True
         return features, valid
+
+
+SEPARATION_MARGIN = 0.5
+"""Two different phrases' category features may have a cosine up to this before `phrase_separation` penalises it."""
+
+
+def phrase_separation(features: Tensor, keys: Sequence[Hashable]) -> Tensor:
+    """Mean over the pairs of different phrases of (cosine - `SEPARATION_MARGIN`)^2 where positive: (N, d) category
+    features, `keys` what each one's phrase is (equal keys: the same phrase). 0 with fewer than two phrases."""
+    unit = F.normalize(features.float(), dim=-1)
+    codes = {key: k for k, key in enumerate(dict.fromkeys(keys))}
+    index = torch.tensor([codes[key] for key in keys], device=features.device)
+    different = index[:, None] != index[None, :]
+    if not different.any():
+        return features.sum() * 0
+    excess = (unit @ unit.T - SEPARATION_MARGIN).clamp(min=0)
+    return excess[different].pow(2).mean()
 
 
 class CategoryHead(nn.Module):

@@ -53,10 +53,11 @@ from visionllm.models.common.sequence import (
 )
 from visionllm.models.v2.chat import Turn, build_chat
 from visionllm.models.v2.config import VisionLLMv2Config
+from visionllm.models.v2.heads import phrase_separation
 from visionllm.models.v2.keypoint_decoder import KeypointDecoder
 from visionllm.models.v2.object_decoder import ObjectDecoder, ObjectOutput, ObjectTargets
 from visionllm.models.v2.patch_labels import PatchLabelHead
-from visionllm.models.v2.perception import Plan, detections, keypoint_detections, plan, semantic_map
+from visionllm.models.v2.perception import Plan, detections, keypoint_detections, plan, prompted, semantic_map
 from visionllm.models.v2.regions import RegionEncoder, RegionPrompt, prompt_mask
 from visionllm.models.v2.superlink import QUERY, REGION, ROUTES, V2_TOKENS, SuperLink
 from visionllm.models.v2.vision import Bridge, VisionEncoder
@@ -84,6 +85,10 @@ class Targets:
 
     objects: ObjectTargets | None = None
     keypoints: Tensor | None = None
+
+    def to(self, device: torch.device | str) -> Targets:
+        objects = self.objects.to(device) if self.objects is not None else None
+        return Targets(objects, self.keypoints.to(device) if self.keypoints is not None else None)
 
 
 @dataclass
@@ -147,6 +152,15 @@ class ChatBatch:
     region_image: Tensor
     targets: list[Targets | None] = field(default_factory=list)
     patches: Tensor | None = None
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> ChatBatch:
+        """The batch on `device` (the training loop's data loader and every model entry point call this)."""
+        moved = {
+            name: value.to(device, non_blocking=non_blocking) if isinstance(value, Tensor) else value
+            for name, value in self.__dict__.items()
+        }
+        moved["targets"] = [t.to(device) if t is not None else None for t in self.targets]
+        return ChatBatch(**moved)
 
 
 class VisionLLMv2Processor:
@@ -333,6 +347,7 @@ class VisionLLMv2(nn.Module, TaskHelpers):
         tokens included, queries and everything else left out, averaged over those tokens) plus the decoders'
         losses on the conversations with targets, weighted by `decoder_loss_weight`, plus the patch labels' loss
         (weighted by `patch_labels.weight`) where the batch has them."""
+        batch = batch.to(self.device)
         seen = self.vision(batch.pixel_values)
         hidden = self.hidden_states(batch, seen)
         targets = batch.labels[:, 1:]
@@ -387,6 +402,9 @@ class VisionLLMv2(nn.Module, TaskHelpers):
         objects = [t.objects for t in chosen]
         output = self.decode_objects(batch.pixel_values[index], [routed["object"][b] for b in samples], objects)
         losses, (image, rows, cols) = self.object_decoder.loss(output, objects)
+        weight = self.object_decoder.config.phrase_separation
+        if weight:
+            losses["separation"] = weight * self._phrase_separation(batch, hidden)
         if self.keypoint_decoder is None:
             return losses
         keep = [
@@ -400,11 +418,34 @@ class VisionLLMv2(nn.Module, TaskHelpers):
         image, rows, cols = image[keep_t], rows[keep_t], cols[keep_t]
         points = self.keypoint_decoder(output, image, rows, [routed["keypoint"][b] for b in samples])
         width = points[-1].shape[1]
-        wanted = torch.zeros(len(keep), width, 3)
+        wanted = torch.zeros(len(keep), width, 3, device=points[-1].device)
         for k, (i, j) in enumerate(zip(image.tolist(), cols.tolist(), strict=True)):
             annotated = chosen[i].keypoints[j]
             wanted[k, : len(annotated)] = annotated
         return losses | {"keypoints": self.keypoint_decoder.loss(points, wanted.to(points[-1].device))}
+
+    def _phrase_separation(self, batch: ChatBatch, hidden: Tensor) -> Tensor:
+        """`heads.phrase_separation` over the batch's object calls that a phrase of the answer names ("red circle"
+        in "red circle [DET]"; a call on a visual prompt names none)."""
+        p = self.processor
+        stops = {p.query_id, p.region_id, *p.route_ids.values()}
+        punctuation = set(p.tokenizer.convert_tokens_to_ids([",", "."]))
+        ids, labels = batch.input_ids.tolist(), batch.labels.tolist()
+        keys, states = [], []
+        for call, state in self.link.conditions(hidden, batch.input_ids):
+            if ROUTES[call.route] != "object":
+                continue
+            row, labelled, at, phrase = ids[call.sample], labels[call.sample], call.position - 1, []
+            while at >= 0 and labelled[at] != IGNORE and row[at] not in stops:
+                phrase.append(row[at])
+                at -= 1
+            key = tuple(t for t in reversed(phrase) if t not in punctuation)
+            if key:
+                keys.append(key)
+                states.append(state)
+        if len(keys) < 2:
+            return hidden.sum() * 0
+        return phrase_separation(self.object_decoder.categories.pool.pooled(states), keys)
 
     def hidden_states(self, batch: ChatBatch, seen: tuple[Tensor, list[Tensor]] | None = None) -> Tensor:
         """The LLM's last hidden states (B, L, D) over the whole sequences (what the decoders' queries read)."""
@@ -421,6 +462,7 @@ class VisionLLMv2(nn.Module, TaskHelpers):
         feeds what it writes, padded to the step's longest, so any mix of tasks decodes together.
         """
         limit = max_new_tokens or self.config.max_new_tokens
+        batch = batch.to(self.device)
         p, tokenizer = self.processor, self.processor.tokenizer
         embeds = self.embed(batch)
         kinds, groups = batch.kinds, batch.groups
@@ -536,7 +578,7 @@ class VisionLLMv2(nn.Module, TaskHelpers):
                 examples = [
                     ChatExample(inputs[i], (*earlier[i], Turn("user", plans[i].request)), prompts[i]) for i in chat
                 ]
-                batch = self.processor.collate(examples, self.link, side="left")
+                batch = self.processor.collate(examples, self.link, side="left").to(self.device)
                 replies = self.generate(batch)
                 for k, (i, reply) in enumerate(zip(chat, replies, strict=True)):
                     routed = {}
@@ -630,7 +672,7 @@ class VisionLLMv2(nn.Module, TaskHelpers):
             )
             for i in chosen
         ]
-        batch = self.processor.collate(examples, self.link)
+        batch = self.processor.collate(examples, self.link).to(self.device)
         routed = self.routed(self.hidden_states(batch), batch.input_ids)
         output = self.decode_objects(batch.pixel_values, routed["object"])
         sizes = [inputs[i].size_wh for i in chosen]
@@ -643,10 +685,14 @@ class VisionLLMv2(nn.Module, TaskHelpers):
                 out.append(self._keypoints(output, b, sizes[b], routed["keypoint"], plans[i], min_score))
             else:
                 masks = task not in (Task.DETECTION, Task.GROUNDING)
-                one = task in (Task.GROUNDING, Task.INTERACTIVE_SEGMENTATION)  # the best object, however scored
-                found = self.object_decoder.detect(
-                    output, b, sizes[b], 1 if one else 100, 0.0 if one else min_score, masks
-                )
+                if task is Task.INTERACTIVE_SEGMENTATION:  # the object the prompt marks, however scored
+                    found = self.object_decoder.detect(output, b, sizes[b], 100, 0.0, masks=True)
+                    found = prompted(found, prompt_mask(prompts[i][-1], sizes[b]))
+                else:
+                    one = task is Task.GROUNDING  # the best object, however scored
+                    found = self.object_decoder.detect(
+                        output, b, sizes[b], 1 if one else 100, 0.0 if one else min_score, masks
+                    )
                 out.append(detections(found, names))
         return out
 
@@ -726,7 +772,7 @@ class VisionLLMv2(nn.Module, TaskHelpers):
         self.eval()
         try:
             example = ChatExample(self.processor.image(image), tuple(turns), tuple(regions))
-            batch = self.processor.collate([example], self.link, side="left")
+            batch = self.processor.collate([example], self.link, side="left").to(self.device)
             reply = self.generate(batch)[0]
             if self.object_decoder is not None:
                 reply.results = self._decode_reply(batch.pixel_values, example.image.size_wh, reply)
@@ -750,7 +796,9 @@ class VisionLLMv2(nn.Module, TaskHelpers):
         names = [name for _, name, _ in objects]
         results: dict[str, Detections] = {}
         for route in dict.fromkeys(route for route, _, _ in objects):
-            mine = torch.tensor([k for k, (r, _, _) in enumerate(objects) if r == route])
+            mine = torch.tensor(
+                [k for k, (r, _, _) in enumerate(objects) if r == route], device=found.categories.device
+            )
             keep = torch.isin(found.categories, mine).nonzero().flatten()
             if route == "[GRD]":
                 keep = keep[:1]
@@ -787,6 +835,17 @@ class VisionLLMv2(nn.Module, TaskHelpers):
         folder = Path(init_from)
         model = cls(config, read_tokenizer(folder))
         fresh = read_weights(folder, model, strict=False)
+        detector = config.objects.init_detector if config.objects is not None else None
+        if detector and any(name.startswith("object_decoder.") for name in fresh):
+            assert model.object_decoder is not None
+            loaded, left = model.object_decoder.load_detector(detector)
+            logger.info(
+                "the object decoder starts from %s: %d weights loaded, fresh: %s",
+                detector,
+                len(loaded),
+                ", ".join(sorted({name.split(".")[0] for name in left})),
+            )
+            fresh = [name for name in fresh if name.removeprefix("object_decoder.") not in loaded]
         if fresh:
             parts = sorted({name.split(".")[0] for name in fresh})
             logger.info("%s has no weights for %s: they start fresh", folder, ", ".join(parts))

@@ -18,14 +18,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from transformers.models.deformable_detr.modeling_deformable_detr import DeformableDetrMLPPredictionHead
 
 from visionllm.config import BackboneConfig, ConfigError
 from visionllm.models.common.backbone import Backbone
+from visionllm.models.common.checkpoint import WEIGHTS_NAME, CheckpointError, one_line
 from visionllm.models.common.deformable import (
     DeformableDetrDecoder,
     DeformableDetrEncoder,
@@ -43,6 +46,8 @@ from visionllm.models.v2.denoising import DenoisingQueries, denoising_loss, deno
 from visionllm.models.v2.heads import CategoryHead, MaskHead, upsample_masks
 from visionllm.ops.tensor_boxes import cxcywh_to_xyxy
 
+DETECTOR_NAMES = (("backbone.", "backbone."), ("tokenizer.class_head.", "class_proj."), ("tokenizer.", ""))
+"""A v1 checkpoint's weight names -> this decoder's (first matching prefix)."""
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -65,6 +70,14 @@ class ObjectDecoderConfig:
         denoising_groups: contrastive denoising groups in training (DINO; 0: none; `denoising` module).
         box_noise, label_noise: how far a positive denoising query's corners move (a share of the box's half size;
             negatives move one to two times that), and how often its category is swapped for another.
+        phrase_separation: in training, the weight of a loss that keeps apart the category features of different
+            phrases (their cosine above `SEPARATION_MARGIN` is penalised). A small LLM learned from scratch gives
+            near-identical query states to similar names (circle, square, hexagon), and a decoder that cannot tell
+            their features apart gets no signal to tell their shapes apart; 0: none (the paper's pretrained LLM).
+        init_detector: a trained detector's checkpoint folder that a training stage attaching this decoder starts
+            it from, where names and shapes match (`load_detector`): the paper starts its decoders from trained
+            Grounding DINO weights; here, a VisionLLM v1 model's backbone and deformable transformer. Read when a
+            stage attaches the decoder, never when a trained model loads. None: a fresh decoder.
     """
 
     backbone: BackboneConfig = field(default_factory=_swin_t)
@@ -86,6 +99,8 @@ class ObjectDecoderConfig:
     denoising_groups: int = 0
     box_noise: float = 0.4
     label_noise: float = 0.2
+    phrase_separation: float = 0.0
+    init_detector: str | None = None
 
     def __post_init__(self) -> None:
         if self.image_size < 32 or self.image_size % 32:
@@ -94,6 +109,8 @@ class ObjectDecoderConfig:
             raise ConfigError("objects.d_model must be a multiple of num_heads and fusion_heads")
         if self.denoising_groups < 0 or not 0 < self.box_noise <= 1 or not 0 <= self.label_noise <= 1:
             raise ConfigError("objects.denoising_groups must be >= 0, box_noise in (0, 1], label_noise in [0, 1]")
+        if self.phrase_separation < 0:
+            raise ConfigError(f"objects.phrase_separation must be >= 0, not {self.phrase_separation}")
 
 
 @dataclass
@@ -109,6 +126,10 @@ class ObjectTargets:
     boxes: Tensor
     classes: Tensor
     masks: Tensor | None = None
+
+    def to(self, device: torch.device | str) -> ObjectTargets:
+        masks = self.masks.to(device) if self.masks is not None else None
+        return ObjectTargets(self.boxes.to(device), self.classes.to(device), masks)
 
 
 @dataclass
@@ -212,6 +233,38 @@ class ObjectDecoder(nn.Module):
         self.memory_to_pixels = nn.Conv2d(d, d, kernel_size=1)
         self.masks = MaskHead(d, channels[0])
         self.label_embed = nn.Linear(d, d) if config.denoising_groups else None
+
+    def load_detector(self, folder: str | Path) -> tuple[list[str], list[str]]:
+        """Start from a trained detector: the weights of a checkpoint in VisionLLM v1's layout (`backbone.*`, and its
+        image tokenizer's `tokenizer.*`, whose class projections are this decoder's `class_proj`) where their names
+        and shapes match this decoder's.
+
+        Returns:
+            The names of this decoder's weights loaded, and of those left as they were.
+
+        Raises:
+            CheckpointError: no readable model.safetensors in `folder`, or nothing in it fits this decoder.
+        """
+        path = Path(folder) / WEIGHTS_NAME
+        try:
+            state = load_file(str(path))
+        except Exception as error:  # a missing file, or safetensors' own error for a damaged one
+            raise CheckpointError(
+                f"objects.init_detector: {path} cannot be read ({one_line(error)}); name a VisionLLM v1 model folder"
+            ) from None
+        own = self.state_dict()
+        found = {}
+        for name, tensor in state.items():
+            for prefix, mine in DETECTOR_NAMES:
+                if name.startswith(prefix):
+                    target = mine + name[len(prefix) :]
+                    if target in own and own[target].shape == tensor.shape:
+                        found[target] = tensor
+                    break
+        if not found:
+            raise CheckpointError(f"objects.init_detector: nothing in {path} fits this decoder: names or shapes differ")
+        self.load_state_dict(found, strict=False)
+        return sorted(found), sorted(set(own) - set(found))
 
     def pixels(self, clip_pixels: Tensor, clip_mean: Tensor, clip_std: Tensor) -> Tensor:
         """The chat model's normalised pixels re-normalised for this backbone, at its image size."""

@@ -92,11 +92,29 @@ def detections(found: Detected, names: Sequence[str]) -> Detections:
     """An object decoder's detections of one image as typed results (class names from the routed groups; masks
     where the decoder gave them)."""
     return Detections(
-        boxes_xyxy_px=found.boxes.double().numpy(),
-        scores=found.scores.double().numpy(),
+        boxes_xyxy_px=found.boxes.double().cpu().numpy(),
+        scores=found.scores.double().cpu().numpy(),
         class_names=tuple(names[c] for c in found.categories.tolist()),
-        masks=found.masks.numpy() if found.masks is not None else None,
+        masks=found.masks.cpu().numpy() if found.masks is not None else None,
     )
+
+
+PROMPT_COVER = 0.5
+"""An interactive segmentation's candidate must cover this share of its prompt's pixels."""
+
+
+def prompted(found: Detected, marked: np.ndarray) -> Detected:
+    """The object a visual prompt marks among the decoder's candidates (with masks at the image's size): the most
+    confident of those whose mask covers at least `PROMPT_COVER` of the prompt's pixels (a click's disc, a box, a
+    scribble, a mask), else the most confident of all. The LLM's query states say what the prompt marks; the prompt
+    itself says where, as a promptable segmenter's mask decoder reads its prompt's position."""
+    if len(found.scores) == 0:
+        return found
+    assert found.masks is not None
+    wanted = torch.as_tensor(np.array(marked, dtype=bool), device=found.masks.device)
+    cover = (found.masks & wanted).flatten(1).sum(1) / max(1, int(wanted.sum()))
+    scores = torch.where(cover >= PROMPT_COVER, found.scores, found.scores - 2.0)  # covering ones first
+    return found.select(scores.argmax().view(1))
 
 
 SEMANTIC_MIN_PROB = 0.2
@@ -117,7 +135,7 @@ def semantic_map(output: ObjectOutput, image: int, size_wh: tuple[int, int], nam
     best, label = scores.max(0)
     covered = cover.gather(0, label[None])[0] >= 0.5
     labels = torch.where(covered & (best > 0), label + 1, torch.zeros_like(label))
-    return SegmentationMap(labels.numpy().astype(np.int64), tuple(names))
+    return SegmentationMap(labels.cpu().numpy().astype(np.int64), tuple(names))
 
 
 def keypoint_detections(
@@ -125,11 +143,11 @@ def keypoint_detections(
 ) -> Detections:
     """Instances with their keypoints ((M, K, 2) in [0, 1] of the image) in pixels, every point marked visible."""
     width, height = size_wh
-    xy = points[:, :count].float() * torch.tensor([width, height], dtype=torch.float32)
+    xy = points[:, :count].float().cpu() * torch.tensor([width, height], dtype=torch.float32)
     xyv = torch.cat([xy, torch.full((*xy.shape[:2], 1), 2.0)], -1)
     return Detections(
-        boxes_xyxy_px=found.boxes.double().numpy(),
-        scores=found.scores.double().numpy(),
+        boxes_xyxy_px=found.boxes.double().cpu().numpy(),
+        scores=found.scores.double().cpu().numpy(),
         class_names=(category,) * len(found.scores),
         keypoints_xyv_px=xyv.double().numpy(),
     )
