@@ -143,15 +143,17 @@ def test_phrase_separation_reads_the_phrases_of_the_answer(model):
     objects = ObjectTargets(found.targets.objects.boxes, torch.tensor([0]), found.targets.objects.masks)
     two = model.processor.collate([ChatExample(found.image, turns, targets=Targets(objects))], model.link)
     losses = model(two)
-    hidden = model.hidden_states(two)
-    assert torch.isclose(losses["separation"], 2.0 * model._phrase_separation(two, hidden))
-    states = [s for _, s in model.link.conditions(hidden, two.input_ids)]
-    features = model.object_decoder.categories.pool.pooled(states)
+    conditions = model.link.conditions(model.hidden_states(two), two.input_ids)
+    assert torch.isclose(losses["separation"], 2.0 * model._phrase_separation(two, conditions))
+    features = model.object_decoder.categories.pool.pooled([s for _, s in conditions])
     assert torch.isclose(losses["separation"], 2.0 * phrase_separation(features, ["red square", "circle"]))
     model.zero_grad()
-    model._phrase_separation(two, hidden).backward()
+    model._phrase_separation(two, conditions).backward()
     assert model.object_decoder.categories.pool.mlp[0].weight.grad.abs().sum() > 0
-    assert p.tokenizer.convert_tokens_to_ids(",") != p.tokenizer.unk_token_id  # commas are left out of phrases
+    twice = (turns[0], Turn("assistant", "circle [DET], circle [DET]"))  # ", circle" is the phrase "circle" again
+    again = model.processor.collate([ChatExample(found.image, twice, targets=Targets(objects))], model.link)
+    assert p.tokenizer.convert_tokens_to_ids(",") != p.tokenizer.unk_token_id
+    assert model(again)["separation"] == 0
 
 
 def test_a_batch_moves_to_a_device_whole(model):

@@ -58,11 +58,11 @@ def denoising_queries(
     for image, (box, cls, count) in enumerate(zip(boxes, classes, num_classes, strict=True)):
         if len(box) == 0:
             continue
-        box, cls = box.float().cpu(), cls.long().cpu()  # built on the CPU; the decoder moves them to its device
+        box, cls, device = box.float(), cls.long(), box.device
         for _ in range(groups):
             both = torch.cat([box, box])
-            sign = torch.randint(0, 2, both.shape) * 2.0 - 1.0
-            scale = torch.rand(both.shape)
+            sign = torch.randint(0, 2, both.shape, device=device) * 2.0 - 1.0
+            scale = torch.rand(both.shape, device=device)
             scale[len(box) :] += 1.0  # negatives: between one and two times the noise
             corners = cxcywh_to_xyxy(both)
             half = torch.cat([both[:, 2:] / 2, both[:, 2:] / 2], 1)
@@ -73,14 +73,14 @@ def denoising_queries(
             jittered = torch.cat([torch.stack([(x1 + x2) / 2, (y1 + y2) / 2], 1), size], 1)
             label = torch.cat([cls, cls])
             if count > 1:
-                flip = torch.rand(len(label)) < label_noise
-                label = torch.where(flip, torch.randint(0, count, label.shape), label)
+                flip = torch.rand(len(label), device=device) < label_noise
+                label = torch.where(flip, torch.randint(0, count, label.shape, device=device), label)
             rows.append(image)
             references.append(jittered)
             carried.append(label)
             wanted.append(torch.cat([cls, torch.zeros_like(cls)]))
             targets.append(both)
-            positive.append(torch.arange(2 * len(box)) < len(box))
+            positive.append(torch.arange(2 * len(box), device=device) < len(box))
     if not rows:
         return None
     width = max(len(r) for r in references)
@@ -88,9 +88,9 @@ def denoising_queries(
     def padded(values: list[Tensor], fill: float | bool) -> Tensor:
         return torch.stack([torch.cat([v, v.new_full((width - len(v), *v.shape[1:]), fill)]) for v in values])
 
-    real = torch.stack([torch.arange(width) < len(r) for r in references])
+    real = torch.stack([torch.arange(width, device=r.device) < len(r) for r in references])
     return DenoisingQueries(
-        rows=torch.tensor(rows),
+        rows=torch.tensor(rows, device=references[0].device),
         reference=padded(references, 0.5),
         classes=padded(carried, 0),
         target_classes=padded(wanted, 0),

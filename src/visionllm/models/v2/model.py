@@ -59,7 +59,7 @@ from visionllm.models.v2.object_decoder import ObjectDecoder, ObjectOutput, Obje
 from visionllm.models.v2.patch_labels import PatchLabelHead
 from visionllm.models.v2.perception import Plan, detections, keypoint_detections, plan, prompted, semantic_map
 from visionllm.models.v2.regions import RegionEncoder, RegionPrompt, prompt_mask
-from visionllm.models.v2.superlink import QUERY, REGION, ROUTES, V2_TOKENS, SuperLink
+from visionllm.models.v2.superlink import QUERY, REGION, ROUTES, V2_TOKENS, RouteCall, SuperLink
 from visionllm.models.v2.vision import Bridge, VisionEncoder
 from visionllm.train.mix import MixConfig
 
@@ -366,10 +366,13 @@ class VisionLLMv2(nn.Module, TaskHelpers):
             total = total + self.patch_labels.config.weight * losses["patches"]
         return {"loss": total, **{k: v.detach() for k, v in losses.items()}}
 
-    def routed(self, hidden: Tensor, input_ids: Tensor) -> dict[str, list[list[Tensor]]]:
-        """Per decoder family, per conversation, the query states of each of its calls in order."""
+    def routed(
+        self, hidden: Tensor, input_ids: Tensor, conditions: list[tuple[RouteCall, Tensor]] | None = None
+    ) -> dict[str, list[list[Tensor]]]:
+        """Per decoder family, per conversation, the query states of each of its calls in order (`conditions`: the
+        calls' `SuperLink.conditions`, when the caller has them)."""
         found: dict[str, list[list[Tensor]]] = {family: [[] for _ in input_ids] for family in set(ROUTES.values())}
-        for call, states in self.link.conditions(hidden, input_ids):
+        for call, states in conditions if conditions is not None else self.link.conditions(hidden, input_ids):
             found[ROUTES[call.route]][call.sample].append(states)
         return found
 
@@ -389,7 +392,8 @@ class VisionLLMv2(nn.Module, TaskHelpers):
         """The object decoder's losses ("boxes", "masks") and the keypoint decoder's ("keypoints") on the
         conversations whose targets ask for them."""
         assert self.object_decoder is not None
-        routed = self.routed(hidden, batch.input_ids)
+        conditions = self.link.conditions(hidden, batch.input_ids)
+        routed = self.routed(hidden, batch.input_ids, conditions)
         samples = [
             b for b, t in enumerate(batch.targets) if t is not None and t.objects is not None and routed["object"][b]
         ]
@@ -404,7 +408,7 @@ class VisionLLMv2(nn.Module, TaskHelpers):
         losses, (image, rows, cols) = self.object_decoder.loss(output, objects)
         weight = self.object_decoder.config.phrase_separation
         if weight:
-            losses["separation"] = weight * self._phrase_separation(batch, hidden)
+            losses["separation"] = weight * self._phrase_separation(batch, conditions)
         if self.keypoint_decoder is None:
             return losses
         keep = [
@@ -422,17 +426,18 @@ class VisionLLMv2(nn.Module, TaskHelpers):
         for k, (i, j) in enumerate(zip(image.tolist(), cols.tolist(), strict=True)):
             annotated = chosen[i].keypoints[j]
             wanted[k, : len(annotated)] = annotated
-        return losses | {"keypoints": self.keypoint_decoder.loss(points, wanted.to(points[-1].device))}
+        return losses | {"keypoints": self.keypoint_decoder.loss(points, wanted)}
 
-    def _phrase_separation(self, batch: ChatBatch, hidden: Tensor) -> Tensor:
-        """`heads.phrase_separation` over the batch's object calls that a phrase of the answer names ("red circle"
-        in "red circle [DET]"; a call on a visual prompt names none)."""
+    def _phrase_separation(self, batch: ChatBatch, conditions: list[tuple[RouteCall, Tensor]]) -> Tensor:
+        """`heads.phrase_separation` over the batch's object calls (`conditions`: every call with its query states)
+        that a phrase of the answer names ("red circle" in "red circle [DET]"; a call on a visual prompt names
+        none)."""
         p = self.processor
         stops = {p.query_id, p.region_id, *p.route_ids.values()}
         punctuation = set(p.tokenizer.convert_tokens_to_ids([",", "."]))
         ids, labels = batch.input_ids.tolist(), batch.labels.tolist()
         keys, states = [], []
-        for call, state in self.link.conditions(hidden, batch.input_ids):
+        for call, state in conditions:
             if ROUTES[call.route] != "object":
                 continue
             row, labelled, at, phrase = ids[call.sample], labels[call.sample], call.position - 1, []
@@ -444,7 +449,7 @@ class VisionLLMv2(nn.Module, TaskHelpers):
                 keys.append(key)
                 states.append(state)
         if len(keys) < 2:
-            return hidden.sum() * 0
+            return batch.pixel_values.new_zeros(())
         return phrase_separation(self.object_decoder.categories.pool.pooled(states), keys)
 
     def hidden_states(self, batch: ChatBatch, seen: tuple[Tensor, list[Tensor]] | None = None) -> Tensor:
