@@ -34,9 +34,10 @@ train-default: $(STAMP)
 	$(VENV)/bin/visionllm train --config configs/tiny_stage2.yaml --resume
 	$(VENV)/bin/visionllm export runs/tiny-stage2/final $(DEFAULT_MODEL) --dtype fp16
 
-# Trains the shipped v2 model: stage 1 (the chat model), stage 2 (the decoders attached, every task; the object
-# decoder starts from $(DEFAULT_MODEL)'s detector), stage 3 (the decoders alone), each resumable from its last
-# checkpoint; then writes it in fp16 to $(V2_MODEL). About 2 h on 2 CPU cores (budget 2.5 h).
+# Trains the shipped v2 model: stage 1 (the chat model; its image encoder starts from $(DEFAULT_MODEL)'s ResNet),
+# stage 2 (the decoders attached, every task; the object decoder starts from $(DEFAULT_MODEL)'s detector), stage 3
+# (the decoders alone), each resumable from its last checkpoint; then writes it in fp16 to $(V2_MODEL). About 1 h 55
+# min on 2 CPU cores (budget 2.5 h).
 train-v2: $(STAMP)
 	$(VENV)/bin/visionllm train --config configs/tiny_v2_stage1.yaml --resume
 	$(VENV)/bin/visionllm train --config configs/tiny_v2_stage2.yaml --resume

@@ -282,6 +282,31 @@ def test_a_stage_attaching_the_decoder_starts_it_from_the_named_detector(model, 
     assert torch.equal(kept.object_decoder.backbone.state_dict()[name], weights[name])
 
 
+def test_a_stage_starting_the_vision_encoder_starts_it_from_the_named_backbone(model, tmp_path):
+    """`vision.init_backbone` starts a convolutional encoder that a stage builds new (stage 1); a checkpoint that
+    has the encoder keeps its own, and does not read the folder again."""
+    from safetensors.torch import save_file
+
+    from visionllm.config import BackboneConfig
+
+    cnn = BackboneConfig(embedding_size=8, hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1], layer_type="basic")
+    vision = VisionConfig(image_size=64, patch_size=16, hidden_size=32, backbone=cnn, freeze=False)
+    chat = VisionLLMv2(replace(model.config, vision=vision, objects=None, keypoints=None), model.processor.tokenizer)
+    name = "resnet.embedder.embedder.convolution.weight"
+    own = chat.vision.cnn.backbone.state_dict()
+    v1 = tmp_path / "v1"
+    v1.mkdir()
+    save_file({"backbone." + k: v + 1 for k, v in own.items()}, str(v1 / "model.safetensors"))
+    llm = replace(chat.config.llm, vocab_size=700)  # a new model builds its own vocabulary
+    config = replace(chat.config, vision=replace(vision, init_backbone=str(v1)), llm=llm)
+    started = VisionLLMv2.for_stage(config, None)
+    assert torch.equal(started.vision.cnn.backbone.state_dict()[name], own[name] + 1)
+    chat.save_pretrained(tmp_path / "stage1")
+    config = replace(config, vision=replace(vision, init_backbone=str(tmp_path / "gone")))
+    kept = VisionLLMv2.for_stage(config, tmp_path / "stage1")
+    assert torch.equal(kept.vision.cnn.backbone.state_dict()[name], own[name])
+
+
 def test_visionllm_chat_answers_one_message_or_a_conversation(trained, tmp_path, capsys, monkeypatch):
     folder = trained.save_pretrained(tmp_path / "v2")
     image = tmp_path / "red.png"

@@ -43,6 +43,27 @@ def test_a_convolutional_encoder_gives_a_stride_16_grid_of_tokens_and_three_leve
         VisionConfig(image_size=64, patch_size=8, num_layers=2, backbone=cnn)
 
 
+def test_a_convolutional_encoder_loads_a_trained_models_backbone_where_names_and_shapes_match(tmp_path):
+    from safetensors.torch import save_file
+
+    from visionllm.models.common.checkpoint import CheckpointError
+
+    cnn = BackboneConfig(embedding_size=8, hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1], layer_type="basic")
+    encoder = VisionEncoder(VisionConfig(image_size=64, patch_size=16, hidden_size=24, backbone=cnn, freeze=False))
+    before = encoder.cnn.state_dict()
+    trained = {"backbone." + k: v + 1 for k, v in encoder.cnn.backbone.state_dict().items()}
+    trained["tokenizer.level_embed"] = torch.ones(3, 3)  # the v1 detector's other parts: left out
+    save_file(trained, str(tmp_path / "model.safetensors"))
+    loaded, left = encoder.cnn.load_backbone(tmp_path)
+    name = "backbone.resnet.embedder.embedder.convolution.weight"
+    assert name in loaded and torch.equal(encoder.cnn.state_dict()[name], trained[name])
+    assert "proj.0.weight" in left and torch.equal(encoder.cnn.state_dict()["proj.0.weight"], before["proj.0.weight"])
+    with pytest.raises(CheckpointError, match=r"vision.init_backbone.*cannot be read"):
+        encoder.cnn.load_backbone(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match=r"set vision\.backbone"):
+        VisionConfig(image_size=64, patch_size=16, init_backbone=str(tmp_path))
+
+
 def test_the_paper_preset_has_clip_l_14_336_and_its_bridge_and_region_encoder_sizes():
     with torch.device("meta"):
         encoder = VisionEncoder(VisionConfig())

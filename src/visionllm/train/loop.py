@@ -294,7 +294,7 @@ def train(config_path: str | Path, resume: bool = False, max_steps: int | None =
     root = ensure_data(config.data)
 
     model_class = MODEL_CLASSES[model_config.model_type]
-    model = model_class.for_stage(model_config, config.init_from) if config.init_from else model_class(model_config)
+    model = model_class.for_stage(model_config, config.init_from or None)
     model.train()
     model.freeze(config.frozen_groups)
     optimizer = torch.optim.AdamW(

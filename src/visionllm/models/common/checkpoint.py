@@ -127,3 +127,41 @@ def read_weights(folder: Path, model: nn.Module, provided: set[str] = frozenset(
             f"{path} does not match its config: missing {bad_missing[:5]}, unexpected {unexpected[:5]}"
         )
     return bad_missing
+
+
+def load_renamed(
+    module: nn.Module, folder: str | Path, names: tuple[tuple[str, str], ...], option: str
+) -> tuple[list[str], list[str]]:
+    """Start `module` from another model's trained weights: each tensor of `folder`'s model.safetensors whose name
+    begins with one of `names`' prefixes (the first that matches) is renamed to the module's prefix and loaded
+    where the module has a tensor of that name and shape.
+
+    Args:
+        option: the config option that named the folder (for the errors).
+
+    Returns:
+        The names of the module's tensors loaded, and of those left as they were.
+
+    Raises:
+        CheckpointError: no readable model.safetensors in `folder`, or nothing in it fits the module.
+    """
+    path = Path(folder) / WEIGHTS_NAME
+    try:
+        state = load_file(str(path))
+    except Exception as error:  # a missing file, or safetensors' own error for a damaged one
+        raise CheckpointError(
+            f"{option}: {path} cannot be read ({one_line(error)}); name a VisionLLM v1 model folder"
+        ) from None
+    own = module.state_dict()
+    found = {}
+    for name, tensor in state.items():
+        for prefix, mine in names:
+            if name.startswith(prefix):
+                target = mine + name[len(prefix) :]
+                if target in own and own[target].shape == tensor.shape:
+                    found[target] = tensor
+                break
+    if not found:
+        raise CheckpointError(f"{option}: nothing in {path} fits: names or shapes differ")
+    module.load_state_dict(found, strict=False)
+    return sorted(found), sorted(set(own) - set(found))

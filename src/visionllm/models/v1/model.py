@@ -605,14 +605,16 @@ class VisionLLM(nn.Module, TaskHelpers):
         return folder
 
     @classmethod
-    def for_stage(cls, config: VisionLLMConfig, init_from: str | Path) -> VisionLLM:
-        """The model a training stage starts from: the `init_from` checkpoint with the run's own decoder settings
-        (thresholds, loss and evidence options: those that do not change a weight's shape), so that a stage can
-        change how the model decodes.
+    def for_stage(cls, config: VisionLLMConfig, init_from: str | Path | None) -> VisionLLM:
+        """The model a training stage starts from: a new one from the run's config (`init_from` None), or the
+        `init_from` checkpoint with the run's own decoder settings (thresholds, loss and evidence options: those
+        that do not change a weight's shape), so that a stage can change how the model decodes.
 
         Raises:
             ConfigError: the run changes a setting that sizes the vocabulary.
         """
+        if init_from is None:
+            return cls(config)
         model = cls.from_pretrained(init_from)
         ours, theirs = config.decoder, model.config.decoder
         shaped = [

@@ -829,17 +829,21 @@ class VisionLLMv2(nn.Module, TaskHelpers):
         return folder
 
     @classmethod
-    def for_stage(cls, config: VisionLLMv2Config, init_from: str | Path) -> VisionLLMv2:
+    def for_stage(cls, config: VisionLLMv2Config, init_from: str | Path | None) -> VisionLLMv2:
         """The model a training stage starts from: built from the run's config, with every weight the `init_from`
-        checkpoint has (its tokenizer too). Parts the checkpoint lacks start fresh: stage 2 attaches the decoders
-        to the chat model of stage 1.
+        checkpoint has (its tokenizer too; None: a new model). Parts the checkpoint lacks start fresh (stage 2
+        attaches the decoders to the chat model of stage 1), from the trained weights `objects.init_detector` and
+        `vision.init_backbone` name where set.
 
         Raises:
-            CheckpointError: the checkpoint is damaged, or holds a part whose shape the run's config changes.
+            CheckpointError: a checkpoint is damaged, or holds a part whose shape the run's config changes.
         """
-        folder = Path(init_from)
-        model = cls(config, read_tokenizer(folder))
-        fresh = read_weights(folder, model, strict=False)
+        if init_from is None:
+            model = cls(config)
+            fresh = list(model.state_dict())
+        else:
+            model = cls(config, read_tokenizer(Path(init_from)))
+            fresh = read_weights(Path(init_from), model, strict=False)
         detector = config.objects.init_detector if config.objects is not None else None
         if detector and any(name.startswith("object_decoder.") for name in fresh):
             assert model.object_decoder is not None
@@ -851,9 +855,14 @@ class VisionLLMv2(nn.Module, TaskHelpers):
                 ", ".join(sorted({name.split(".")[0] for name in left})),
             )
             fresh = [name for name in fresh if name.removeprefix("object_decoder.") not in loaded]
-        if fresh:
+        backbone = config.vision.init_backbone
+        if backbone and any(name.startswith("vision.cnn.backbone.") for name in fresh):
+            loaded, _ = model.vision.cnn.load_backbone(backbone)
+            logger.info("the vision encoder's backbone starts from %s: %d weights loaded", backbone, len(loaded))
+            fresh = [name for name in fresh if name.removeprefix("vision.cnn.") not in loaded]
+        if fresh and init_from is not None:
             parts = sorted({name.split(".")[0] for name in fresh})
-            logger.info("%s has no weights for %s: they start fresh", folder, ", ".join(parts))
+            logger.info("%s has no weights for %s: they start fresh", init_from, ", ".join(parts))
         return model
 
     @staticmethod

@@ -22,13 +22,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import Tensor, nn
 from transformers.models.deformable_detr.modeling_deformable_detr import DeformableDetrMLPPredictionHead
 
 from visionllm.config import BackboneConfig, ConfigError
 from visionllm.models.common.backbone import Backbone
-from visionllm.models.common.checkpoint import WEIGHTS_NAME, CheckpointError, one_line
+from visionllm.models.common.checkpoint import load_renamed
 from visionllm.models.common.deformable import (
     DeformableDetrDecoder,
     DeformableDetrEncoder,
@@ -245,26 +244,7 @@ class ObjectDecoder(nn.Module):
         Raises:
             CheckpointError: no readable model.safetensors in `folder`, or nothing in it fits this decoder.
         """
-        path = Path(folder) / WEIGHTS_NAME
-        try:
-            state = load_file(str(path))
-        except Exception as error:  # a missing file, or safetensors' own error for a damaged one
-            raise CheckpointError(
-                f"objects.init_detector: {path} cannot be read ({one_line(error)}); name a VisionLLM v1 model folder"
-            ) from None
-        own = self.state_dict()
-        found = {}
-        for name, tensor in state.items():
-            for prefix, mine in DETECTOR_NAMES:
-                if name.startswith(prefix):
-                    target = mine + name[len(prefix) :]
-                    if target in own and own[target].shape == tensor.shape:
-                        found[target] = tensor
-                    break
-        if not found:
-            raise CheckpointError(f"objects.init_detector: nothing in {path} fits this decoder: names or shapes differ")
-        self.load_state_dict(found, strict=False)
-        return sorted(found), sorted(set(own) - set(found))
+        return load_renamed(self, folder, DETECTOR_NAMES, "objects.init_detector")
 
     def pixels(self, clip_pixels: Tensor, clip_mean: Tensor, clip_std: Tensor) -> Tensor:
         """The chat model's normalised pixels re-normalised for this backbone, at its image size."""

@@ -14,6 +14,7 @@ three levels, and their sum (normalised) the image tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -21,6 +22,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from visionllm.config import BackboneConfig, ConfigError
 from visionllm.models.common.backbone import Backbone
+from visionllm.models.common.checkpoint import load_renamed
 
 
 @dataclass
@@ -35,6 +37,10 @@ class VisionConfig:
         feature_layer: the layer whose patch tokens become the image tokens (-2: the penultimate, as LLaVA).
         region_levels: how many of the last layers (up to `feature_layer`) the region encoder reads.
         freeze: keep the encoder's weights fixed (the paper trains it in no stage).
+        init_backbone: with `backbone`, a trained VisionLLM v1 model folder whose backbone (`backbone.*`) a training
+            stage that starts this encoder fresh starts it from, where names and shapes match: the pretrained
+            encoder of the paper, for a preset that cannot download one. Read when a stage starts the encoder,
+            never when a trained model loads. None: a fresh encoder.
     """
 
     pretrained: str | None = None
@@ -48,10 +54,13 @@ class VisionConfig:
     feature_layer: int = -2
     region_levels: int = 3
     freeze: bool = True
+    init_backbone: str | None = None
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
             raise ConfigError(f"vision.image_size ({self.image_size}) must be a multiple of vision.patch_size")
+        if self.init_backbone and self.backbone is None:
+            raise ConfigError("vision.init_backbone starts a convolutional encoder: set vision.backbone too")
         if self.backbone is not None:
             if self.patch_size != 16 or not 1 <= self.region_levels <= 3:
                 raise ConfigError("vision.backbone reads a stride-16 grid: patch_size must be 16, region_levels 1 to 3")
@@ -139,6 +148,21 @@ class ConvolutionalEncoder(nn.Module):
                 level = F.interpolate(level, size=(grid, grid), mode="bilinear", align_corners=False)
             levels.append(level.permute(0, 2, 3, 1))
         return levels
+
+    def load_backbone(self, folder: str | Path) -> tuple[list[str], list[str]]:
+        """Start the backbone from a VisionLLM v1 model's (`backbone.*`) where names and shapes match.
+
+        Returns:
+            The names of this encoder's weights loaded, and of those left as they were.
+
+        Raises:
+            CheckpointError: no readable model.safetensors in `folder`, or nothing in it fits.
+        """
+        return load_renamed(self, folder, BACKBONE_NAMES, "vision.init_backbone")
+
+
+BACKBONE_NAMES = (("backbone.", "backbone."),)
+"""A v1 checkpoint's weight names -> the convolutional encoder's."""
 
 
 class Bridge(nn.Module):
