@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from visionllm.data.shapes.dataset import ShapesWorldLayout
 from visionllm.formats.task_table import build_instruction
 from visionllm.formats.tasks import Task
 from visionllm.models.loading import load_pretrained
@@ -30,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def confusion(model, root: Path, images: int) -> tuple[np.ndarray, list[str]]:
     """(6, 7) counts: true category x named category of the best overlapping detection (last column: none)."""
-    coco = json.loads((root / "annotations/instances_val.json").read_text())
+    layout = ShapesWorldLayout(root)
+    coco = json.loads(layout.instances("val").read_text())
     names = [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
     by_id = {c["id"]: c["name"] for c in coco["categories"]}
     objects: dict[int, list[dict]] = {}
@@ -41,29 +43,23 @@ def confusion(model, root: Path, images: int) -> tuple[np.ndarray, list[str]]:
     counts = np.zeros((len(names), len(names) + 1), np.int64)
     for start in range(0, len(chosen), 10):
         batch = chosen[start : start + 10]
-        paths = [root / "images/val" / im["file_name"] for im in batch]
+        paths = [layout.image("val", im["id"]) for im in batch]
         for im, out in zip(batch, model.predict(paths, [request] * len(batch), min_score=0.0), strict=True):
             found = out.prediction
             for a in objects.get(im["id"], []):
                 x, y, w, h = a["bbox"]
                 truth = names.index(by_id[a["category_id"]])
-                if len(found.scores) == 0:
-                    counts[truth, -1] += 1
-                    continue
-                ious = box_iou(np.array([[x, y, x + w, y + h]]), found.boxes_xyxy_px)[0]
+                ious = box_iou(np.array([[x, y, x + w, y + h]]), found.boxes_xyxy_px.reshape(-1, 4))[0]
                 hits = np.flatnonzero(ious >= 0.5)
-                if len(hits) == 0:
-                    counts[truth, -1] += 1
-                    continue
-                best = hits[np.argmax(found.scores[hits])]
-                counts[truth, names.index(found.class_names[best])] += 1
+                named = names.index(found.class_names[hits[np.argmax(found.scores[hits])]]) if len(hits) else -1
+                counts[truth, named] += 1
     return counts, names
 
 
 def feature_cosines(model, root: Path, names: list[str]) -> np.ndarray:
     """The cosines between the categories' features in a six-category detection answer."""
     plan = model._plan(build_instruction(Task.DETECTION, classes=names), [], ())
-    image = next((root / "images/val").iterdir())
+    image = next(ShapesWorldLayout(root).image_dir("val").iterdir())
     example = ChatExample(model.processor.image(image), (Turn("user", plan.request), Turn("assistant", plan.answer)))
     batch = model.processor.collate([example], model.link)
     with torch.no_grad():

@@ -136,14 +136,12 @@ def score(folder: Path, args: argparse.Namespace, tasks: list[str]) -> dict[str,
     model = load_pretrained(folder)
     try:
         model = model.to(args.device)
-        return evaluate_shapesworld(model, args.shapesworld, "val", tasks, args.images, progress=False, controls=False)
     except RuntimeError as error:
         if args.device == "cpu":
             raise
         print(f"{folder}: scoring on {args.device} failed ({error}); scoring on the CPU", flush=True)
-        return evaluate_shapesworld(
-            load_pretrained(folder), args.shapesworld, "val", tasks, args.images, progress=False, controls=False
-        )
+        model = model.cpu()
+    return evaluate_shapesworld(model, args.shapesworld, "val", tasks, args.images, progress=False, controls=False)
 
 
 def _minutes(folder: Path) -> float:

@@ -844,22 +844,19 @@ class VisionLLMv2(nn.Module, TaskHelpers):
         else:
             model = cls(config, read_tokenizer(Path(init_from)))
             fresh = read_weights(Path(init_from), model, strict=False)
-        detector = config.objects.init_detector if config.objects is not None else None
-        if detector and any(name.startswith("object_decoder.") for name in fresh):
-            assert model.object_decoder is not None
-            loaded, left = model.object_decoder.load_detector(detector)
-            logger.info(
-                "the object decoder starts from %s: %d weights loaded, fresh: %s",
-                detector,
-                len(loaded),
-                ", ".join(sorted({name.split(".")[0] for name in left})),
-            )
-            fresh = [name for name in fresh if name.removeprefix("object_decoder.") not in loaded]
-        backbone = config.vision.init_backbone
-        if backbone and any(name.startswith("vision.cnn.backbone.") for name in fresh):
-            loaded, _ = model.vision.cnn.load_backbone(backbone)
-            logger.info("the vision encoder's backbone starts from %s: %d weights loaded", backbone, len(loaded))
-            fresh = [name for name in fresh if name.removeprefix("vision.cnn.") not in loaded]
+        starts = (  # (the part's weight names, the trained model it starts from, how it loads those weights)
+            (
+                "object_decoder.",
+                config.objects and config.objects.init_detector,
+                lambda f: model.object_decoder.load_detector(f),
+            ),
+            ("vision.cnn.", config.vision.init_backbone, lambda f: model.vision.cnn.load_backbone(f)),
+        )
+        for prefix, folder, load in starts:
+            if folder and any(name.startswith(prefix) for name in fresh):
+                loaded, _ = load(folder)
+                logger.info("%s starts from %s: %d weights loaded", prefix.rstrip("."), folder, len(loaded))
+                fresh = [name for name in fresh if name.removeprefix(prefix) not in loaded]
         if fresh and init_from is not None:
             parts = sorted({name.split(".")[0] for name in fresh})
             logger.info("%s has no weights for %s: they start fresh", init_from, ", ".join(parts))

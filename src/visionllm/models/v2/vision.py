@@ -24,6 +24,9 @@ from visionllm.config import BackboneConfig, ConfigError
 from visionllm.models.common.backbone import Backbone
 from visionllm.models.common.checkpoint import load_renamed
 
+BACKBONE_NAMES = (("backbone.", "backbone."),)
+"""A v1 checkpoint's weight names -> the convolutional encoder's (`vision.init_backbone`)."""
+
 
 @dataclass
 class VisionConfig:
@@ -159,10 +162,6 @@ class ConvolutionalEncoder(nn.Module):
             CheckpointError: no readable model.safetensors in `folder`, or nothing in it fits.
         """
         return load_renamed(self, folder, BACKBONE_NAMES, "vision.init_backbone")
-
-
-BACKBONE_NAMES = (("backbone.", "backbone."),)
-"""A v1 checkpoint's weight names -> the convolutional encoder's."""
 
 
 class Bridge(nn.Module):
