@@ -65,6 +65,14 @@ def micro_keypoints() -> KeypointDecoderConfig:
     return KeypointDecoderConfig(decoder_layers=2, num_heads=2, ffn_dim=64, max_instances=4)
 
 
+MICRO_IMAGE_DECODER = {
+    "image_size": 16, "latent": False, "width": 16, "mapper_layers": 1, "mapper_heads": 2,
+    "unet": {"block_out_channels": [8, 16], "attention_levels": [False, True], "layers_per_block": 1,
+             "attention_head_dim": 8, "norm_num_groups": 4},
+    "beta_schedule": "squaredcos_cap_v2", "steps": 3, "guidance": 2.0, "image_guidance": 1.5,
+}  # fmt: skip
+"""A generation or editing decoder at toy size: 16 px pixel-space diffusion."""
+
 MICRO_V2 = {
     "model_type": "visionllm-v2",
     "vision": {"image_size": 64, "patch_size": 8, "hidden_size": 32, "num_layers": 4, "num_heads": 2,
@@ -76,6 +84,9 @@ MICRO_V2 = {
                 "image_size": 64, "d_model": 32, "num_queries": 10, "encoder_layers": 1, "decoder_layers": 2,
                 "num_heads": 2, "ffn_dim": 64, "fusion_heads": 2},
     "keypoints": {"decoder_layers": 1, "num_heads": 2, "ffn_dim": 64, "max_instances": 4},
+    "link": {"routes": ["[DET]", "[GRD]", "[SEG]", "[POSE]", "[GEN]", "[EDIT]"]},
+    "generation": MICRO_IMAGE_DECODER,
+    "editing": MICRO_IMAGE_DECODER,
     "max_new_tokens": 12,
 }  # fmt: skip
 

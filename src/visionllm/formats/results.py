@@ -142,6 +142,43 @@ class Detections:
         return out
 
 
+@dataclass(frozen=True, eq=False)
+class GeneratedImage:
+    """An image the model made (text-to-image) or edited.
+
+    Attributes:
+        pixels: (H, W, 3) uint8 RGB.
+        prompt: what it was asked to show (the description, or the edit instruction).
+        seed: the seed of its starting noise (the same seed, prompt and model give the same image).
+    """
+
+    pixels: np.ndarray
+    prompt: str
+    seed: int
+
+    def __post_init__(self) -> None:
+        if self.pixels.dtype != np.uint8 or self.pixels.ndim != 3 or self.pixels.shape[2] != 3:
+            raise ValueError(f"pixels must be (H, W, 3) uint8, not {self.pixels.shape} {self.pixels.dtype}")
+
+    def png(self) -> bytes:
+        """The image as PNG bytes."""
+        from io import BytesIO
+
+        from PIL import Image
+
+        out = BytesIO()
+        Image.fromarray(self.pixels).save(out, format="PNG")
+        return out.getvalue()
+
+    def to_json(self) -> dict[str, Any]:
+        """The image as a PNG data URL, with its prompt, seed and size."""
+        import base64
+
+        height, width = self.pixels.shape[:2]
+        url = "data:image/png;base64," + base64.b64encode(self.png()).decode("ascii")
+        return {"image": url, "prompt": self.prompt, "seed": self.seed, "width": width, "height": height}
+
+
 @dataclass(frozen=True)
 class TextAnswer:
     """A free-text answer (caption, VQA answer, chat reply).
@@ -150,15 +187,19 @@ class TextAnswer:
         text: the answer.
         routed: for a v2 reply that wrote routing tokens, what their decoders found, by routing token ("[DET]",
             "[SEG]", "[GRD]", "[POSE]").
+        images: the images its [GEN] and [EDIT] calls made, in the reply's order.
     """
 
     text: str
     routed: dict[str, Detections] = field(default_factory=dict)
+    images: tuple[GeneratedImage, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"text": self.text}
         if self.routed:
             out["routed"] = {route: found.to_json() for route, found in self.routed.items()}
+        if self.images:
+            out["images"] = [image.to_json() for image in self.images]
         return out
 
 
@@ -183,7 +224,7 @@ class SegmentationMap:
         return {"class_names": list(self.class_names), "masks_rle": masks}
 
 
-Prediction = Detections | TextAnswer | SegmentationMap
+Prediction = Detections | TextAnswer | SegmentationMap | GeneratedImage
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ Templates are data. Placeholders: {classes} the class binding ({"red circle": <c
 {range} the coordinate range R, {tuple} the output tuple in words (it carries the point count),
 {points} the number of boundary points, {question}, {expression} (a referring expression),
 {keypoint_names}, {regions} (v2 region prompts such as "region1 <region>"), {description}
-(text-to-image) and {edit} (an editing request). `<image>` appears exactly once in each template.
+(text-to-image) and {edit} (an editing request). `<image>` appears exactly once in each template of a task
+that reads an image, and in none of text-to-image's.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class TaskSpec:
         version: 1 for tasks v1 answers, 2 for tasks that need v2's parts.
         routed: the same request for a model that answers through routing tokens and decoders (v2): no codec
             words, {classes} a plain list; empty where `templates` already read so.
+        reads_image: whether a request shows an input image (`<image>` once); text-to-image's show none.
         answered: False for a task the table words but no model answers yet (it is left out of
             `tasks_of_version`, so the CLI, the server and the evaluation do not offer it).
     """
@@ -44,6 +46,7 @@ class TaskSpec:
     fields: tuple[str, ...] = ()
     version: int = 1
     routed: tuple[str, ...] = ()
+    reads_image: bool = True
     answered: bool = True
 
     @property
@@ -244,16 +247,16 @@ _GROUNDED_CAPTION = (
 )
 
 _GENERATION = (
-    "USER: Please generate an image of {description}. ASSISTANT: <image>",
-    "Draw {description}. <image>",
-    "Create a picture showing {description}: <image>",
-    "Generate an image: {description}. <image>",
-    "Can you make an image of {description}? <image>",
-    "Please paint {description}. <image>",
-    "Render {description} as an image. <image>",
-    "I would like an image with {description}. <image>",
-    "Make a picture of {description}. <image>",
-    "Produce an image that shows {description}. <image>",
+    "Please generate an image of {description}.",
+    "Draw {description}.",
+    "Create a picture showing {description}.",
+    "Generate an image: {description}.",
+    "Can you make an image of {description}?",
+    "Please paint {description}.",
+    "Render {description} as an image.",
+    "I would like an image with {description}.",
+    "Make a picture of {description}.",
+    "Produce an image that shows {description}.",
 )
 
 _EDITING = (
@@ -321,8 +324,8 @@ TASK_TABLE: dict[Task, TaskSpec] = {
         TaskSpec(Task.INTERACTIVE_SEGMENTATION, OutputKind.MASKS, _INTERACTIVE_SEGMENTATION, ("regions",), version=2),
         TaskSpec(Task.SEMANTIC_SEGMENTATION, OutputKind.MASKS, _SEMANTIC_SEGMENTATION, ("classes",), version=2),
         TaskSpec(Task.GROUNDED_CAPTION, OutputKind.TEXT, _GROUNDED_CAPTION, version=2, answered=False),
-        TaskSpec(Task.GENERATION, OutputKind.IMAGE, _GENERATION, ("description",), version=2, answered=False),
-        TaskSpec(Task.EDITING, OutputKind.IMAGE, _EDITING, ("edit",), version=2, answered=False),
+        TaskSpec(Task.GENERATION, OutputKind.IMAGE, _GENERATION, ("description",), version=2, reads_image=False),
+        TaskSpec(Task.EDITING, OutputKind.IMAGE, _EDITING, ("edit",), version=2),
     )
 }
 
@@ -379,8 +382,9 @@ def _filled(template: str, values: dict[str, object], what: str) -> str:
     if missing:
         raise CodecError(f"{what} needs {', '.join(missing)}")
     text = template.format(**values)
-    if text.count(IMAGE) != 1:
-        raise CodecError(f"the fields of {what.split(' ', 1)[1]} must not contain {IMAGE}: the template places it once")
+    if text.count(IMAGE) != template.count(IMAGE):
+        placed = "places it once" if IMAGE in template else "shows no image"
+        raise CodecError(f"the fields of {what.split(' ', 1)[1]} must not contain {IMAGE}: the template {placed}")
     return text
 
 

@@ -15,6 +15,8 @@
       regions/regions_{split}.json              visual prompts (point, box, scribble, mask) with text
       generation/prompts_{split}.json           text-to-image prompts (the image is the target)
       editing/edits_{split}.json, editing/{split}/{image_id:012d}.png   editing triplets
+      drawings/...                              one or two large shapes with a prompt and an edit each
+                                                (`drawings`): what the generation and editing decoders learn
 
 Every image is a function of (seed, split, index) alone, so any subset can be regenerated and
 the output does not depend on how many images were asked for.
@@ -37,6 +39,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from visionllm.data.shapes import language as lang
+from visionllm.data.shapes.drawings import write_drawings
 from visionllm.data.shapes.scene import (
     CATEGORIES,
     COLORS,
@@ -403,6 +406,7 @@ def generate_shapesworld(
             for ann_id, sentences in record.refs:
                 refs.append(_ref_entry(len(refs), ann_id, record, sentences, split))
         counts[split] = writer.finish(seed, config)
+        counts[split]["drawings"] = write_drawings(layout.root, split, count, seed, config, progress)
     _write_json(
         layout.ref_instances,
         {"info": _info(seed), "images": ref_images, "annotations": ref_annotations, "categories": categories()},

@@ -15,6 +15,7 @@ from typing import Any
 
 from visionllm.config import ConfigError, LLMConfig, build
 from visionllm.formats.tokens import CodecConfig
+from visionllm.models.v2.image_decoder import ImageDecoderConfig
 from visionllm.models.v2.keypoint_decoder import KeypointDecoderConfig
 from visionllm.models.v2.object_decoder import ObjectDecoderConfig
 from visionllm.models.v2.patch_labels import PatchLabelConfig
@@ -64,6 +65,8 @@ class VisionLLMv2Config:
         link: the super links.
         objects: the object decoder ([DET] [GRD] [SEG]); None: a chat model without it.
         keypoints: the keypoint decoder ([POSE]; it reads the object decoder's instances); None: without it.
+        generation: the text-to-image decoder ([GEN]); None: without it.
+        editing: the instruction-editing decoder ([EDIT]); None: without it.
         patch_labels: a training aid for an encoder learned from scratch (`patch_labels` module); None: without.
         decoder_loss_weight: weight of the decoders' losses beside the text loss.
         max_new_tokens: longest generated reply.
@@ -77,6 +80,8 @@ class VisionLLMv2Config:
     link: SuperLinkConfig = field(default_factory=SuperLinkConfig)
     objects: ObjectDecoderConfig | None = field(default_factory=ObjectDecoderConfig)
     keypoints: KeypointDecoderConfig | None = field(default_factory=KeypointDecoderConfig)
+    generation: ImageDecoderConfig | None = None
+    editing: ImageDecoderConfig | None = None
     patch_labels: PatchLabelConfig | None = None
     decoder_loss_weight: float = 1.0
     max_new_tokens: int = 256
@@ -90,6 +95,11 @@ class VisionLLMv2Config:
             raise ConfigError("max_new_tokens and max_prompt_tokens must be at least 1")
         if self.keypoints is not None and self.objects is None:
             raise ConfigError("keypoints: the keypoint decoder reads the object decoder's instances; set objects too")
+        for route, decoder in (("[GEN]", "generation"), ("[EDIT]", "editing")):
+            if (getattr(self, decoder) is not None) != (route in self.link.routes):
+                raise ConfigError(
+                    f"{decoder}: a model with the {decoder} decoder routes {route} (link.routes), and only such a model"
+                )
 
     @property
     def image_size(self) -> int:

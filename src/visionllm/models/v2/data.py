@@ -13,7 +13,9 @@ Example i of a stream is a function of (seed, i) alone, as for v1. Every task is
 - grounding: an expression answered "<expression> [GRD]", the referred object the target;
 - keypoints: "person [DET] nose [POSE], left eye [POSE], ..." over a random subset of the skeleton's points (any
   skeleton is its names: people's 17 points, and stars' 5 tips where the dataset has them), the objects and their
-  points the targets.
+  points the targets;
+- generation: a drawing's prompt in a request that shows no image, answered "[GEN]", the drawing the target;
+- editing: a drawing and its edit instruction, answered "[EDIT]", the edited drawing the target.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 
 from visionllm.data.sample import ObjectAnnotation, Sample
+from visionllm.data.shapes.drawings import Drawing, load_drawings
 from visionllm.data.shapes.language import ObjectFacts, region_description
 from visionllm.data.shapes.load import load_split, load_star_keypoints
 from visionllm.data.shapes.scene import SHAPES
@@ -52,8 +55,13 @@ V2_TRAINING_TASKS = (
     Task.SEMANTIC_SEGMENTATION,
     Task.GROUNDING,
     Task.KEYPOINTS,
+    Task.GENERATION,
+    Task.EDITING,
 )
 """The tasks a v2 stream trains (ShapesWorld has data for each)."""
+
+IMAGE_TASKS = (Task.GENERATION, Task.EDITING)
+"""The tasks whose samples are ShapesWorld's drawings (`drawings`)."""
 
 SEMANTIC_CLASSES = (*SHAPES, "person")
 REGION = "region1 <region>"
@@ -152,6 +160,12 @@ class ChatMixture(torch.utils.data.Dataset):
             return read[kind]
 
         for task in self.tasks:
+            if task in IMAGE_TASKS:
+                decoder = processor.config.generation if task is Task.GENERATION else processor.config.editing
+                if decoder is None:
+                    raise ValueError(f"the mix trains {task.value} but the model has no {task.value} decoder")
+                self.samples[task] = load_drawings(root, split)
+                continue
             loaded = loaded_as(_LOADED_AS.get(task, task))
             if task is Task.KEYPOINTS:  # people and, where the dataset has them, stars: two skeletons
                 loaded = loaded + load_star_keypoints(root, split)
@@ -178,7 +192,7 @@ class ChatMixture(torch.utils.data.Dataset):
             task = rng.choices(self.tasks, self.weights)[0]
         sample = rng.choice(self.samples[task])
         example = self.example(task, sample, rng)
-        if self.scenes is not None:
+        if self.scenes is not None and task not in IMAGE_TASKS:
             example.patches = self.patches(sample, example.image.size_wh)
         return example
 
@@ -189,8 +203,10 @@ class ChatMixture(torch.utils.data.Dataset):
         config, grid = self.processor.config.patch_labels, self.processor.config.vision.grid
         return patch_targets(config, [(o, object_mask(o, size_wh)) for o in objects], size_wh, grid)
 
-    def example(self, task: Task, sample: Sample, rng: random.Random) -> ChatExample:
+    def example(self, task: Task, sample: Sample | Drawing, rng: random.Random) -> ChatExample:
         """The training conversation of a task for one sample."""
+        if task in IMAGE_TASKS:
+            return self.drawing(task, sample, rng)
         image = self.processor.image(sample.image_path)
         size = image.size_wh
 
@@ -263,3 +279,18 @@ class ChatMixture(torch.utils.data.Dataset):
         targets = object_targets(chosen, [index[class_phrase(o, level)] for o in chosen], size)
         request = build_request(task, classes=classes, template=rng)
         return asked(request, detection_answer(classes, ROUTE[task]), Targets(targets))
+
+    def drawing(self, task: Task, drawing: Drawing, rng: random.Random) -> ChatExample:
+        """A text-to-image request (no image shown) or an edit of a drawing, its target image at the decoder's
+        size."""
+        p = self.processor
+        config = p.config.generation if task is Task.GENERATION else p.config.editing
+        assert config is not None
+        if task is Task.GENERATION:
+            target = p.decoder_pixels(p.image(drawing.image_path).pixels[None], config.image_size)[0]
+            request = build_request(task, description=drawing.prompt, template=rng)
+            return ChatExample(None, (Turn("user", request), Turn("assistant", ROUTE[task])), (), Targets(image=target))
+        target = p.decoder_pixels(p.image(drawing.edit.image_path).pixels[None], config.image_size)[0]
+        request = build_request(task, edit=drawing.edit.instruction, template=rng)
+        turns = (Turn("user", request), Turn("assistant", ROUTE[task]))
+        return ChatExample(p.image(drawing.image_path), turns, (), Targets(image=target))

@@ -23,7 +23,7 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from visionllm.config import ConfigError
 from visionllm.formats.keypoints import COCO_KEYPOINT_NAMES
-from visionllm.formats.results import Decoded, Detections, SegmentationMap, TextAnswer
+from visionllm.formats.results import Decoded, Detections, GeneratedImage, SegmentationMap, TextAnswer
 from visionllm.formats.task_table import Instruction, build_instruction, tasks_of_version
 from visionllm.formats.tasks import Task
 from visionllm.models.common.checkpoint import (
@@ -54,10 +54,19 @@ from visionllm.models.common.sequence import (
 from visionllm.models.v2.chat import Turn, build_chat
 from visionllm.models.v2.config import VisionLLMv2Config
 from visionllm.models.v2.heads import phrase_separation
+from visionllm.models.v2.image_decoder import ImageDecoder
 from visionllm.models.v2.keypoint_decoder import KeypointDecoder
 from visionllm.models.v2.object_decoder import ObjectDecoder, ObjectOutput, ObjectTargets
 from visionllm.models.v2.patch_labels import PatchLabelHead
-from visionllm.models.v2.perception import Plan, detections, keypoint_detections, plan, prompted, semantic_map
+from visionllm.models.v2.perception import (
+    ROUTE,
+    Plan,
+    detections,
+    keypoint_detections,
+    plan,
+    prompted,
+    semantic_map,
+)
 from visionllm.models.v2.regions import RegionEncoder, RegionPrompt, prompt_mask
 from visionllm.models.v2.superlink import QUERY, REGION, ROUTES, V2_TOKENS, RouteCall, SuperLink
 from visionllm.models.v2.vision import Bridge, VisionEncoder
@@ -81,29 +90,33 @@ class Targets:
             answer order. None: no decoder loss for this conversation.
         keypoints: (T, K, 3) for each object of `objects`, its points (x, y in [0, 1], visibility) in the order of
             the conversation's [POSE] calls; None without a keypoint loss.
+        image: (3, S, S) in [-1, 1] at the image decoders' size: what its [GEN] or [EDIT] call should make (an
+            edit's source is the conversation's image); None without an image loss.
     """
 
     objects: ObjectTargets | None = None
     keypoints: Tensor | None = None
+    image: Tensor | None = None
 
     def to(self, device: torch.device | str) -> Targets:
         objects = self.objects.to(device) if self.objects is not None else None
-        return Targets(objects, self.keypoints.to(device) if self.keypoints is not None else None)
+        moved = [t.to(device) if t is not None else None for t in (self.keypoints, self.image)]
+        return Targets(objects, *moved)
 
 
 @dataclass
 class ChatExample:
-    """One conversation about one image.
+    """One conversation about one image, or about none (text-to-image).
 
     Attributes:
-        image: the preprocessed image.
+        image: the preprocessed image; None: the conversation shows none.
         turns: user and assistant turns, alternating from the user; `<image>` once, `<region>` per region.
         regions: the visual prompts, in the order of the `<region>` placeholders.
         targets: what its routed calls should produce, for training.
         patches: what covers each patch of the image (`patch_labels.patch_targets`), for training; None: unknown.
     """
 
-    image: ImageInput
+    image: ImageInput | None
     turns: tuple[Turn, ...]
     regions: tuple[RegionPrompt, ...] = ()
     targets: Targets | None = None
@@ -121,12 +134,14 @@ class Reply:
         names: for each call, the words the reply wrote before it (its category or point name: "red circle").
         results: what the decoders made of the calls, by routing token (`chat` fills it): "[DET]" boxes,
             "[SEG]" boxes with masks, "[GRD]" the best box, "[POSE]" instances with their keypoints.
+        images: the images its [GEN] and [EDIT] calls made, in order (`chat` fills it).
     """
 
     text: str
     calls: list[tuple[str, Tensor]]
     names: list[str] = field(default_factory=list)
     results: dict[str, Detections] = field(default_factory=dict)
+    images: list[GeneratedImage] = field(default_factory=list)
 
 
 @dataclass
@@ -134,7 +149,7 @@ class ChatBatch:
     """Model inputs for B conversations (right-padded).
 
     Attributes:
-        pixel_values: (B, 3, S, S).
+        pixel_values: (B, 3, S, S); zeros for a conversation that shows no image.
         input_ids, kinds, groups, slot_offsets, labels: (B, L) the sequence layout (`common.sequence`).
         region_masks: (R, S, S) every region's mask at the model's image size, by conversation then order.
         region_image: (R,) the conversation each region belongs to.
@@ -197,6 +212,14 @@ class VisionLLMv2Processor:
             image = Image.fromarray(image)
         return normalise_image(image, self.config.vision.image_size, self.mean, self.std)
 
+    def decoder_pixels(self, pixel_values: Tensor, side: int) -> Tensor:
+        """(B, 3, S, S) normalised pixels -> (B, 3, side, side) in [-1, 1], as the image decoders read and make
+        them (an edit's source, and every target image, pass here: the same resampling for both)."""
+        unit = pixel_values * self.std.to(pixel_values.device) + self.mean.to(pixel_values.device)
+        if unit.shape[-1] != side:
+            unit = F.interpolate(unit, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+        return (unit * 2 - 1).clamp(-1, 1)
+
     def region_mask(self, prompt: RegionPrompt, size_wh: tuple[int, int]) -> Tensor:
         """The prompt's mask at the model's image size (S, S), from the image as the user sees it (`size_wh`)."""
         side = self.config.vision.image_size
@@ -207,11 +230,15 @@ class VisionLLMv2Processor:
             resized[int(ys.mean() * side / size_wh[1]), int(xs.mean() * side / size_wh[0])] = True
         return resized
 
-    def sequence(self, turns: Sequence[Turn], link: SuperLink | None) -> Segments:
-        """The conversation's layout with its `<image>` expanded into the image's tokens."""
+    def sequence(self, turns: Sequence[Turn], link: SuperLink | None, image: bool = True) -> Segments:
+        """The conversation's layout with its `<image>` expanded into the image's tokens (`image`: whether it
+        shows one; a text-to-image request shows none)."""
         row = build_chat(self.tokenizer, turns, link)
-        if row.ids.count(self.image_id) != 1:
-            raise ProcessorError(f"a v2 conversation shows its image once ({IMAGE} in a user turn)")
+        if row.ids.count(self.image_id) != int(image):
+            shown = f"shows its image once ({IMAGE} in a user turn)" if image else f"without an image has no {IMAGE}"
+            raise ProcessorError(f"a v2 conversation {shown}")
+        if not image:
+            return row
         at = row.ids.index(self.image_id)
         out = Segments()
         for key in ("ids", "kinds", "groups", "offsets", "labels"):
@@ -225,7 +252,9 @@ class VisionLLMv2Processor:
         conversation ends at the last position."""
         rows, masks, owners = [], [], []
         for b, example in enumerate(examples):
-            row = self.sequence(example.turns, link)
+            row = self.sequence(example.turns, link, image=example.image is not None)
+            if example.regions and example.image is None:
+                raise ProcessorError(f"conversation {b} has visual prompts but no image for them to mark")
             if row.ids.count(self.region_id) != len(example.regions):
                 raise ProcessorError(
                     f"conversation {b} has {row.ids.count(self.region_id)} {REGION} placeholders but "
@@ -236,8 +265,9 @@ class VisionLLMv2Processor:
             owners += [b] * len(example.regions)
         size = self.config.vision.image_size
         padded = pad_segments(rows, self.tokenizer.pad_token_id, side)
+        blank = torch.zeros(3, size, size)
         return ChatBatch(
-            pixel_values=torch.stack([e.image.pixels for e in examples]),
+            pixel_values=torch.stack([e.image.pixels if e.image is not None else blank for e in examples]),
             region_masks=torch.stack(masks).float() if masks else torch.zeros(0, size, size),
             region_image=torch.tensor(owners, dtype=torch.long),
             targets=[example.targets for example in examples],
@@ -269,11 +299,13 @@ class VisionLLMv2(nn.Module, TaskHelpers):
         "link",
         "object_decoder",
         "keypoint_decoder",
+        "generation_decoder",
+        "editing_decoder",
         "patch_labels",
     )
     """The parts a training stage may keep fixed (`train.freeze`): stage 3 freezes the chat model."""
 
-    VISUAL_PARTS = ("vision", "object_decoder")
+    VISUAL_PARTS = ("vision", "object_decoder", "generation_decoder", "editing_decoder")
     """Top-level modules that train at `optim.visual_lr_scale` times the learning rate."""
 
     config_class = VisionLLMv2Config
@@ -302,7 +334,13 @@ class VisionLLMv2(nn.Module, TaskHelpers):
             if config.keypoints and self.object_decoder is not None
             else None
         )
+        self.generation_decoder = (
+            ImageDecoder(config.generation, width, False, load_weights) if config.generation else None
+        )
+        self.editing_decoder = ImageDecoder(config.editing, width, True, load_weights) if config.editing else None
         self.patch_labels = PatchLabelHead(config.patch_labels, self.vision.width) if config.patch_labels else None
+        missing = {Task.GENERATION: self.generation_decoder, Task.EDITING: self.editing_decoder}
+        self.TASKS = tuple(t for t in self.TASKS if missing.get(t, True) is not None)
 
     def freeze(self, groups: Sequence[str]) -> None:
         """Keep these parts fixed (`FREEZE_GROUPS`).
@@ -333,7 +371,15 @@ class VisionLLMv2(nn.Module, TaskHelpers):
         tokens, levels = seen if seen is not None else self.vision(batch.pixel_values)
         embeds = self.llm.embed_ids(batch.input_ids)
         image_tokens = self.bridge(tokens.to(self.bridge.mlp[0].weight.dtype))
-        embeds = self.llm.fill_placeholders(embeds, batch.input_ids, self.processor.image_id, image_tokens)
+        shown = (batch.input_ids == self.processor.image_id).any(1)
+        if shown.all():
+            embeds = self.llm.fill_placeholders(embeds, batch.input_ids, self.processor.image_id, image_tokens)
+        elif shown.any():  # text-to-image conversations in the batch show no image
+            rows = shown.nonzero().flatten()
+            filled = self.llm.fill_placeholders(
+                embeds[rows], batch.input_ids[rows], self.processor.image_id, image_tokens[rows]
+            )
+            embeds = embeds.index_copy(0, rows, filled)
         at = (batch.input_ids == self.processor.region_id).nonzero()  # row-major: by conversation, then order
         if len(at) != len(batch.region_masks):
             raise PlaceholderMismatch(f"{len(at)} {REGION} placeholders but {len(batch.region_masks)} regions")
@@ -360,6 +406,7 @@ class VisionLLMv2(nn.Module, TaskHelpers):
         losses = {"text": text}
         if self.object_decoder is not None and any(t is not None for t in batch.targets):
             losses.update(self.decoder_losses(batch, hidden))
+        losses.update(self.image_losses(batch, hidden))
         total = text + self.config.decoder_loss_weight * sum(v for k, v in losses.items() if k != "text")
         if self.patch_labels is not None and batch.patches is not None and self.patch_labels.config.weight > 0:
             losses["patches"] = self.patch_labels.loss(seen[0], batch.patches)
@@ -427,6 +474,37 @@ class VisionLLMv2(nn.Module, TaskHelpers):
             annotated = chosen[i].keypoints[j]
             wanted[k, : len(annotated)] = annotated
         return losses | {"keypoints": self.keypoint_decoder.loss(points, wanted)}
+
+    def image_losses(self, batch: ChatBatch, hidden: Tensor) -> dict[str, Tensor]:
+        """The generation and editing decoders' denoising losses ("generation", "editing") on the conversations
+        whose [GEN] or [EDIT] call has a target image (an edit's source: the conversation's own image)."""
+        decoders = (("[GEN]", "generation", self.generation_decoder), ("[EDIT]", "editing", self.editing_decoder))
+        if all(decoder is None for _, _, decoder in decoders):
+            return {}
+        calls = self.link.conditions(hidden, batch.input_ids)
+        losses = {}
+        for route, name, decoder in decoders:
+            if decoder is None:
+                continue
+            chosen = [
+                (call.sample, states)
+                for call, states in calls
+                if call.route == route and (t := batch.targets[call.sample]) is not None and t.image is not None
+            ]
+            if not chosen:
+                losses[name] = hidden.sum() * 0
+                continue
+            states = torch.stack([s for _, s in chosen])
+            wanted = torch.stack([batch.targets[b].image for b, _ in chosen])
+            sources = (
+                self.decoder_pixels(batch.pixel_values[[b for b, _ in chosen]], decoder) if decoder.editing else None
+            )
+            losses[name] = decoder.loss(states, wanted, sources)
+        return losses
+
+    def decoder_pixels(self, pixel_values: Tensor, decoder: ImageDecoder) -> Tensor:
+        """The chat model's pixels as an image decoder reads them (`VisionLLMv2Processor.decoder_pixels`)."""
+        return self.processor.decoder_pixels(pixel_values, decoder.config.image_size)
 
     def _phrase_separation(self, batch: ChatBatch, conditions: list[tuple[RouteCall, Tensor]]) -> Tensor:
         """`heads.phrase_separation` over the batch's object calls (`conditions`: every call with its query states)
@@ -534,11 +612,16 @@ class VisionLLMv2(nn.Module, TaskHelpers):
         keypoint_names: Sequence[str] = COCO_KEYPOINT_NAMES,
         history: Sequence[Sequence[Turn | dict]] | None = None,
         on_text: Callable[[int, str], None] | None = None,
+        seed: int = 0,
+        steps: int | None = None,
+        guidance: float | None = None,
+        image_guidance: float | None = None,
+        progress: bool = False,
     ) -> list[Decoded]:
         """Answer a batch of (image, request) pairs; tasks may be mixed freely.
 
         Args:
-            images: PIL images, uint8 arrays or paths.
+            images: PIL images, uint8 arrays or paths; None for a request that shows no image (text-to-image).
             instructions: `Instruction`s (`build_instruction`: the task and its classes, expression or question),
                 or free text (a chat turn about the image).
             min_score: detections with a lower probability are left out.
@@ -551,11 +634,16 @@ class VisionLLMv2(nn.Module, TaskHelpers):
                 first user turn when no turn places it.
             on_text: called as `on_text(i, text)` with pair i's whole text answer once it is generated (the
                 server's streaming interface; v2 does not stream token by token yet).
+            seed: the starting noise of every image made (each pair's own: the same seed gives a request the same
+                image, batched or alone).
+            steps, guidance, image_guidance: the image decoders' sampling (their configs' defaults where None).
+            progress: a progress bar over the denoising steps.
 
         Returns:
             One `Decoded` per pair: `Detections` (detection, instance / interactive segmentation with masks,
-            grounding best first, keypoints), a `SegmentationMap` (semantic segmentation) or a `TextAnswer`
-            (with what the decoders found for each routing token a chat reply wrote).
+            grounding best first, keypoints), a `SegmentationMap` (semantic segmentation), a `GeneratedImage`
+            (generation, editing) or a `TextAnswer` (with what the decoders found or made for each routing token a
+            chat reply wrote).
 
         Raises:
             ProcessorError: a task this model does not answer, or a conversation it cannot take.
@@ -572,8 +660,13 @@ class VisionLLMv2(nn.Module, TaskHelpers):
             self._plan(instruction, keypoint_names, before)
             for instruction, before in zip(instructions, earlier, strict=True)
         ]
-        earlier = [_placed(before, p.request) for before, p in zip(earlier, plans, strict=True)]
-        inputs = [self.processor.image(image) for image in images]
+        earlier = [
+            _placed(before, p.request) if image is not None else before
+            for before, p, image in zip(earlier, plans, images, strict=True)
+        ]
+        inputs = [self.processor.image(image) if image is not None else None for image in images]
+        sampling = {"seed": seed, "steps": steps, "guidance": guidance, "image_guidance": image_guidance}
+        sampling["progress"] = progress
         results: list[Decoded | None] = [None] * len(images)
         was_training = self.training
         self.eval()
@@ -587,13 +680,19 @@ class VisionLLMv2(nn.Module, TaskHelpers):
                 replies = self.generate(batch)
                 for k, (i, reply) in enumerate(zip(chat, replies, strict=True)):
                     routed = {}
-                    if self.object_decoder is not None and reply.calls:
-                        pixels = batch.pixel_values[k : k + 1]
+                    pixels = batch.pixel_values[k : k + 1]
+                    if self.object_decoder is not None and reply.calls and inputs[i] is not None:
                         routed = self._decode_reply(pixels, inputs[i].size_wh, reply, min_score)
-                    results[i] = Decoded(TextAnswer(reply.text, routed))
+                    made = self._imagine_reply(pixels, inputs[i], reply, plans[i].request, **sampling)
+                    results[i] = Decoded(TextAnswer(reply.text, routed, tuple(made)))
                     if on_text is not None:
                         on_text(i, reply.text)
-            perceived = [i for i, p in enumerate(plans) if p.answer is not None]
+            imagined = [i for i, p in enumerate(plans) if p.task in (Task.GENERATION, Task.EDITING)]
+            if imagined:
+                made = self._imagine(inputs, plans, imagined, earlier, **sampling)
+                for i, image in zip(imagined, made, strict=True):
+                    results[i] = Decoded(image)
+            perceived = [i for i, p in enumerate(plans) if p.answer is not None and i not in imagined]
             if perceived:
                 found = self._perceive(inputs, plans, prompts, perceived, min_score, earlier)
                 for i, result in zip(perceived, found, strict=True):
@@ -637,13 +736,16 @@ class VisionLLMv2(nn.Module, TaskHelpers):
         """
         earlier = _turns(history)
         planned = self._plan(instruction, COCO_KEYPOINT_NAMES, earlier)
-        turns = (*_placed(earlier, planned.request), Turn("user", planned.request))
+        shown = planned.task is not Task.GENERATION
+        turns = (*(_placed(earlier, planned.request) if shown else earlier), Turn("user", planned.request))
         try:
             row = build_chat(self.processor.tokenizer, turns, self.link)
         except ValueError as error:
             raise ProcessorError(str(error)) from None
-        if row.ids.count(self.processor.image_id) != 1:
-            raise ProcessorError(f"a v2 conversation shows its image once ({IMAGE} in one user turn)")
+        if row.ids.count(self.processor.image_id) != int(shown):
+            if shown:
+                raise ProcessorError(f"a v2 conversation shows its image once ({IMAGE} in one user turn)")
+            raise ProcessorError(f"a text-to-image conversation shows no image: leave {IMAGE} out")
         placed = row.ids.count(self.processor.region_id)
         if placed != regions:
             raise ProcessorError(f"the conversation has {placed} {REGION} placeholders but {regions} regions")
@@ -654,7 +756,8 @@ class VisionLLMv2(nn.Module, TaskHelpers):
                 "shorten it or drop earlier turns"
             )
         answer = len(self.processor.tokenizer(planned.answer).input_ids) if planned.answer else 0
-        return len(row.ids) - 1 + self.processor.num_image_tokens + max(answer, self.config.max_new_tokens)
+        image_tokens = self.processor.num_image_tokens if shown else 0
+        return len(row.ids) - 1 + image_tokens + max(answer, self.config.max_new_tokens)
 
     def _perceive(
         self,
@@ -700,6 +803,94 @@ class VisionLLMv2(nn.Module, TaskHelpers):
                     )
                 out.append(detections(found, names))
         return out
+
+    def _image_decoder(self, route: str) -> ImageDecoder:
+        decoder = self.generation_decoder if route == "[GEN]" else self.editing_decoder
+        if decoder is None:
+            kind = "generation" if route == "[GEN]" else "editing"
+            raise ProcessorError(f"this v2 model has no {kind} decoder: it does not answer {route} requests")
+        return decoder
+
+    def _images(
+        self,
+        route: str,
+        states: Tensor,
+        sources: Sequence[ImageInput | None],
+        pixel_values: Tensor,
+        prompts: Sequence[str],
+        seed: int,
+        steps: int | None,
+        guidance: float | None,
+        image_guidance: float | None,
+        progress: bool,
+    ) -> list[GeneratedImage]:
+        """The images of B calls of one route (states (B, Q, D)); an edit is returned at its source's size."""
+        decoder = self._image_decoder(route)
+        if decoder.editing and any(source is None for source in sources):
+            raise ProcessorError("an edit needs the image to edit: send one with the instruction")
+        made = decoder.sample(
+            states,
+            [seed] * len(states),
+            self.decoder_pixels(pixel_values, decoder) if decoder.editing else None,
+            steps,
+            guidance,
+            image_guidance,
+            progress,
+        )
+        pixels = ((made + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        out = []
+        for image, source, prompt in zip(pixels, sources, prompts, strict=True):
+            if decoder.editing and source is not None and image.shape[1::-1] != source.size_wh:
+                image = np.asarray(Image.fromarray(image).resize(source.size_wh, Image.BICUBIC))
+            out.append(GeneratedImage(np.ascontiguousarray(image), prompt, seed))
+        return out
+
+    def _imagine(
+        self,
+        inputs: Sequence[ImageInput | None],
+        plans: Sequence[Plan],
+        chosen: Sequence[int],
+        earlier: Sequence[Sequence[Turn]],
+        **sampling: Any,
+    ) -> list[GeneratedImage]:
+        """The generation and editing pairs `chosen`: their routed answers read in one pass, then each route's
+        decoder over its calls at once."""
+        examples = [
+            ChatExample(inputs[i], (*earlier[i], Turn("user", plans[i].request), Turn("assistant", plans[i].answer)))
+            for i in chosen
+        ]
+        batch = self.processor.collate(examples, self.link).to(self.device)
+        last = {
+            call.sample: (call, states)
+            for call, states in self.link.conditions(self.hidden_states(batch), batch.input_ids)
+        }
+        out: dict[int, GeneratedImage] = {}
+        for route in ("[GEN]", "[EDIT]"):
+            rows = [b for b, i in enumerate(chosen) if ROUTE[plans[i].task] == route]
+            if not rows:
+                continue
+            states = torch.stack([last[b][1] for b in rows])
+            made = self._images(
+                route,
+                states,
+                [inputs[chosen[b]] for b in rows],
+                batch.pixel_values[rows],
+                [plans[chosen[b]].request for b in rows],
+                **sampling,
+            )
+            out.update(zip(rows, made, strict=True))
+        return [out[b] for b in range(len(chosen))]
+
+    def _imagine_reply(
+        self, pixel_values: Tensor, image: ImageInput | None, reply: Reply, request: str, **sampling: Any
+    ) -> list[GeneratedImage]:
+        """The images a reply's [GEN] and [EDIT] calls make, in order (an edit of the conversation's image);
+        `request`: the user turn they answer."""
+        made = []
+        for route, states in reply.calls:
+            if ROUTES[route] == "generation":
+                made += self._images(route, states[None], [image], pixel_values, [request], **sampling)
+        return made
 
     def _keypoints(
         self,
@@ -748,39 +939,94 @@ class VisionLLMv2(nn.Module, TaskHelpers):
         instruction = build_instruction(Task.REGION_CAPTION, regions=REGION_MARK)
         return self._one(image, instruction, regions=[[region]]).text
 
+    def text_to_image(
+        self,
+        prompts: str | Sequence[str],
+        seed: int = 0,
+        steps: int | None = None,
+        guidance: float | None = None,
+        progress: bool = False,
+    ) -> list[GeneratedImage]:
+        """Images of descriptions ("a red circle left of a blue square"), all in one batch; each from `seed`."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        instructions = [build_instruction(Task.GENERATION, description=p) for p in prompts]
+        found = self.predict(
+            [None] * len(prompts), instructions, seed=seed, steps=steps, guidance=guidance, progress=progress
+        )
+        return [d.prediction for d in found]
+
+    def edit_image(
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        instructions: str | Sequence[str],
+        seed: int = 0,
+        steps: int | None = None,
+        guidance: float | None = None,
+        image_guidance: float | None = None,
+        progress: bool = False,
+    ) -> list[GeneratedImage]:
+        """Images edited as instructed ("make the star green"), all in one batch; one instruction for every image
+        or one per image."""
+        images = [images] if isinstance(images, str | Path | Image.Image | np.ndarray) else list(images)
+        instructions = [instructions] * len(images) if isinstance(instructions, str) else list(instructions)
+        requests = [build_instruction(Task.EDITING, edit=text) for text in instructions]
+        found = self.predict(
+            images,
+            requests,
+            seed=seed,
+            steps=steps,
+            guidance=guidance,
+            image_guidance=image_guidance,
+            progress=progress,
+        )
+        return [d.prediction for d in found]
+
     def _text(self, ids: list[int]) -> str:
         tokenizer = self.processor.tokenizer
         return tokenizer.convert_tokens_to_string(tokenizer.convert_ids_to_tokens(ids)).strip()
 
     def chat(
         self,
-        image: ImageLike,
+        image: ImageLike | None,
         turns: Sequence[Turn | dict],
         regions: Sequence[RegionPrompt | tuple] = (),
+        seed: int = 0,
+        steps: int | None = None,
+        guidance: float | None = None,
+        image_guidance: float | None = None,
+        progress: bool = False,
     ) -> Reply:
-        """The reply to a conversation about one image that ends with a user turn.
+        """The reply to a conversation about one image (or none) that ends with a user turn.
 
         Args:
-            image: a PIL image, a uint8 array or an image file.
+            image: a PIL image, a uint8 array or an image file; None: a conversation without one ("draw a red
+                circle left of a blue square").
             turns: `Turn`s, or messages as {"role": "user" | "assistant", "content": text}; the image goes first in
                 the first user turn when no turn places it with `<image>`.
             regions: `RegionPrompt`s, or (kind, data) pairs such as ("box", [x1, y1, x2, y2]), in the order of the
                 conversation's `<region>` placeholders.
+            seed, steps, guidance, image_guidance, progress: how the images of [GEN] and [EDIT] calls are made
+                (as for `predict`).
 
         Raises:
             ValueError: a conversation or prompt the model cannot take (ChatTemplateError, RegionError,
                 ProcessorError), with what is wrong.
         """
-        turns = _placed(_turns(turns), "")
+        turns = _placed(_turns(turns), "") if image is not None else _turns(turns)
         regions = [_region(r) for r in regions]
         was_training = self.training
         self.eval()
         try:
-            example = ChatExample(self.processor.image(image), tuple(turns), tuple(regions))
+            shown = self.processor.image(image) if image is not None else None
+            example = ChatExample(shown, tuple(turns), tuple(regions))
             batch = self.processor.collate([example], self.link, side="left").to(self.device)
             reply = self.generate(batch)[0]
-            if self.object_decoder is not None:
-                reply.results = self._decode_reply(batch.pixel_values, example.image.size_wh, reply)
+            if self.object_decoder is not None and shown is not None:
+                reply.results = self._decode_reply(batch.pixel_values, shown.size_wh, reply)
+            sampling = {"seed": seed, "steps": steps, "guidance": guidance, "image_guidance": image_guidance}
+            reply.images = self._imagine_reply(
+                batch.pixel_values, shown, reply, turns[-1].text, progress=progress, **sampling
+            )
             return reply
         finally:
             self.train(was_training)

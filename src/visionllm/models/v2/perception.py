@@ -30,8 +30,10 @@ ROUTE = {
     Task.INTERACTIVE_SEGMENTATION: "[SEG]",
     Task.GROUNDING: "[GRD]",
     Task.KEYPOINTS: "[POSE]",
+    Task.GENERATION: "[GEN]",
+    Task.EDITING: "[EDIT]",
 }
-"""The routing token each perception task answers with."""
+"""The routing token each perception, generation or editing task answers with."""
 
 
 def detection_answer(classes: Sequence[str], route: str) -> str:
@@ -85,6 +87,8 @@ def plan(instruction: str | Instruction, keypoint_names: Sequence[str] = COCO_KE
         return Plan(task, request, keypoint_answer(category, keypoint_names), (category,), tuple(keypoint_names))
     if task is Task.INTERACTIVE_SEGMENTATION:
         return Plan(task, instruction.text, ROUTE[task], ("object",))
+    if task in (Task.GENERATION, Task.EDITING):  # the reply is the routing token: its queries condition the image
+        return Plan(task, instruction.text, ROUTE[task])
     return Plan(task, instruction.text)
 
 
