@@ -35,14 +35,17 @@ train-default: $(STAMP)
 	$(VENV)/bin/visionllm export runs/tiny-stage2/final $(DEFAULT_MODEL) --dtype fp16
 
 # Trains the shipped v2 model: stage 1 (the chat model; its image encoder starts from $(DEFAULT_MODEL)'s ResNet),
-# stage 2 (the decoders attached, every task; the object decoder starts from $(DEFAULT_MODEL)'s detector), stage 3
-# (the decoders alone), each resumable from its last checkpoint; then writes it in fp16 to $(V2_MODEL). About 1 h 55
-# min on 2 CPU cores (budget 2.5 h).
+# stage 2 (the perception decoders attached, every task; the object decoder starts from $(DEFAULT_MODEL)'s
+# detector), stage 3 (those decoders alone), stage 4 (the generation and editing decoders attached, with the LLM),
+# stage 5 (those decoders alone), each resumable from its last checkpoint; then writes it in fp16 to $(V2_MODEL).
+# About 1 h 50 min for stages 1-3 and STAGE45 for stages 4-5 on 2 CPU cores (docs/v2.md).
 train-v2: $(STAMP)
 	$(VENV)/bin/visionllm train --config configs/tiny_v2_stage1.yaml --resume
 	$(VENV)/bin/visionllm train --config configs/tiny_v2_stage2.yaml --resume
 	$(VENV)/bin/visionllm train --config configs/tiny_v2_stage3.yaml --resume
-	$(VENV)/bin/visionllm export runs/tiny-v2-stage3/final $(V2_MODEL) --dtype fp16
+	$(VENV)/bin/visionllm train --config configs/tiny_v2_stage4.yaml --resume
+	$(VENV)/bin/visionllm train --config configs/tiny_v2_stage5.yaml --resume
+	$(VENV)/bin/visionllm export runs/tiny-v2-stage5/final $(V2_MODEL) --dtype fp16
 
 # The web page's test drives Debian's Chromium through Playwright (no browser download): install it when
 # missing (as root, or through sudo).

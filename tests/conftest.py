@@ -68,7 +68,7 @@ def micro_keypoints() -> KeypointDecoderConfig:
 MICRO_IMAGE_DECODER = {
     "image_size": 16, "latent": False, "width": 16, "mapper_layers": 1, "mapper_heads": 2,
     "unet": {"block_out_channels": [8, 16], "attention_levels": [False, True], "layers_per_block": 1,
-             "attention_head_dim": 8, "norm_num_groups": 4},
+             "attention_head_dim": 8, "norm_num_groups": 4, "pooled_condition": True},
     "beta_schedule": "squaredcos_cap_v2", "steps": 3, "guidance": 2.0, "image_guidance": 1.5,
 }  # fmt: skip
 """A generation or editing decoder at toy size: 16 px pixel-space diffusion."""

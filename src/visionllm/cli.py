@@ -14,6 +14,12 @@ import numpy as np
 
 from visionllm import __version__
 
+if typing.TYPE_CHECKING:
+    from PIL import Image
+
+    from visionllm.formats.results import GeneratedImage
+    from visionllm.formats.tasks import Task
+
 logger = logging.getLogger("visionllm")
 
 
@@ -159,6 +165,107 @@ def _load_model(path: Path):
     return model
 
 
+def _check_answers(model, path: Path, task: Task) -> None:
+    """Refuse a task the model does not answer, naming those it does (its `TASKS`: v2's image decoders are
+    optional parts)."""
+    if task not in model.TASKS:
+        raise CliError(
+            f"{path} is a v{model.version} model and does not answer {task.value}; "
+            f"it answers: {', '.join(t.value for t in model.TASKS)}"
+        )
+
+
+def _check_new_file(path: Path, flag: str) -> None:
+    """Refuse an output picture that cannot be written (a folder, an unknown format, a folder that does not exist),
+    before the model is loaded."""
+    _check_output_file(path, flag, image=True)
+    if not path.parent.is_dir():
+        raise CliError(f"{flag} {path}: the folder {path.parent} does not exist")
+
+
+def _check_steps(decoder, steps: int | None, flag: str = "--steps") -> None:
+    """Refuse more sampling steps than the decoder's noise schedule has (DDIM picks steps among those)."""
+    most = decoder.config.train_timesteps
+    if steps is not None and steps > most:
+        raise CliError(f"{flag} {steps} is more than the decoder's noise schedule has ({most} timesteps)")
+
+
+def _numbered(path: Path, count: int) -> list[Path]:
+    """Where `count` pictures asked for as `path` go: `path` itself for one, path_0, path_1, ... for more."""
+    if count == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}_{k}{path.suffix}") for k in range(count)]
+
+
+def _read_image(path: Path, flag: str) -> Image.Image:
+    """The upright PIL image of a file, or a one-line error."""
+    from PIL import Image
+
+    from visionllm.models.common.inputs import upright
+
+    if not path.is_file():
+        raise CliError(f"{flag} {path} not found" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        image = upright(Image.open(path))
+        image.load()
+    except OSError as error:
+        raise CliError(f"{flag} {path} is not an image PIL can read: {error}") from None
+    return image
+
+
+def _texts(texts: Sequence[str], flag: str, wanted: str) -> list[str]:
+    """The stripped texts of a repeated option; an empty one is refused (the model would draw from nothing)."""
+    out = [text.strip() for text in texts]
+    if not all(out):
+        raise CliError(f"{flag} is empty: say {wanted}")
+    return out
+
+
+def _save_images(made: Sequence[GeneratedImage], paths: Sequence[Path]) -> None:
+    """Write `GeneratedImage`s as the given files; print where each went, its size and its prompt."""
+    from PIL import Image
+
+    for image, path in zip(made, paths, strict=True):
+        Image.fromarray(image.pixels).save(path)
+        height, width = image.pixels.shape[:2]
+        print(f"{path} ({width}x{height}, seed {image.seed}): {image.prompt}")
+
+
+def _cmd_generate(args: argparse.Namespace) -> None:
+    from visionllm.formats.tasks import Task
+
+    prompts = _texts(args.prompt, "--prompt", "what to draw")
+    _check_new_file(args.out, "--out")
+    model = _load_model(args.model)
+    _check_answers(model, args.model, Task.GENERATION)
+    _check_steps(model.generation_decoder, args.steps)
+    sampling = {"seed": args.seed, "steps": args.steps, "guidance": args.guidance}
+    try:
+        made = model.text_to_image(prompts, progress=True, **sampling)
+    except ValueError as error:  # ProcessorError included: a prompt over the model's token limit
+        raise CliError(str(error)) from None
+    _save_images(made, _numbered(args.out, len(made)))
+
+
+def _cmd_edit(args: argparse.Namespace) -> None:
+    from visionllm.formats.tasks import Task
+
+    instructions = _texts(args.instruction, "--instruction", "how to change the image")
+    _check_new_file(args.out, "--out")
+    image = _read_image(args.image, "--image")
+    model = _load_model(args.model)
+    _check_answers(model, args.model, Task.EDITING)
+    _check_steps(model.editing_decoder, args.steps)
+    sampling = {"seed": args.seed, "steps": args.steps, "guidance": args.guidance}
+    try:
+        made = model.edit_image(
+            [image] * len(instructions), instructions, image_guidance=args.image_guidance, progress=True, **sampling
+        )
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    _save_images(made, _numbered(args.out, len(made)))
+
+
 def _cmd_eval(args: argparse.Namespace) -> None:
     import json
 
@@ -201,12 +308,8 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         raise CliError(f"image {args.image} not found" + (" (it is a folder)" if args.image.is_dir() else ""))
     _check_output_file(args.save_vis, "--save-vis", image=True)
     model = _load_model(args.model)
-    answered = model.TASKS
-    if not args.instruction and Task(args.task) not in answered:
-        raise CliError(
-            f"{args.model} is a v{model.version} model and does not answer {args.task}; "
-            f"it answers: {', '.join(task.value for task in answered)}"
-        )
+    if not args.instruction:
+        _check_answers(model, args.model, Task(args.task))
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else []
     try:
         if args.instruction:
@@ -240,47 +343,53 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         draw_result(upright(Image.open(args.image)), result, min_side=384).save(args.save_vis)
 
 
+def _image_prefix(prefix: Path | None) -> Path | None:
+    """The checked PREFIX of `chat --save-images` (images go to PREFIX_0.png, ...), without a .png ending."""
+    if prefix is None:
+        return None
+    if prefix.is_dir():
+        raise CliError(f"--save-images {prefix} is a folder: give a prefix, e.g. {prefix / 'reply'}")
+    prefix = prefix.with_suffix("") if prefix.suffix.lower() == ".png" else prefix
+    if not prefix.parent.is_dir():
+        raise CliError(f"--save-images {prefix}: the folder {prefix.parent} does not exist")
+    return prefix
+
+
 def _cmd_chat(args: argparse.Namespace) -> None:
     import json
 
     from PIL import Image
 
-    from visionllm.models.common.checkpoint import CheckpointError
-    from visionllm.models.common.inputs import upright
-    from visionllm.models.loading import load_pretrained
-
-    if not args.image.is_file():
-        raise CliError(f"image {args.image} not found")
     _check_output_file(args.save_vis, "--save-vis", image=True)
-    try:
-        image = upright(Image.open(args.image))
-        image.load()
-    except OSError as error:
-        raise CliError(f"{args.image} is not an image PIL can read: {error}") from None
+    prefix = _image_prefix(args.save_images)
+    image = _read_image(args.image, "--image") if args.image is not None else None
     regions: list[tuple] = [("point", p) for p in args.point or []] + [("box", b) for b in args.box or []]
     for path in args.mask or []:
         try:
             regions.append(("mask", np.asarray(Image.open(path).convert("L"))))
         except OSError as error:
             raise CliError(f"--mask {path} is not an image: {error}") from None
-    try:
-        model = load_pretrained(args.model)
-    except (CheckpointError, FileNotFoundError) as error:
-        raise CliError(str(error)) from None
+    if regions and image is None:
+        raise CliError("--point, --box and --mask mark regions of the image: give --image too")
+    if args.save_vis and image is None:
+        raise CliError("--save-vis draws on the image: give --image too")
+    model = _load_model(args.model)
     if not hasattr(model, "chat"):
         raise CliError(
             f"{args.model} is a v{model.version} model, which answers one instruction: use visionllm predict"
         )
     marks = ", ".join(f"region{i + 1} <region>" for i in range(len(regions)))
     history: list[dict] = []
+    saved = 0  # images written so far: the conversation's images are numbered in order
 
     def reply_to(message: str) -> str:
-        text = message if "<image>" in message or history else f"<image> {message}"
+        nonlocal saved
+        text = message if "<image>" in message or history or image is None else f"<image> {message}"
         if not history and regions and "<region>" not in text:
             text = f"{text} ({marks})"
         messages = [*history, {"role": "user", "content": text}]
         try:
-            reply = model.chat(image, messages, regions)
+            reply = model.chat(image, messages, regions, progress=True)
         except ValueError as error:  # the conversation or a prompt, with what is wrong
             raise CliError(str(error)) from None
         history.extend([messages[-1], {"role": "assistant", "content": reply.text}])
@@ -290,12 +399,22 @@ def _cmd_chat(args: argparse.Namespace) -> None:
 
             args.save_vis.parent.mkdir(parents=True, exist_ok=True)
             draw_result(image, next(iter(reply.results.values())), min_side=384).save(args.save_vis)
+        for made in reply.images:
+            height, width = made.pixels.shape[:2]
+            if prefix is None:
+                lines.append(f"image {width}x{height}: {made.prompt} (not saved: give --save-images PREFIX)")
+                continue
+            path = prefix.with_name(f"{prefix.name}_{saved}.png")
+            Image.fromarray(made.pixels).save(path)
+            saved += 1
+            lines.append(f"image {path} ({width}x{height}): {made.prompt}")
         return "\n".join(lines)
 
     if args.message is not None:
         print(reply_to(args.message))
         return
-    print("chat with the model about the image; an empty line or Ctrl-D ends", file=sys.stderr)
+    about = "the image" if image is not None else "anything (no image: ask it to draw one)"
+    print(f"chat with the model about {about}; an empty line or Ctrl-D ends", file=sys.stderr)
     for line in sys.stdin:
         if not line.strip():
             break
@@ -405,6 +524,20 @@ def _quiet_component_loading() -> None:
     hf_logging.disable_progress_bar()
 
 
+def _add_sampling(parser: argparse.ArgumentParser) -> None:
+    """The options of how an image decoder samples: steps, text guidance and seed."""
+    parser.add_argument("--steps", type=_POSITIVE, help="denoising steps (default: the decoder's config)")
+    parser.add_argument(
+        "--guidance", type=_number(0.0), help="text guidance scale; 1 runs no unguided pass (default: the decoder's)"
+    )
+    parser.add_argument(
+        "--seed",
+        type=_whole(0, 2**32 - 1),
+        default=0,
+        help="the starting noise: the same seed, the same image (default 0)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from visionllm.formats.task_table import TASK_TABLE
 
@@ -500,14 +633,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     chat = commands.add_parser(
         "chat",
-        help="chat with a v2 model about an image (one message, or lines from the terminal)",
-        description="Chat with a VisionLLM v2 model about one image. Visual prompts mark regions the message can "
+        help="chat with a v2 model about an image, or without one (one message, or lines from the terminal)",
+        description="Chat with a VisionLLM v2 model about one image, or without one (a model with a generation "
+        "decoder draws what it is asked for: 'Draw a red circle.'). Visual prompts mark regions the message can "
         "ask about (as region1 <region>, region2 <region>, ... in the order given: points, boxes, masks). Each "
         "reply is printed, then one line per routing token it wrote with what its decoder found, as JSON "
         '(e.g. [DET] [{"class_name": "star", "score": 0.9, "box_xyxy_px": [...]}]).',
     )
     chat.add_argument("--model", type=Path, required=True, help="a v2 checkpoint folder")
-    chat.add_argument("--image", type=Path, required=True)
+    chat.add_argument("--image", type=Path, help="the image to talk about (default: none, e.g. 'Draw a red circle.')")
     chat.add_argument("--message", help="one message to answer (default: read messages from standard input)")
     chat.add_argument("--point", type=float, nargs=2, action="append", metavar=("X", "Y"), help="a point prompt")
     chat.add_argument(
@@ -517,7 +651,56 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument(
         "--save-vis", type=Path, help="draw what the last reply's routed decoder found (boxes, masks, keypoints) here"
     )
+    chat.add_argument(
+        "--save-images",
+        type=Path,
+        metavar="PREFIX",
+        help="write the images replies make ([GEN], [EDIT]) as PREFIX_0.png, PREFIX_1.png, ... in the "
+        "conversation's order (a .png ending of PREFIX is dropped); their paths are printed",
+    )
     chat.set_defaults(func=_cmd_chat)
+
+    generate = commands.add_parser(
+        "generate",
+        help="draw images of descriptions with a v2 model's generation decoder",
+        description="Draw an image of each --prompt (text-to-image, the [GEN] route), all in one batch; each image "
+        "starts from --seed's noise, so a batch gives the images its prompts give one at a time. With one prompt "
+        "the image is --out itself; with N, --out x.png stands for x_0.png ... x_{N-1}.png, in the prompts' order.",
+    )
+    generate.add_argument("--model", type=Path, required=True, help="a v2 checkpoint folder with a generation decoder")
+    generate.add_argument(
+        "--prompt",
+        action="append",
+        required=True,
+        help="what to draw, e.g. 'a red circle left of a blue square' (repeatable)",
+    )
+    generate.add_argument(
+        "--out", type=Path, required=True, help="PNG (or .jpg) to write; numbered for several prompts"
+    )
+    _add_sampling(generate)
+    generate.set_defaults(func=_cmd_generate)
+
+    edit = commands.add_parser(
+        "edit",
+        help="edit an image as instructed with a v2 model's editing decoder",
+        description="Edit --image as each --instruction says (the [EDIT] route), all in one batch; an edit keeps the "
+        "image's size. With one instruction the edit is --out itself; with N, --out y.png stands for y_0.png ... "
+        "y_{N-1}.png, in the instructions' order.",
+    )
+    edit.add_argument("--model", type=Path, required=True, help="a v2 checkpoint folder with an editing decoder")
+    edit.add_argument("--image", type=Path, required=True, help="the image to edit")
+    edit.add_argument(
+        "--instruction",
+        action="append",
+        required=True,
+        help="how to change it, e.g. 'make the red circle green' (repeatable: several edits of the image)",
+    )
+    edit.add_argument("--out", type=Path, required=True, help="PNG (or .jpg) to write; numbered for several edits")
+    _add_sampling(edit)
+    edit.add_argument(
+        "--image-guidance", type=_number(0.0), help="how closely the edit keeps to the image (default: the decoder's)"
+    )
+    edit.set_defaults(func=_cmd_edit)
 
     demo = commands.add_parser("demo", help="run a model on new ShapesWorld images for every task it answers")
     demo.add_argument("--model", type=Path, default=Path("checkpoints/visionllm-v1-tiny"), help="checkpoint folder")

@@ -1,6 +1,7 @@
 """The demo: run a model on freshly generated ShapesWorld images for every task it answers (v1's, and for a v2 model
 also interactive segmentation from one click, a region caption, semantic segmentation, a star's keypoints and a chat
-turn), print a results table and write annotated pictures."""
+turn; with image decoders, one generation from a new drawing's prompt and one edit of that drawing), print a results
+table and write annotated pictures."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from pathlib import Path
 from PIL import Image
 
 from visionllm.data.shapes.dataset import make_image
-from visionllm.data.shapes.scene import SKELETON, ShapesWorldConfig
+from visionllm.data.shapes.drawings import make_drawing
+from visionllm.data.shapes.scene import SKELETON, ShapesWorldConfig, render_scene
 from visionllm.eval.runner import inner_point
 from visionllm.formats.keypoints import STAR_KEYPOINT_NAMES, STAR_SKELETON
-from visionllm.formats.results import Detections, SegmentationMap, TextAnswer
+from visionllm.formats.results import Detections, GeneratedImage, SegmentationMap, TextAnswer
 from visionllm.formats.task_table import build_instruction
 from visionllm.formats.tasks import Task
 from visionllm.models.loading import load_pretrained
@@ -26,7 +28,8 @@ SHAPE_CLASSES = ["circle", "square", "triangle", "star", "hexagon", "person"]
 
 def run_demo(model_dir: str | Path, out: str | Path, images: int = 4, seed: int = 2026) -> str:
     """Answer every task of the model's version on `images` new ShapesWorld images; write one PNG per answer and a
-    sheet.
+    sheet. A model with image decoders also draws a new drawing's prompt and edits that drawing (its default steps;
+    `drawing_source.png`, `drawing_edited.png`, `drawing_generated.png`, side by side on the sheet's last row).
 
     Returns:
         The results table as text.
@@ -107,6 +110,51 @@ def run_demo(model_dir: str | Path, out: str | Path, images: int = 4, seed: int 
         lines.append(f"{i:>5}  {name:<20} {summary[:90]}")
         tile.save(out / f"{i:02d}_{name.replace(' ', '_').replace('(', '').replace(')', '')}.png")
         tiles.append(tile)
+    drawn = _imagine(model, seed)
+    if drawn:
+        tiles += [Image.new("RGB", (1, 1), (255, 255, 255))] * (-len(tiles) % 4)  # the drawing's tiles on a new row
+    for name, row, tile in drawn:
+        if row is not None:
+            lines.append(row)
+        tile.save(out / f"drawing_{name}.png")
+        tiles.append(tile)
     contact_sheet(tiles, columns=4).save(out / "demo_sheet.png")
+    if drawn:
+        lines.append("\nd0: a new drawing, edited as its edit says and drawn again from its prompt")
     lines.append(f"\npictures: {out}/ (demo_sheet.png shows them all)")
     return "\n".join(lines)
+
+
+def _imagine(model, seed: int) -> list[tuple[str, str | None, Image.Image]]:
+    """A new drawing (ShapesWorld's text-to-image data, at the model's image size) edited as its edit says and made
+    from its prompt, by the model's editing and generation decoders (those it has), at their default steps.
+
+    Returns:
+        (file name, table row or None, tile) for the drawing to edit (no row), its edit and its generation.
+    """
+    tasks = set(model.TASKS)
+    if not tasks & {Task.GENERATION, Task.EDITING}:
+        return []
+    size = model.config.image_size
+    drawing = make_drawing(seed, "val", 0, ShapesWorldConfig(image_size=size))
+    source = Image.fromarray(render_scene(drawing.scene).image)
+
+    def tile(picture: Image.Image, lines: list[str]) -> Image.Image:
+        return draw_text_below(picture.resize((size * 3, size * 3), Image.NEAREST), lines)
+
+    def row(task: str, image: GeneratedImage) -> str:
+        height, width = image.pixels.shape[:2]
+        return f"{'d0':>5}  {task:<20} {image.prompt[:60]!r} -> a {width}x{height} image"
+
+    out: list[tuple[str, str | None, Image.Image]] = []
+    if Task.EDITING in tasks:
+        edited = model.edit_image(source, drawing.instruction, seed=seed)[0]
+        out.append(("source", None, tile(source, ["d0 drawing", drawing.prompt])))
+        out.append(
+            ("edited", row("editing", edited), tile(Image.fromarray(edited.pixels), ["d0 edited", edited.prompt]))
+        )
+    if Task.GENERATION in tasks:
+        generated = model.text_to_image(drawing.prompt, seed=seed)[0]
+        picture = Image.fromarray(generated.pixels)
+        out.append(("generated", row("generation", generated), tile(picture, ["d0 generated", generated.prompt])))
+    return out

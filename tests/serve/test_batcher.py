@@ -180,6 +180,27 @@ def test_each_request_keeps_its_own_min_score():
         batcher.stop()
 
 
+def test_requests_that_sample_images_differently_share_a_batch_but_not_a_model_call():
+    calls = []
+
+    def predict(images, instructions, min_score, on_text=None, **sampling):
+        calls.append((list(instructions), sampling))
+        return [Decoded(TextAnswer(f"{text} {sampling.get('seed')}")) for text in instructions]
+
+    batcher = DynamicBatcher(predict, max_batch_size=4, max_wait_s=0.5)
+    batcher.start()
+    try:
+        seeds = [1, 2, 1, None]
+        jobs = [Job(None, f"r{k}", sampling=(("seed", s),) if s else ()) for k, s in enumerate(seeds)]
+        futures = [batcher.submit(job) for job in jobs]  # all waiting within one batch's wait
+        answers = [future.result(10).prediction.text for future in futures]
+    finally:
+        batcher.stop()
+    assert answers == ["r0 1", "r1 2", "r2 1", "r3 None"]  # each request got its own options
+    assert calls == [(["r0", "r2"], {"seed": 1}), (["r1"], {"seed": 2}), (["r3"], {})]  # in order of arrival
+    assert sum(batcher.batch_sizes.values()) == 3
+
+
 @pytest.mark.slow
 def test_batched_answers_equal_one_at_a_time_answers_of_a_real_model(micro_model):
     codec = micro_model.config.codec()

@@ -196,3 +196,54 @@ def test_a_task_without_prompts_hides_the_tools(v2_page):
     assert v2_page.is_hidden("#prompt-tools")
     v2_page.select_option("#task", "instruction")
     assert v2_page.is_visible("#prompt-tools")  # a chat turn of a v2 model may carry regions
+
+
+def shown_url(tab) -> str:
+    return tab.eval_on_selector("#result-image", "img => img.complete && img.naturalWidth ? img.src : ''")
+
+
+def test_a_generated_image_is_shown_then_edited_in_its_place(v2_page):
+    tab = v2_page
+    options = tab.eval_on_selector_all("#task option", "els => els.map(e => e.value)")
+    assert {"generation", "editing"} <= set(options)
+    tab.select_option("#task", "generation")
+    assert tab.is_visible("#description") and tab.is_visible("#seed") and tab.is_hidden("#min-score")
+    tab.fill("#description", "a red circle left of a blue square")
+    tab.fill("#seed", "4")
+    with tab.expect_request("**/v1/predict") as sent:
+        tab.click("#run")
+    assert "image" not in sent.value.post_data_json and sent.value.post_data_json["seed"] == 4
+    tab.wait_for_selector("body[data-state=done]", timeout=60_000)
+    tab.wait_for_function("document.getElementById('result-image').naturalWidth > 0")
+    made = shown_url(tab)
+    assert made.startswith("data:image/png;base64,")
+    assert tab.eval_on_selector("#result-image", "img => [img.naturalWidth, img.naturalHeight]") == [16, 16]
+    result = json.loads(tab.inner_text("#raw-json"))
+    assert result["output"] == "image" and result["seed"] == 4 and result["image"].startswith("<image/png data URL")
+    assert tab.is_visible("#edit-result")
+
+    tab.fill("#result-edit", "make the red circle green")
+    with tab.expect_request("**/v1/predict") as sent:
+        tab.press("#result-edit", "Enter")
+    edit = sent.value.post_data_json
+    assert edit["task"] == "editing" and edit["edit"] == "make the red circle green" and edit["image"] == made
+    tab.wait_for_selector("body[data-state=done]", timeout=60_000)
+    tab.wait_for_function(f"document.getElementById('result-image').src !== {json.dumps(made)}")
+    tab.wait_for_function("document.getElementById('result-image').naturalWidth > 0")
+    edited = shown_url(tab)
+    assert edited.startswith("data:image/png;base64,") and edited != made
+    assert tab.eval_on_selector("#result-image", "img => [img.naturalWidth, img.naturalHeight]") == [16, 16]
+    assert json.loads(tab.inner_text("#raw-json"))["task"] == "editing"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    tab.screenshot(path=str(ARTIFACTS / "web_page_generation.png"), full_page=True)
+
+    tab.click("#use-result")  # the edited image becomes the input of the next task
+    tab.wait_for_function(f"document.getElementById('input-image').src === {json.dumps(edited)}")
+    tab.select_option("#task", "editing")
+    assert tab.is_visible("#edit") and tab.is_hidden("#description")
+    tab.fill("#edit", "make the square red")
+    with tab.expect_request("**/v1/predict") as sent:
+        tab.click("#run")
+    assert sent.value.post_data_json["image"] == edited
+    tab.wait_for_selector("body[data-state=done]", timeout=60_000)
+    assert json.loads(tab.inner_text("#raw-json"))["image_size"] == [16, 16]

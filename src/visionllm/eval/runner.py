@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from visionllm.data.readers import DatasetFormatError, load_label_map, read_coco_instances, read_coco_keypoints
 from visionllm.data.shapes.dataset import ShapesWorldLayout, image_file_name
+from visionllm.data.shapes.drawings import load_drawings
 from visionllm.data.shapes.load import load_split
 from visionllm.data.shapes.scene import CATEGORIES, COLORS
 from visionllm.eval.controls import QuestionPrior, derangement
@@ -31,6 +32,7 @@ from visionllm.eval.metrics import (
     mean_iou,
     vqa_accuracy,
 )
+from visionllm.eval.render_check import evaluate_editing, evaluate_generation
 from visionllm.formats.keypoints import STAR_KEYPOINT_NAMES, STAR_KEYPOINT_SIGMA
 from visionllm.formats.results import Decoded, Detections, SegmentationMap, TextAnswer
 from visionllm.formats.task_table import Instruction, build_instruction, tasks_of_version
@@ -84,9 +86,14 @@ SHAPESWORLD_TASKS = (
     "interactive_segmentation",
     "region_caption",
     "semantic_segmentation",
+    "generation",
+    "editing",
 )
-"""The tasks `evaluate_shapesworld` has a metric for, in the order it runs them (the last three need a model of
-version 2: visual prompts and masks)."""
+"""The tasks `evaluate_shapesworld` has a metric for, in the order it runs them (the last five need a model of
+version 2: visual prompts, masks, the image decoders)."""
+
+RENDER_CHECK_DRAWINGS = 200
+"""Drawings the render-check generates and edits (fewer with `limit`): each image costs a full denoising run."""
 
 
 def _check_limit(limit: int | None) -> None:
@@ -176,12 +183,13 @@ def evaluate_shapesworld(
         two images or without train questions, is left out with a warning).
     """
     _check_limit(limit)
-    if tasks is None:  # every task of the table the model answers and ShapesWorld evaluates
-        tasks = [task.value for task in tasks_of_version(model.version) if task.value in SHAPESWORLD_TASKS]
+    answered_tasks = getattr(model, "TASKS", None) or tasks_of_version(model.version)
+    if tasks is None:  # every task the model answers and ShapesWorld evaluates
+        tasks = [task for task in SHAPESWORLD_TASKS if Task(task) in answered_tasks]
     unknown = sorted(set(tasks) - set(SHAPESWORLD_TASKS))
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; choose from {list(SHAPESWORLD_TASKS)}")
-    answered = {task.value for task in tasks_of_version(model.version)}
+    answered = {task.value for task in answered_tasks}
     beyond = sorted(set(tasks) - answered)
     if beyond:
         raise ValueError(f"a version-{model.version} model does not answer {beyond}; it answers {sorted(answered)}")
@@ -366,6 +374,15 @@ def evaluate_shapesworld(
         predicted = [p if p is not None else np.zeros_like(t) for p, t in zip(predicted, targets, strict=True)]
         return {"semantic_mIoU": mean_iou(predicted, targets, num_classes=len(ids))["mIoU"]}
 
+    def drawings() -> list:
+        return load_drawings(root, split)[: min(limit or RENDER_CHECK_DRAWINGS, RENDER_CHECK_DRAWINGS)]
+
+    def generation() -> dict[str, float]:
+        return evaluate_generation(model, drawings(), batch_size=2 * batch_size, progress=progress, controls=controls)
+
+    def editing() -> dict[str, float]:
+        return evaluate_editing(model, drawings(), batch_size=2 * batch_size, progress=progress, controls=controls)
+
     category_name = {c["id"]: c["name"] for c in view["categories"]}
     runners: dict[str, Callable[[], dict[str, float]]] = {
         "detection": boxes,
@@ -377,6 +394,8 @@ def evaluate_shapesworld(
         "interactive_segmentation": interactive,
         "region_caption": region_captions,
         "semantic_segmentation": semantic,
+        "generation": generation,
+        "editing": editing,
     }
     metrics: dict[str, float] = {}
     for task in tasks:

@@ -403,6 +403,7 @@ class Instruction:
         output_format: the answer's format (None for v2 outputs outside the token grammar: masks, images).
         class_names: the bound class set (<ci> is class_names[i]); empty for text tasks.
         keypoint_names: the skeleton's point names of a keypoint request; empty for other tasks.
+        prompt: what an image request asks for: the description (text-to-image) or the edit; empty for others.
     """
 
     text: str
@@ -410,6 +411,7 @@ class Instruction:
     output_format: OutputFormat | None
     class_names: tuple[str, ...] = ()
     keypoint_names: tuple[str, ...] = ()
+    prompt: str = ""
 
 
 def build_instruction(
@@ -476,4 +478,5 @@ def build_instruction(
     text = _filled(spec.templates[index], values, f"a {task.value} instruction")
     binds = (fmt is not None and fmt.structured) or task is Task.SEMANTIC_SEGMENTATION
     names = tuple(keypoint_names) if task is Task.KEYPOINTS else ()
-    return Instruction(text, task, fmt, tuple(str(c).strip() for c in classes) if binds else (), names)
+    prompt = {Task.GENERATION: description, Task.EDITING: edit}.get(task) or ""
+    return Instruction(text, task, fmt, tuple(str(c).strip() for c in classes) if binds else (), names, prompt)

@@ -4,10 +4,12 @@ Routes:
     GET  /                      the web page
     GET  /health                liveness, model id, batching counters
     GET  /v1/models             the served model (OpenAI list format)
-    GET  /v1/tasks              the tasks the model answers and the fields each needs (the page's form)
+    GET  /v1/tasks              the tasks the model answers, the fields each needs and whether it reads an image
     GET  /v1/samples            sample images for the page; /samples/{i}.png serves them
-    POST /v1/predict            one image + one task -> typed result (+ the picture with it drawn)
-    POST /v1/chat/completions   OpenAI chat; `stream: true` streams text answers as server-sent events
+    POST /v1/predict            one image + one task -> typed result (+ the picture with it drawn); a v2 model's
+                                generation takes a description and no image, and answers an image
+    POST /v1/chat/completions   OpenAI chat; `stream: true` streams text answers as server-sent events; a reply that
+                                made images has them as `image_url` content parts
 
 Every refusal is a 4xx with an OpenAI-style body `{"error": {"message", "type", "param", "code"}}`.
 """
@@ -38,7 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from visionllm.formats.codec import CodecError
 from visionllm.formats.prompts import RegionPrompt
-from visionllm.formats.results import Decoded
+from visionllm.formats.results import Decoded, GeneratedImage
 from visionllm.formats.task_table import TASK_TABLE, Instruction
 from visionllm.formats.tasks import Task
 from visionllm.models.common.inputs import ProcessorError
@@ -53,7 +55,9 @@ from visionllm.serve.protocol import (
     answer_body,
     answer_text,
     build_request_instruction,
+    check_image,
     history_from_chat,
+    message_content,
     params_from_chat,
     region_prompts,
 )
@@ -262,21 +266,36 @@ def create_app(model: Any, settings: ServerSettings) -> FastAPI:
             )
 
     async def prepare(
-        params: TaskParams, image_ref: str, param: str, history: list[dict[str, str]] | None = None
-    ) -> tuple[Image.Image, Instruction | str, int, tuple[RegionPrompt, ...]]:
-        """The request's image, instruction and visual prompts, and its cost in tokens; everything the model
-        would refuse is refused here, before the request joins a batch."""
+        params: TaskParams,
+        image_ref: str | None,
+        param: str,
+        history: list[dict[str, str]] | None = None,
+        chat: bool = False,
+    ) -> tuple[Image.Image | None, Instruction | str, int, tuple[RegionPrompt, ...]]:
+        """The request's image (None for a request without one), instruction and visual prompts, and its cost in
+        tokens; everything the model would refuse is refused here, before the request joins a batch. Only
+        generation goes without an image, and a v2 model's chat turn (`chat`)."""
         history = history or []
         earlier = sum(turn["content"].count(REGION) for turn in history)
         instruction = build_request_instruction(params, codec, tasks, version, earlier)
-        extra = {"history": history, "regions": len(params.regions)} if version >= 2 else {}
+        shown = image_ref is not None
+        check_image(instruction, shown, param, free_turn=chat and version >= 2)
+        if params.regions and not shown:
+            raise RequestError(400, "visual prompts (regions) mark an image: send the image with them", "regions")
+        extra = {"history": history, "regions": len(params.regions), "image": shown} if version >= 2 else {}
         try:  # a v2 conversation that shows the image twice is refused here too
             cost = await run_in_threadpool(model.check_request, instruction, settings.max_prompt_tokens, **extra)
         except ProcessorError as error:
             raise RequestError(400, str(error), "instruction", "invalid_instruction") from None
+        if image_ref is None:
+            return None, instruction, cost, ()
         image = await run_in_threadpool(load_image, image_ref, settings.limits, param)
         regions = await run_in_threadpool(region_prompts, params.regions, image.size, settings.limits)
         return image, instruction, cost, regions
+
+    def sampling(params: TaskParams) -> tuple[tuple[str, Any], ...]:
+        """How a v2 model samples the request's images (a v1 model makes none and takes no such options)."""
+        return tuple(params.sampling().items()) if version >= 2 else ()
 
     def floor(instruction: Instruction | str, min_score: float) -> float:
         """The score below which results are left out: none for a v2 task answered by its one best object
@@ -333,7 +352,7 @@ def create_app(model: Any, settings: ServerSettings) -> FastAPI:
         data = []
         for task in tasks:
             spec = TASK_TABLE[task]
-            entry = {"task": task.value, "fields": list(spec.fields), "output": spec.result}
+            entry = {"task": task.value, "fields": list(spec.fields), "output": spec.result, "image": spec.reads_image}
             if "regions" in spec.fields:
                 entry["prompts"] = list(PAGE_PROMPTS)
             data.append(entry)
@@ -356,14 +375,16 @@ def create_app(model: Any, settings: ServerSettings) -> FastAPI:
     async def predict(body: PredictRequest, request: Request) -> dict[str, Any]:
         check_model(body.model)
         image, instruction, cost, regions = await prepare(body, body.image, "image")
-        job = Job(image, instruction, floor(instruction, body.min_score), cost=cost, regions=regions)
+        job = Job(
+            image, instruction, floor(instruction, body.min_score), cost=cost, regions=regions, sampling=sampling(body)
+        )
         decoded = await answer(job, request)
         response = {
             "id": f"pred-{uuid.uuid4().hex[:16]}",
             "model": settings.model_id,
-            **answer_body(instruction, image.size, decoded),
+            **answer_body(instruction, image.size if image is not None else None, decoded),
         }
-        if body.render:
+        if body.render and image is not None and not isinstance(decoded.prediction, GeneratedImage):
             picture = await run_in_threadpool(draw_result, image, decoded.prediction)
             response["visualization"] = to_data_url(picture)
         return response
@@ -373,16 +394,17 @@ def create_app(model: Any, settings: ServerSettings) -> FastAPI:
         check_model(body.model)
         image_ref, params = params_from_chat(body, version)
         history = history_from_chat(body) if version >= 2 else []
-        image, instruction, cost, regions = await prepare(params, image_ref, "messages", history)
+        image, instruction, cost, regions = await prepare(params, image_ref, "messages", history, chat=True)
+        size = image.size if image is not None else None
         turns = tuple(history)
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
+        options = {"cost": cost, "regions": regions, "history": turns, "sampling": sampling(params)}
 
         if not body.stream:
-            job = Job(
-                image, instruction, floor(instruction, params.min_score), cost=cost, regions=regions, history=turns
-            )
+            job = Job(image, instruction, floor(instruction, params.min_score), **options)
             decoded = await answer(job, request)
+            found = answer_body(instruction, size, decoded)
             return {
                 "id": completion_id,
                 "object": "chat.completion",
@@ -391,11 +413,11 @@ def create_app(model: Any, settings: ServerSettings) -> FastAPI:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": answer_text(decoded)},
+                        "message": {"role": "assistant", "content": message_content(answer_text(decoded), found)},
                         "finish_reason": "stop",
                     }
                 ],
-                "visionllm": answer_body(instruction, image.size, decoded),
+                "visionllm": found,
             }
 
         loop = asyncio.get_running_loop()
@@ -405,9 +427,7 @@ def create_app(model: Any, settings: ServerSettings) -> FastAPI:
             instruction,
             floor(instruction, params.min_score),
             on_text=lambda d: loop.call_soon_threadsafe(deltas.put_nowait, d),
-            cost=cost,
-            regions=regions,
-            history=turns,
+            **options,
         )
         future = asyncio.wrap_future(batcher.submit(job))
 
@@ -452,7 +472,8 @@ def create_app(model: Any, settings: ServerSettings) -> FastAPI:
                 return
             if not streamed:
                 yield chunk({"content": answer_text(decoded)})
-            yield chunk({}, "stop", visionllm=answer_body(instruction, image.size, decoded))
+            # The images made (a data URL each) come once, in the last chunk's `visionllm`, not as content deltas.
+            yield chunk({}, "stop", visionllm=answer_body(instruction, size, decoded))
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -5,7 +5,9 @@ One worker thread owns the model. It takes the first waiting request, then keeps
 mixed: the model's batched predict handles any mix). While a batch runs, new requests queue up and form the next
 batch at once, so under load batches fill without waiting.
 
-A batch that fails is retried one request at a time, so one bad request cannot fail the others.
+A batch that fails is retried one request at a time, so one bad request cannot fail the others. Requests that
+sample images differently (a v2 model's seed, steps, guidance) are answered by separate calls of one batch: the
+model's predict takes one set of sampling options for all its pairs.
 
 Admission is bounded twice: by the number of requests waiting or running, and by their cost in LLM tokens (a
 request's prompt, image tokens and longest answer), so a few long requests cannot hold the worker for everyone.
@@ -22,6 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -41,7 +44,7 @@ class Job:
     """One request waiting for the model.
 
     Attributes:
-        image: the decoded image.
+        image: the decoded image, or None for a request without one (a v2 model's text-to-image).
         instruction: the instruction (an `Instruction` from the task table, or free text).
         min_score: structured results below this score are left out.
         on_text: receives the text answer's new characters as they are generated (streaming), or None.
@@ -50,9 +53,11 @@ class Job:
         streamed: whether part of its answer went out already.
         regions: its visual prompts (v2 models).
         history: the conversation's earlier turns, {"role", "content"} each (v2 models).
+        sampling: how the images it makes are sampled, as (name, value) pairs of predict's keywords (v2 models:
+            seed, steps, guidance, image_guidance); empty for a model that makes none.
     """
 
-    image: Image.Image
+    image: Image.Image | None
     instruction: Instruction | str
     min_score: float = 0.3
     on_text: Callable[[str], None] | None = None
@@ -61,6 +66,7 @@ class Job:
     streamed: bool = False
     regions: tuple = ()
     history: tuple = ()
+    sampling: tuple[tuple[str, Any], ...] = ()
 
 
 class DynamicBatcher:
@@ -167,9 +173,14 @@ class DynamicBatcher:
     def _answer(self, batch: Sequence[Job]) -> None:
         running = [job for job in batch if job.future.set_running_or_notify_cancel()]
         self.skipped += len(batch) - len(running)
-        batch = running
-        if not batch:
-            return
+        alike: dict[tuple[tuple[str, Any], ...], list[Job]] = {}
+        for job in running:
+            alike.setdefault(job.sampling, []).append(job)
+        for group in alike.values():
+            self._answer_alike(group)
+
+    def _answer_alike(self, batch: Sequence[Job]) -> None:
+        """One model call for jobs that sample alike; retried one job at a time if it fails."""
         self.batch_sizes[len(batch)] += 1
         try:
             results = self._predict(batch)
@@ -207,6 +218,7 @@ class DynamicBatcher:
             min_score=min(job.min_score for job in batch),
             on_text=on_text if streaming else None,
             **conversations,
+            **dict(batch[0].sampling),  # the same for every job of the call (`_answer`)
         )
         return [_above(result, job.min_score) for result, job in zip(results, batch, strict=True)]
 

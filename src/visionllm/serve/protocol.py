@@ -13,6 +13,10 @@ A v2 model also reads the earlier turns of the conversation, and visual prompts:
 extra body of chat, or `regions` in `/v1/predict`), each {"kind": "point" | "box" | "scribble" | "polygon" |
 "mask", "data": ...} in the image's pixels (a mask as a PNG data URL, nonzero inside). Each fills one `<region>`
 of the conversation, in order; a last user message without `<region>` is given "region1 <region>, ..." first.
+
+A v2 model with image decoders also makes images: the `generation` task (a `description`, no image), the `editing`
+task (an image and an `edit`), or a chat reply whose [GEN] / [EDIT] calls made some; `seed`, `steps`, `guidance`
+and `image_guidance` set how they are sampled. A chat conversation without an image is taken by a v2 model only.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from visionllm.formats.codec import CodecError
 from visionllm.formats.prompts import RegionError, RegionPrompt, prompt_mask
-from visionllm.formats.results import Decoded, Detections, SegmentationMap, TextAnswer
+from visionllm.formats.results import Decoded, Detections, GeneratedImage, SegmentationMap, TextAnswer
 from visionllm.formats.task_table import TASK_TABLE, Instruction, build_instruction
 from visionllm.formats.tasks import Task
 from visionllm.formats.tokens import IMAGE, CodecConfig
@@ -34,6 +38,10 @@ from visionllm.serve.errors import RequestError
 from visionllm.serve.images import ImageLimits, load_image
 
 REGION = "<region>"
+MAX_STEPS = 200
+"""The most denoising steps a request may ask for (each is a pass of the image decoder)."""
+MAX_GUIDANCE = 50.0
+"""The highest guidance scale a request may ask for (text or image)."""
 
 
 class RegionSpec(BaseModel):
@@ -68,13 +76,32 @@ class TaskParams(BaseModel):
         max_length=16,
         description="visual prompts (v2: region captions, interactive segmentation, region questions)",
     )
+    description: str | None = Field(None, description="what to draw (generation), e.g. 'a red circle'")
+    edit: str | None = Field(None, description="how to change the image (editing), e.g. 'make the circle green'")
+    seed: int = Field(0, ge=0, lt=2**32, strict=True, description="the starting noise of an image made")
+    steps: int | None = Field(
+        None, ge=1, le=MAX_STEPS, strict=True, description="denoising steps of an image made (the model's default)"
+    )
+    guidance: float | None = Field(
+        None, ge=0.0, le=MAX_GUIDANCE, strict=True, description="text guidance scale (the model's default)"
+    )
+    image_guidance: float | None = Field(
+        None, ge=0.0, le=MAX_GUIDANCE, strict=True, description="an edit's image guidance scale (the model's default)"
+    )
+
+    def sampling(self) -> dict[str, Any]:
+        """How a v2 model samples the images it makes (`predict`'s seed, steps, guidance, image_guidance)."""
+        options = {"seed": self.seed, "steps": self.steps, "guidance": self.guidance}
+        return options | {"image_guidance": self.image_guidance}
 
 
 class PredictRequest(TaskParams):
     """`POST /v1/predict`."""
 
     model: str | None = Field(None, description="the served model's id (optional)")
-    image: str = Field(..., description="data URL (data:image/png;base64,...), bare base64, or an allowed path")
+    image: str | None = Field(
+        None, description="data URL (data:image/png;base64,...), bare base64, or an allowed path; none for generation"
+    )
     render: StrictBool = Field(False, description="also return the picture with the result drawn (a PNG data URL)")
 
 
@@ -158,6 +185,12 @@ def build_request_instruction(
         raise RequestError(400, "vqa needs a question", "question")
     if task is Task.GROUNDING and not (params.expression or "").strip():
         raise RequestError(400, 'grounding needs an expression, e.g. "the red circle on the left"', "expression")
+    description, edit = _phrase(params.description), _phrase(params.edit)
+    if task is Task.GENERATION and not description:
+        example = '"a red circle left of a blue square"'
+        raise RequestError(400, f"generation needs a description of the image to make, e.g. {example}", "description")
+    if task is Task.EDITING and not edit:
+        raise RequestError(400, 'editing needs an edit, e.g. "make the red circle green"', "edit")
     takes_regions = "regions" in TASK_TABLE[task].fields
     if takes_regions and not regions:
         example = 'regions: [{"kind": "point", "data": [x, y]}]'
@@ -172,10 +205,44 @@ def build_request_instruction(
             question=(params.question or "").strip() or None,
             num_points=params.points,
             regions=_region_marks(regions) if regions else None,
+            description=description,
+            edit=edit,
             config=codec,
         )
     except CodecError as error:
         raise RequestError(400, str(error), _param_of(str(error))) from None
+
+
+def check_image(instruction: Instruction | str, shown: bool, param: str, free_turn: bool = False) -> None:
+    """Refuse a request that shows an image where its task takes none (generation), or none where it reads one
+    (every other task, and a free instruction unless `free_turn`).
+
+    Args:
+        instruction: the request's instruction.
+        shown: whether the request comes with an image.
+        param: where the image goes in the request: "image" (/v1/predict) or "messages" (chat).
+        free_turn: whether a free instruction may come without an image (a v2 model's chat turn).
+
+    Raises:
+        RequestError: 400 saying what to send or leave out.
+    """
+    task = instruction.task if isinstance(instruction, Instruction) else None
+    if task is Task.GENERATION and shown:
+        where = "leave out `image`" if param == "image" else "leave the image out of the conversation"
+        raise RequestError(400, f"generation makes an image from its description alone: {where}", param)
+    reads = TASK_TABLE[task].reads_image if task is not None else not free_turn
+    if reads and not shown:
+        what = task.value if task is not None else "an instruction"
+        where = '"image": "data:image/png;base64,..."' if param == "image" else _IMAGE_PART
+        raise RequestError(400, f"{what} reads an image: send one ({where})", param)
+
+
+_IMAGE_PART = '{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}'
+
+
+def _phrase(text: str | None) -> str | None:
+    """A description or edit as a template's phrase (the template adds the full stop), or None when empty."""
+    return (text or "").strip().rstrip(" .") or None
 
 
 def _region_marks(count: int) -> str:
@@ -192,7 +259,8 @@ def _with_regions(text: str, count: int) -> str:
 
 def _check_unicode(params: TaskParams) -> None:
     fields = {"task": params.task, "instruction": params.instruction, "expression": params.expression}
-    fields |= {"question": params.question, **{f"classes[{i}]": name for i, name in enumerate(params.classes)}}
+    fields |= {"question": params.question, "description": params.description, "edit": params.edit}
+    fields |= {f"classes[{i}]": name for i, name in enumerate(params.classes)}
     for name, value in fields.items():
         try:
             check_text(value or "", name)
@@ -206,6 +274,14 @@ def _param_of(message: str) -> str | None:
             return name
     return None
 
+
+_TEXT_FIELD = {
+    Task.VQA.value: "question",
+    Task.GROUNDING.value: "expression",
+    Task.GENERATION.value: "description",
+    Task.EDITING.value: "edit",
+}
+"""The field a chat message's text fills for a task named in the extra body (when the body leaves it empty)."""
 
 _COMMAND = re.compile(r"^\s*(detect|segment|ground|keypoints|caption|describe)\b\s*:?\s*(.*)$", re.I | re.S)
 
@@ -228,12 +304,13 @@ def _message_text(message: ChatMessage) -> str:
     return "\n".join(p.text for p in parts if p.type == "text" and p.text).strip()
 
 
-def params_from_chat(request: ChatRequest, version: int = 1) -> tuple[str, TaskParams]:
+def params_from_chat(request: ChatRequest, version: int = 1) -> tuple[str | None, TaskParams]:
     """The image reference (last image of the user messages) and the task parameters of a chat request; for a
-    v2 model (`version` 2) text that is no command is the conversation's next turn.
+    v2 model (`version` 2) text that is no command is the conversation's next turn, and the conversation may show
+    no image (the reference is then None: "Draw a red circle left of a blue square.").
 
     Raises:
-        RequestError: no image, or no user message.
+        RequestError: no user message, or no image for a v1 model.
     """
     images: list[str] = []
     last_user_text: str | None = None
@@ -253,26 +330,21 @@ def params_from_chat(request: ChatRequest, version: int = 1) -> tuple[str, TaskP
         last_user_text = "\n".join(t for t in texts if t).strip()
     if last_user_text is None:
         raise RequestError(400, "the conversation has no user message", "messages")
-    if not images:
-        raise RequestError(
-            400,
-            "VisionLLM answers about an image: add a content part "
-            '{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}',
-            "messages",
-        )
+    if not images and version < 2:
+        raise RequestError(400, f"VisionLLM answers about an image: add a content part {_IMAGE_PART}", "messages")
+    image = images[-1] if images else None
     if request.visionllm is not None and (request.visionllm.task or request.visionllm.instruction):
         params = request.visionllm.model_copy()
-        if params.task == Task.VQA.value and not params.question:
-            params.question = last_user_text
-        if params.task == Task.GROUNDING.value and not params.expression:
-            params.expression = last_user_text
-        return images[-1], params
+        field = _TEXT_FIELD.get(params.task or "")
+        if field is not None and not getattr(params, field):  # the message's text is the task's one field
+            setattr(params, field, last_user_text)
+        return image, params
     extra = request.visionllm.model_dump(exclude={"task", "instruction"}) if request.visionllm else {}
     fields = _params_from_text(last_user_text)
     if version >= 2 and fields.get("task") in (Task.VQA.value, None) and last_user_text:
         fields = {"instruction": last_user_text}  # v2 converses: a question is the next turn, not a VQA template
     fields |= {k: v for k, v in extra.items() if v}  # explicit fields win
-    return images[-1], TaskParams(**fields)
+    return image, TaskParams(**fields)
 
 
 def _params_from_text(text: str) -> dict[str, Any]:
@@ -294,25 +366,31 @@ def _params_from_text(text: str) -> dict[str, Any]:
     return {"task": Task.CAPTION.value}
 
 
-def answer_body(instruction: Instruction | str, image_size: tuple[int, int], decoded: Decoded) -> dict[str, Any]:
-    """What /v1/predict answers (after its id and model) and chat carries in `visionllm`."""
+def answer_body(instruction: Instruction | str, image_size: tuple[int, int] | None, decoded: Decoded) -> dict[str, Any]:
+    """What /v1/predict answers (after its id and model) and chat carries in `visionllm`; `image_size` (width,
+    height) of the request's image, None (null) for a request without one."""
     if isinstance(instruction, Instruction):
         task, text = instruction.task.value, instruction.text
     else:
         task, text = "instruction", instruction
-    return {"task": task, "instruction": text, "image_size": list(image_size), **result_json(decoded)}
+    size = list(image_size) if image_size is not None else None
+    return {"task": task, "instruction": text, "image_size": size, **result_json(decoded)}
 
 
 def result_json(decoded: Decoded) -> dict[str, Any]:
     """The structured answer: `{"output": "detections", "detections": [...]}`, `{"output": "masks",
-    "class_names": [...], "masks_rle": {...}}` (semantic segmentation) or `{"output": "text", "text": ...}` (with
-    `routed`: what the decoders found for each routing token a v2 reply wrote)."""
+    "class_names": [...], "masks_rle": {...}}` (semantic segmentation), `{"output": "image", "image": <PNG data URL>,
+    "prompt", "seed", "width", "height"}` (generation, editing) or `{"output": "text", "text": ...}` (with `routed`:
+    what the decoders found for each routing token a v2 reply wrote, and `images`: what its [GEN] / [EDIT] calls
+    made, each as an image answer's fields)."""
     prediction = decoded.prediction
     body: dict[str, Any]
     if isinstance(prediction, Detections):
         body = {"output": "detections", "detections": prediction.to_json()}
     elif isinstance(prediction, SegmentationMap):
         body = {"output": "masks", **prediction.to_json()}
+    elif isinstance(prediction, GeneratedImage):
+        body = {"output": "image", **prediction.to_json()}
     else:
         body = {"output": "text", **prediction.to_json()}
     body["dropped"] = [{"slot": d.slot, "reason": d.reason} for d in decoded.dropped]
@@ -320,10 +398,13 @@ def result_json(decoded: Decoded) -> dict[str, Any]:
 
 
 def answer_text(decoded: Decoded) -> str:
-    """The answer in words (the chat message's content)."""
+    """The answer in words (the chat message's content, or its text part beside the images made)."""
     prediction = decoded.prediction
     if isinstance(prediction, TextAnswer):
         return prediction.text
+    if isinstance(prediction, GeneratedImage):
+        height, width = prediction.pixels.shape[:2]
+        return f"Here is the image ({width}x{height} pixels)."
     if isinstance(prediction, SegmentationMap):
         found = [name for k, name in enumerate(prediction.class_names, 1) if (prediction.labels == k).any()]
         return "Segmented: " + ", ".join(found) + "." if found else "None of the classes is in the image."
@@ -335,6 +416,16 @@ def answer_text(decoded: Decoded) -> str:
         items.append(f"{item['class_name']} ({item['score']:.2f}) at [{x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}]")
     noun = "object" if len(items) == 1 else "objects"
     return f"{len(items)} {noun}: " + "; ".join(items) + "."
+
+
+def message_content(text: str, body: dict[str, Any]) -> str | list[dict[str, Any]]:
+    """The assistant message's `content`: the text alone, or, when the answer made images (`body`: its
+    `answer_body`), OpenAI content parts: the text, then one `image_url` part per image (a PNG data URL)."""
+    made = [body] if body["output"] == "image" else body.get("images", [])
+    if not made:
+        return text
+    parts: list[dict[str, Any]] = [{"type": "text", "text": text}]
+    return parts + [{"type": "image_url", "image_url": {"url": image["image"]}} for image in made]
 
 
 def region_prompts(specs: list[RegionSpec], size_wh: tuple[int, int], limits: ImageLimits) -> tuple[RegionPrompt, ...]:

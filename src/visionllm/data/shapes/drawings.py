@@ -98,16 +98,40 @@ def _shape(rng: np.random.Generator, category: str, color: str, center: tuple[fl
     return SceneObject(category, color, rgb, "large", center, extent, rotation)
 
 
-def _box(obj: SceneObject) -> tuple[float, float, float, float]:
-    x, y, r = obj.center_xy[0], obj.center_xy[1], obj.extent_px / 2
-    return (x - r, y - r, x + r, y + r)
+def _box(mask: np.ndarray) -> tuple[float, float, float, float]:
+    """The tight box of a silhouette (x1, y1, x2, y2 in pixels, COCO's pixel-edge convention)."""
+    rows, cols = np.nonzero(mask)
+    return (float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1))
 
 
-def make_drawing(seed: int, split: str, index: int, config: ShapesWorldConfig = ShapesWorldConfig()):
-    """Drawing `index` of a split: (scene, prompt, relation, edited scene, edit instruction, kind, object, colour).
+@dataclass(frozen=True)
+class DrawnScene:
+    """A drawing as sampled, before it is written: its scene and prompt, and its edit with the edited scene.
 
-    Held-out (colour, shape) pairs of the config are never drawn in the train split, nor made by its edits.
+    Attributes:
+        scene: what is drawn.
+        prompt: what it shows, in words.
+        relation: where the first shape is against the second; None for one shape.
+        edited: the scene after the edit.
+        instruction: the edit in words.
+        kind: "recolor" or "remove".
+        index: the edited shape.
+        color: the new colour of a recolouring (None for a removal).
     """
+
+    scene: Scene
+    prompt: str
+    relation: str | None
+    edited: Scene
+    instruction: str
+    kind: str
+    index: int
+    color: str | None = None
+
+
+def make_drawing(seed: int, split: str, index: int, config: ShapesWorldConfig = ShapesWorldConfig()) -> DrawnScene:
+    """Drawing `index` of a split. Held-out (colour, shape) pairs of the config are never drawn in the train split,
+    nor made by its edits."""
     rng = np.random.default_rng([_STREAM, seed, 0 if split == "train" else 1, index])
     size = config.image_size
     held = set(config.holdout_pairs) if split == "train" else set()
@@ -135,11 +159,13 @@ def make_drawing(seed: int, split: str, index: int, config: ShapesWorldConfig = 
     target = int(rng.integers(count))
     color, shape = chosen[target]
     if count == 2 and rng.random() < 0.4:
-        return scene, prompt, relation, scene.without(target), f"remove the {color} {shape}", "remove", target, None
+        return DrawnScene(
+            scene, prompt, relation, scene.without(target), f"remove the {color} {shape}", "remove", target
+        )
     colors = [c for c in COLORS if c != color and (c, shape) not in held and (c, shape) not in chosen]
     new = colors[int(rng.integers(len(colors)))]
     edited = scene.recolored(target, new)
-    return scene, prompt, relation, edited, f"make the {color} {shape} {new}", "recolor", target, new
+    return DrawnScene(scene, prompt, relation, edited, f"make the {color} {shape} {new}", "recolor", target, new)
 
 
 class DrawingsLayout:
@@ -172,22 +198,26 @@ def write_drawings(
         folder.mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
     for index in tqdm(range(count), desc=f"drawings {split}", disable=not progress):
-        scene, prompt, relation, edited, instruction, kind, target, color = make_drawing(seed, split, index, config)
+        made = make_drawing(seed, split, index, config)
         image_id = _ID_BASE[split] + index
         name = f"{image_id:012d}.png"
-        Image.fromarray(render_scene(scene).image).save(layout.image_dir(split) / name, compress_level=1)
-        Image.fromarray(render_scene(edited).image).save(layout.edited_dir(split) / name, compress_level=1)
+        drawn = render_scene(made.scene)
+        Image.fromarray(drawn.image).save(layout.image_dir(split) / name, compress_level=1)
+        Image.fromarray(render_scene(made.edited).image).save(layout.edited_dir(split) / name, compress_level=1)
         records.append(
             {
                 "id": image_id,
                 "image": f"drawings/{split}/{name}",
-                "prompt": prompt,
-                "relation": relation,
-                "objects": [{"category": o.category, "color": o.color, "bbox_xyxy": _box(o)} for o in scene.objects],
+                "prompt": made.prompt,
+                "relation": made.relation,
+                "objects": [
+                    {"category": o.category, "color": o.color, "bbox_xyxy": _box(mask)}
+                    for o, mask in zip(made.scene.objects, drawn.masks, strict=True)
+                ],
                 "input_image": f"drawings/{split}/{name}",
-                "edit_prompt": instruction,
+                "edit_prompt": made.instruction,
                 "edited_image": f"drawings/edited/{split}/{name}",
-                "edit": {"kind": kind, "index": target, "color": color},
+                "edit": {"kind": made.kind, "index": made.index, "color": made.color},
             }
         )
     path = layout.records(split)

@@ -14,8 +14,9 @@ Example i of a stream is a function of (seed, i) alone, as for v1. Every task is
 - keypoints: "person [DET] nose [POSE], left eye [POSE], ..." over a random subset of the skeleton's points (any
   skeleton is its names: people's 17 points, and stars' 5 tips where the dataset has them), the objects and their
   points the targets;
-- generation: a drawing's prompt in a request that shows no image, answered "[GEN]", the drawing the target;
-- editing: a drawing and its edit instruction, answered "[EDIT]", the edited drawing the target.
+- generation: a drawing's prompt in a request that shows no image, answered "<the prompt> [GEN]", the drawing the
+  target;
+- editing: a drawing and its edit instruction, answered "<the instruction> [EDIT]", the edited drawing the target.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from visionllm.models.v2.chat import Turn
 from visionllm.models.v2.model import ChatExample, Targets, VisionLLMv2Processor
 from visionllm.models.v2.object_decoder import ObjectTargets
 from visionllm.models.v2.patch_labels import patch_targets
-from visionllm.models.v2.perception import ROUTE, detection_answer, keypoint_answer
+from visionllm.models.v2.perception import ROUTE, detection_answer, image_answer, keypoint_answer
 from visionllm.models.v2.regions import RegionPrompt
 from visionllm.ops.polygons import polygons_to_mask, rle_to_mask
 from visionllm.train.mix import MixConfig, class_phrase, draw_class_set, majority_answer
@@ -289,8 +290,9 @@ class ChatMixture(torch.utils.data.Dataset):
         if task is Task.GENERATION:
             target = p.decoder_pixels(p.image(drawing.image_path).pixels[None], config.image_size)[0]
             request = build_request(task, description=drawing.prompt, template=rng)
-            return ChatExample(None, (Turn("user", request), Turn("assistant", ROUTE[task])), (), Targets(image=target))
+            answer = image_answer(drawing.prompt, ROUTE[task])
+            return ChatExample(None, (Turn("user", request), Turn("assistant", answer)), (), Targets(image=target))
         target = p.decoder_pixels(p.image(drawing.edit.image_path).pixels[None], config.image_size)[0]
         request = build_request(task, edit=drawing.edit.instruction, template=rng)
-        turns = (Turn("user", request), Turn("assistant", ROUTE[task]))
+        turns = (Turn("user", request), Turn("assistant", image_answer(drawing.edit.instruction, ROUTE[task])))
         return ChatExample(p.image(drawing.image_path), turns, (), Targets(image=target))

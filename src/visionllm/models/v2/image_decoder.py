@@ -41,6 +41,9 @@ class UNetLayout:
         layers_per_block: residual layers per level.
         attention_head_dim: width of each attention head.
         norm_num_groups: GroupNorm groups (divides every level's channels).
+        pooled_condition: also pool the condition (attention pooling) into the timestep embedding, which every
+            residual block reads, as SDXL adds its pooled text embedding (diffusers' `addition_embed_type="text"`).
+            A small UNet with cross-attention only at its coarsest level hardly hears its condition otherwise.
     """
 
     block_out_channels: list[int] = field(default_factory=lambda: [320, 640, 1280, 1280])
@@ -48,6 +51,7 @@ class UNetLayout:
     layers_per_block: int = 2
     attention_head_dim: int = 8
     norm_num_groups: int = 32
+    pooled_condition: bool = False
 
     def __post_init__(self) -> None:
         if len(self.attention_levels) != len(self.block_out_channels):
@@ -134,15 +138,47 @@ class ImageDecoderConfig:
             raise ConfigError(f"image_size {self.image_size} must be a multiple of {factor} for these layouts")
 
 
+class RunningStandardize(nn.Module):
+    """Each (query, feature) of the routed states less its running mean, over its running deviation.
+
+    The LLM's query states share a large component across prompts (their placeholder embeddings and positions)
+    and differ in a small one: what the prompt asked for. Averaged by a fresh mapper's near-uniform attention,
+    the shared part drowns the rest and the UNet learns to ignore its condition. Standardizing each query's
+    features by statistics gathered in training (as batch normalization keeps them) leaves the part that
+    differs. The statistics are buffers of the checkpoint; inference uses them as they are.
+    """
+
+    def __init__(self, tokens: int, width: int, momentum: float = 0.02, eps: float = 1e-10) -> None:
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        self.register_buffer("mean", torch.zeros(tokens, width))
+        self.register_buffer("var", torch.ones(tokens, width))
+        self.register_buffer("batches", torch.zeros((), dtype=torch.long))
+
+    def forward(self, states: Tensor) -> Tensor:
+        if states.shape[1:] != self.mean.shape:
+            raise ValueError(f"the mapper reads {tuple(self.mean.shape)} query states, got {tuple(states.shape[1:])}")
+        if self.training and len(states) > 1:
+            with torch.no_grad():  # a plain average over the first batches, then a moving one
+                rate = max(self.momentum, 1.0 / float(self.batches + 1))
+                detached = states.detach().float()
+                self.mean.lerp_(detached.mean(0), rate)
+                self.var.lerp_(detached.var(0), rate)
+                self.batches += 1
+        standard = (states.float() - self.mean) * (self.var + self.eps).rsqrt()
+        return standard.to(states.dtype)
+
+
 class ConditionMapper(nn.Module):
     """The routed query states (B, Q, D) -> the UNet's condition (B, condition_tokens, width).
 
-    A projection to `width`, then a small transformer decoder whose learnable queries attend to the projected
-    states (and to each other).
+    The states are standardized (`RunningStandardize`), projected to `width`, then read by a small transformer
+    decoder whose learnable queries attend to them (and to each other).
     """
 
-    def __init__(self, in_width: int, width: int, tokens: int, layers: int, heads: int) -> None:
+    def __init__(self, in_width: int, width: int, tokens: int, layers: int, heads: int, in_tokens: int = 64) -> None:
         super().__init__()
+        self.standardize = RunningStandardize(in_tokens, in_width)
         self.proj = nn.Sequential(nn.Linear(in_width, width), nn.GELU(), nn.Linear(width, width))
         self.queries = nn.Parameter(torch.randn(tokens, width) * 0.02)
         layer = nn.TransformerDecoderLayer(width, heads, 4 * width, dropout=0.0, batch_first=True, norm_first=True)
@@ -150,7 +186,7 @@ class ConditionMapper(nn.Module):
         self.norm = nn.LayerNorm(width)
 
     def forward(self, states: Tensor) -> Tensor:
-        memory = self.proj(states)
+        memory = self.proj(self.standardize(states))
         queries = self.queries.unsqueeze(0).expand(len(states), -1, -1).to(memory.dtype)
         return self.norm(self.transformer(queries, memory))
 
@@ -163,18 +199,26 @@ class ImageDecoder(nn.Module):
         in_width: the LLM's width (the query states').
         editing: InstructPix2Pix: the source image's latent is concatenated to the noisy one.
         load_weights: load `config.pretrained` (False when a checkpoint follows).
+        in_tokens: how many query states a call carries (the route family's queries).
     """
 
-    def __init__(self, config: ImageDecoderConfig, in_width: int, editing: bool = False, load_weights: bool = True):
+    def __init__(
+        self,
+        config: ImageDecoderConfig,
+        in_width: int,
+        editing: bool = False,
+        load_weights: bool = True,
+        in_tokens: int = 64,
+    ):
         super().__init__()
         from diffusers import AutoencoderKL, UNet2DConditionModel  # diffusers loads slowly: only with a decoder
 
         self.config = config
         self.editing = editing
         self.mapper = ConditionMapper(
-            in_width, config.width, config.condition_tokens, config.mapper_layers, config.mapper_heads
+            in_width, config.width, config.condition_tokens, config.mapper_layers, config.mapper_heads, in_tokens
         )
-        self.autoencoder: nn.Module | None = None
+        self.autoencoder = None
         if config.pretrained:
             self.unet, self.autoencoder = self._pretrained(Path(config.pretrained), load_weights)
         else:
@@ -193,6 +237,8 @@ class ImageDecoder(nn.Module):
                 cross_attention_dim=config.width,
                 attention_head_dim=unet.attention_head_dim,
                 norm_num_groups=unet.norm_num_groups,
+                addition_embed_type="text" if unet.pooled_condition else None,
+                addition_embed_type_num_heads=config.mapper_heads,
             )
             if config.latent:
                 levels = config.autoencoder.block_out_channels
@@ -212,8 +258,12 @@ class ImageDecoder(nn.Module):
 
     @property
     def latent_size(self) -> int:
-        factor = 2 ** (len(self.config.autoencoder.block_out_channels) - 1) if self.config.latent else 1
-        return self.config.image_size // factor
+        """The side of what the UNet denoises (the autoencoder's downsampling of `image_size`)."""
+        if self.autoencoder is not None:
+            return self.config.image_size // 2 ** (len(self.autoencoder.config.block_out_channels) - 1)
+        if self.config.latent and self.config.pretrained is None:  # while the autoencoder is being built
+            return self.config.image_size // 2 ** (len(self.config.autoencoder.block_out_channels) - 1)
+        return self.config.image_size
 
     def _pretrained(self, folder: Path, load_weights: bool) -> tuple[nn.Module, nn.Module | None]:
         """A Stable Diffusion folder's UNet and autoencoder; an editing decoder built on a 4-channel UNet gets the

@@ -68,7 +68,15 @@ from visionllm.models.v2.perception import (
     semantic_map,
 )
 from visionllm.models.v2.regions import RegionEncoder, RegionPrompt, prompt_mask
-from visionllm.models.v2.superlink import QUERY, REGION, ROUTES, V2_TOKENS, RouteCall, SuperLink
+from visionllm.models.v2.superlink import (
+    FAMILY_QUERIES,
+    QUERY,
+    REGION,
+    ROUTES,
+    V2_TOKENS,
+    RouteCall,
+    SuperLink,
+)
 from visionllm.models.v2.vision import Bridge, VisionEncoder
 from visionllm.train.mix import MixConfig
 
@@ -334,10 +342,13 @@ class VisionLLMv2(nn.Module, TaskHelpers):
             if config.keypoints and self.object_decoder is not None
             else None
         )
+        calls = FAMILY_QUERIES["generation"]  # the query states a [GEN] or [EDIT] call carries
         self.generation_decoder = (
-            ImageDecoder(config.generation, width, False, load_weights) if config.generation else None
+            ImageDecoder(config.generation, width, False, load_weights, calls) if config.generation else None
         )
-        self.editing_decoder = ImageDecoder(config.editing, width, True, load_weights) if config.editing else None
+        self.editing_decoder = (
+            ImageDecoder(config.editing, width, True, load_weights, calls) if config.editing else None
+        )
         self.patch_labels = PatchLabelHead(config.patch_labels, self.vision.width) if config.patch_labels else None
         missing = {Task.GENERATION: self.generation_decoder, Task.EDITING: self.editing_decoder}
         self.TASKS = tuple(t for t in self.TASKS if missing.get(t, True) is not None)
@@ -657,8 +668,8 @@ class VisionLLMv2(nn.Module, TaskHelpers):
         if len(earlier) != len(images):
             raise ValueError(f"{len(images)} images but {len(earlier)} histories")
         plans = [
-            self._plan(instruction, keypoint_names, before)
-            for instruction, before in zip(instructions, earlier, strict=True)
+            self._plan(instruction, keypoint_names, before, image is not None)
+            for instruction, before, image in zip(instructions, earlier, images, strict=True)
         ]
         earlier = [
             _placed(before, p.request) if image is not None else before
@@ -701,14 +712,17 @@ class VisionLLMv2(nn.Module, TaskHelpers):
             self.train(was_training)
         return [r for r in results if r is not None]
 
-    def _plan(self, instruction: str | Instruction, keypoint_names: Sequence[str], earlier: Sequence[Turn]) -> Plan:
-        """The plan of one request after `earlier` turns: a task this model answers, the image placed once."""
+    def _plan(
+        self, instruction: str | Instruction, keypoint_names: Sequence[str], earlier: Sequence[Turn], image: bool
+    ) -> Plan:
+        """The plan of one request after `earlier` turns: a task this model answers, the image placed once (`image`:
+        whether the request shows one; a chat turn without one is sent as it is)."""
         if isinstance(instruction, Instruction) and instruction.task not in self.TASKS:
             answered = ", ".join(t.value for t in self.TASKS)
             raise ProcessorError(f"this model does not answer {instruction.task.value}; it answers: {answered}")
         planned = plan(instruction, keypoint_names)
-        if earlier and isinstance(instruction, str) and IMAGE not in instruction:
-            return replace(planned, request=instruction)  # the image goes in an earlier turn (`_placed`)
+        if (earlier or not image) and isinstance(instruction, str) and IMAGE not in instruction:
+            return replace(planned, request=instruction)  # the image goes in an earlier turn (`_placed`), or nowhere
         return planned
 
     def check_request(
@@ -717,6 +731,7 @@ class VisionLLMv2(nn.Module, TaskHelpers):
         max_prompt_tokens: int | None = None,
         history: Sequence[Turn | dict] = (),
         regions: int = 0,
+        image: bool | None = None,
     ) -> int:
         """Check, without model work, that `predict` can answer this request; its cost in LLM tokens.
 
@@ -725,18 +740,27 @@ class VisionLLMv2(nn.Module, TaskHelpers):
             max_prompt_tokens: a lower limit on the conversation's tokens than the model's own, or None.
             history: the earlier turns, as for `predict`.
             regions: how many visual prompts come with the conversation.
+            image: whether the request comes with an image; None: as its task reads one (a generation request
+                shows none, every other request one).
 
         Returns:
             The most tokens the LLM runs for it: the conversation with its image tokens and the longest answer.
 
         Raises:
-            ProcessorError: what `predict` would refuse: a task it does not answer, a conversation that does not
-                alternate or places the image twice, `<region>` placeholders that do not match the prompts, or a
-                conversation over the token limit.
+            ProcessorError: what `predict` would refuse: a task it does not answer, an image where the request
+                takes none or none where it reads one, a conversation that does not alternate or places the image
+                twice, `<region>` placeholders that do not match the prompts, or a conversation over the token limit.
         """
         earlier = _turns(history)
-        planned = self._plan(instruction, COCO_KEYPOINT_NAMES, earlier)
-        shown = planned.task is not Task.GENERATION
+        generation = isinstance(instruction, Instruction) and instruction.task is Task.GENERATION
+        shown = image if image is not None else not generation
+        planned = self._plan(instruction, COCO_KEYPOINT_NAMES, earlier, shown)
+        if shown and generation:
+            raise ProcessorError("a generation request shows no image: send the description alone")
+        if not shown and planned.task is not Task.CHAT and not generation:
+            raise ProcessorError(f"{planned.task.value} reads an image: send one with the request")
+        if not shown and regions:
+            raise ProcessorError("visual prompts mark the image: send the image with them")
         turns = (*(_placed(earlier, planned.request) if shown else earlier), Turn("user", planned.request))
         try:
             row = build_chat(self.processor.tokenizer, turns, self.link)
@@ -875,7 +899,7 @@ class VisionLLMv2(nn.Module, TaskHelpers):
                 states,
                 [inputs[chosen[b]] for b in rows],
                 batch.pixel_values[rows],
-                [plans[chosen[b]].request for b in rows],
+                [plans[chosen[b]].prompt or plans[chosen[b]].request for b in rows],
                 **sampling,
             )
             out.update(zip(rows, made, strict=True))

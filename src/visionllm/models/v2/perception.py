@@ -41,6 +41,12 @@ def detection_answer(classes: Sequence[str], route: str) -> str:
     return ", ".join(f"{name} {route}" for name in classes)
 
 
+def image_answer(prompt: str, route: str) -> str:
+    """A generation or editing request's answer: its description or edit, then the route ("a red circle [GEN]"),
+    as a detection answer names its class before [DET]: the queries read the words right before them."""
+    return f"{prompt.strip().rstrip('.')} {route}"
+
+
 def keypoint_answer(category: str, names: Sequence[str]) -> str:
     """The object class routed to the object decoder, then each point name to the keypoint decoder."""
     return f"{category} [DET] " + ", ".join(f"{name.replace('_', ' ')} [POSE]" for name in names)
@@ -56,6 +62,7 @@ class Plan:
         answer: the routed answer a perception request fixes; None: the reply is generated.
         class_names: the routed groups' names, in answer order (perception).
         keypoint_names: the point names of a keypoint request.
+        prompt: what an image request asks for (its description or edit).
     """
 
     task: Task
@@ -63,6 +70,7 @@ class Plan:
     answer: str | None = None
     class_names: tuple[str, ...] = ()
     keypoint_names: tuple[str, ...] = ()
+    prompt: str = ""
 
 
 def plan(instruction: str | Instruction, keypoint_names: Sequence[str] = COCO_KEYPOINT_NAMES) -> Plan:
@@ -87,8 +95,9 @@ def plan(instruction: str | Instruction, keypoint_names: Sequence[str] = COCO_KE
         return Plan(task, request, keypoint_answer(category, keypoint_names), (category,), tuple(keypoint_names))
     if task is Task.INTERACTIVE_SEGMENTATION:
         return Plan(task, instruction.text, ROUTE[task], ("object",))
-    if task in (Task.GENERATION, Task.EDITING):  # the reply is the routing token: its queries condition the image
-        return Plan(task, instruction.text, ROUTE[task])
+    if task in (Task.GENERATION, Task.EDITING):
+        answer = image_answer(instruction.prompt, ROUTE[task])
+        return Plan(task, instruction.text, answer, prompt=instruction.prompt)
     return Plan(task, instruction.text)
 
 

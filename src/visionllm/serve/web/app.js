@@ -4,7 +4,11 @@
 // tasks). Each kind is a tool below that draws on #prompt-layer (the canvas over the image) and adds an entry
 // {kind, data} in pixels of the image to state.prompts, sent as `regions` in the request. With a model that takes
 // prompts, a free instruction (a chat turn) may carry them too ("What color is region1 <region>?").
-// A response with `output: "image"` carries the generated image in `image` and is shown in #result-image.
+//
+// Images the model makes: a task whose /v1/tasks entry has `image: false` (generation) is sent without the input
+// image; an answer with `output: "image"` (generation, editing) carries the image made in `image`, a chat reply
+// the images its [GEN] / [EDIT] calls made in `images`. The last image made is shown in #result-image, with a bar
+// (#edit-result) that sends an edit of it ("make the red circle green") and shows the edited image in its place.
 "use strict";
 
 // kind -> label and pointer handlers: down(p) starts a prompt, move(p) extends it, up(p) returns the finished
@@ -25,7 +29,8 @@ const PROMPT_TOOLS = {
   },
 };
 
-const state = { image: null, tasks: [], prompts: [], tool: "point", drawing: null };
+// image: the input image (data URL); made: the last image the model made (data URL), the one #edit-result edits.
+const state = { image: null, made: null, tasks: [], prompts: [], tool: "point", drawing: null };
 const $ = (id) => document.getElementById(id);
 
 function headers() {
@@ -168,7 +173,8 @@ async function chooseSample(img, url) {
 }
 
 function currentTask() {
-  return state.tasks.find((t) => t.task === $("task").value) || { task: "instruction", fields: ["instruction"], prompts: [] };
+  const free = { task: "instruction", fields: ["instruction"], prompts: [], output: "text", image: true };
+  return state.tasks.find((t) => t.task === $("task").value) || free;
 }
 
 function updateFields() {
@@ -179,11 +185,22 @@ function updateFields() {
   document.querySelectorAll("#prompt-tools [data-tool]").forEach((b) => { b.hidden = !kinds.includes(b.dataset.tool); });
   if (kinds.length && !kinds.includes(state.tool)) { state.tool = kinds[0]; markTool(); }
   $("input-stage").classList.toggle("prompting", kinds.length > 0);
+  $("sampling").hidden = task.output !== "image";
+  $("input-panel").classList.toggle("unused", task.image === false);  // generation is sent without it
+  $("min-score-field").hidden = task.output === "image";
+}
+
+function sampling() {
+  const options = { seed: Number($("seed").value) || 0 };
+  if ($("steps").value) options.steps = Number($("steps").value);
+  return options;
 }
 
 function requestBody() {
   const task = currentTask();
-  const body = { image: state.image, render: true, min_score: Number($("min-score").value) };
+  const body = { render: true, min_score: Number($("min-score").value) };
+  if (task.image !== false) body.image = state.image;
+  if (task.output === "image") Object.assign(body, sampling());
   if (task.task === "instruction") {
     body.instruction = $("instruction").value;
     if (promptKinds(task).length && state.prompts.length) body.regions = state.prompts;
@@ -193,13 +210,19 @@ function requestBody() {
     if (task.fields.includes("expression")) body.expression = $("expression").value;
     if (task.fields.includes("question")) body.question = $("question").value;
     if (task.fields.includes("points")) body.points = Number($("points").value);
+    if (task.fields.includes("description")) body.description = $("description").value;
+    if (task.fields.includes("edit")) body.edit = $("edit").value;
     if (promptKinds(task).length) body.regions = state.prompts;
   }
   return body;
 }
 
 function showResult(result) {
-  const picture = result.output === "image" ? result.image : result.visualization;
+  // The image made (an image answer's, or the last of a chat reply's) comes before the drawn result.
+  const made = result.output === "image" ? result.image : (result.images || []).map((m) => m.image).pop() || null;
+  const picture = made || result.visualization;
+  state.made = made;
+  $("edit-result").hidden = !made;
   $("result-image").hidden = !picture;
   if (picture) $("result-image").src = picture;
   const rows = $("detections").querySelector("tbody");
@@ -216,23 +239,40 @@ function showResult(result) {
   } else if (result.output === "masks") {
     const n = result.class_names.length;
     $("answer").textContent = `${n} class${n === 1 ? "" : "es"} segmented`;
+  } else if (result.output === "image") {
+    $("answer").textContent = `${result.width} × ${result.height} image, seed ${result.seed}`;
   } else {
     $("answer").textContent = result.text || "";
   }
   $("detections").hidden = result.output !== "detections";
-  const shown = { ...result };
-  if (shown.visualization) shown.visualization = `<PNG data URL, ${shown.visualization.length} characters>`;
-  $("raw-json").textContent = JSON.stringify(shown, null, 2);
+  $("raw-json").textContent = JSON.stringify(result, shortUrls, 2);
+}
+
+function shortUrls(key, value) {
+  // Data URLs in the raw JSON are shown by their length: the pictures are above.
+  return typeof value === "string" && value.startsWith("data:") ? `<${value.split(";")[0].slice(5)} data URL, ${value.length} characters>` : value;
 }
 
 async function run() {
-  if (!state.image) { setStatus("Choose or upload an image first.", true); return; }
-  $("run").disabled = true;
+  if (!state.image && currentTask().image !== false) { setStatus("Choose or upload an image first.", true); return; }
+  await predict(requestBody());
+}
+
+async function applyEdit(event) {
+  // An edit of the image shown as the result (the last one made), answered in its place.
+  event.preventDefault();
+  if (!state.made) return;
+  await predict({ task: "editing", image: state.made, edit: $("result-edit").value, ...sampling() });
+}
+
+async function predict(body) {
+  const buttons = [$("run"), $("apply-edit")];
+  buttons.forEach((b) => { b.disabled = true; });
   document.body.dataset.state = "running";
   setStatus("Running…");
   const started = performance.now();
   try {
-    const result = await api("/v1/predict", requestBody());
+    const result = await api("/v1/predict", body);
     showResult(result);
     setStatus(`${result.task} in ${((performance.now() - started) / 1000).toFixed(2)} s`);
     document.body.dataset.state = "done";
@@ -240,7 +280,7 @@ async function run() {
     setStatus(error.message, true);
     document.body.dataset.state = "error";
   } finally {
-    $("run").disabled = false;
+    buttons.forEach((b) => { b.disabled = false; });
   }
 }
 
@@ -257,6 +297,12 @@ function init() {
   window.addEventListener("resize", drawPrompts);
   buildTools();
   $("run").addEventListener("click", run);
+  $("edit-result").addEventListener("submit", applyEdit);
+  $("use-result").addEventListener("click", () => {
+    if (!state.made) return;
+    document.querySelectorAll("#samples img").forEach((el) => el.classList.remove("chosen"));
+    setImage(state.made);
+  });
   load();
 }
 
