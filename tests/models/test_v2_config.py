@@ -46,7 +46,8 @@ def test_the_paper_preset_has_the_published_part_sizes():
     assert body == 6_476_271_616  # the LLaMA-7B layout of Vicuna-7B, without its embeddings
     assert count(bridge) == 20_979_712  # 1024 -> 4096 -> 4096
     assert regions.mask_stack[0].stride == (7, 7) and config.vision.grid**2 == 576
-    assert {f: t.shape for f, t in link.tables.items()} == {"keypoint": (4, 4096), "object": (4, 4096)}
+    tables = {f: t.shape for f, t in link.tables.items()}
+    assert tables == {"keypoint": (4, 4096), "object": (4, 4096), "generation": (64, 4096)}
     # The object decoder: a Swin-T backbone (the same stages as transformers' Swin-T), the category MLP
     # 4096 -> 256 -> 256, 900 queries of width 256 over 6 + 6 deformable layers.
     body = objects.backbone.swin.swin
@@ -75,8 +76,11 @@ def test_the_tiny_preset_builds_a_small_model_with_its_own_vocabulary_that_chats
     data = yaml.safe_load((PRESET.parent / "tiny_v2.yaml").read_text())["model"]
     torch.manual_seed(0)
     model = VisionLLMv2(VisionLLMv2Config.from_dict(data)).eval()
-    size = sum(p.numel() for p in model.parameters())
+    drawing = [model.generation_decoder, model.editing_decoder]
+    size = sum(p.numel() for p in model.parameters()) - sum(p.numel() for d in drawing for p in d.parameters())
     assert 4e6 < size < 12e6, size
+    for decoder in drawing:  # two small pixel-space UNets with their mappers
+        assert 3e6 < sum(p.numel() for p in decoder.parameters()) < 8e6
     assert len(model.processor.tokenizer) <= 1024 + 10 and model.processor.num_image_tokens == 64
     reply = model.chat(np.zeros((90, 120, 3), np.uint8), [{"role": "user", "content": "<image> what is there?"}])
     assert isinstance(reply.text, str)  # untrained: any text, but the whole path runs

@@ -11,7 +11,7 @@ import yaml
 from visionllm.formats.keypoints import COCO_KEYPOINT_NAMES, STAR_KEYPOINT_NAMES
 from visionllm.formats.tasks import Task
 from visionllm.models.v2.config import VisionLLMv2Config
-from visionllm.models.v2.data import V2_TRAINING_TASKS, ChatMixture
+from visionllm.models.v2.data import IMAGE_TASKS, V2_TRAINING_TASKS, ChatMixture
 from visionllm.models.v2.model import VisionLLMv2
 from visionllm.train.loop import train
 from visionllm.train.mix import MixConfig
@@ -32,12 +32,22 @@ def stream(model, tiny_shapesworld):
 
 
 @pytest.mark.parametrize("task", V2_TRAINING_TASKS, ids=lambda t: t.value)
-def test_each_task_answers_in_the_routed_format_with_aligned_targets(stream, task):
+def test_each_task_answers_in_the_routed_format_with_aligned_targets(model, stream, task):
     for seed in range(4):
         rng = random.Random(seed)
         example = stream.example(task, rng.choice(stream.samples[task]), rng)
         answers = " ".join(t.text for t in example.turns if t.role == "assistant")
         routes = ROUTES.findall(answers)
+        if task in IMAGE_TASKS:  # no image shown to draw; the drawing shown to edit; the target image to make
+            route = "[GEN]" if task is Task.GENERATION else "[EDIT]"
+            assert sum(t.text.count("<image>") for t in example.turns) == int(task is Task.EDITING)
+            assert (example.image is not None) == (task is Task.EDITING)
+            assert answers.endswith(route) and answers.count(route) == 1 and not routes
+            assert len(answers.removesuffix(route).split()) >= 2  # the description or edit the queries read
+            target = example.targets.image
+            size = model.config.generation.image_size
+            assert target.shape == (3, size, size) and target.min() >= -1 and target.max() <= 1
+            continue
         assert sum(t.text.count("<image>") for t in example.turns) == 1
         assert sum(t.text.count("<region>") for t in example.turns) == len(example.regions)
         if not routes:

@@ -148,7 +148,7 @@ class RunningStandardize(nn.Module):
     differs. The statistics are buffers of the checkpoint; inference uses them as they are.
     """
 
-    def __init__(self, tokens: int, width: int, momentum: float = 0.02, eps: float = 1e-10) -> None:
+    def __init__(self, tokens: int, width: int, momentum: float = 0.1, eps: float = 1e-10) -> None:
         super().__init__()
         self.momentum, self.eps = momentum, eps
         self.register_buffer("mean", torch.zeros(tokens, width))
@@ -304,7 +304,10 @@ class ImageDecoder(nn.Module):
         from diffusers import DDIMScheduler, DDPMScheduler
 
         kind = DDIMScheduler if sampling else DDPMScheduler
-        options = {"set_alpha_to_one": False, "steps_offset": 1} if sampling else {}
+        # sampling starts at the last training step ("trailing"), where the input is pure noise, as it is at
+        # inference; "leading" spacing starts earlier, where a UNet expects some image left in its input
+        # (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps Are Flawed")
+        options = {"set_alpha_to_one": False, "timestep_spacing": "trailing"} if sampling else {}
         return kind(
             num_train_timesteps=self.config.train_timesteps,
             beta_schedule=self.config.beta_schedule,
