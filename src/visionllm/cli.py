@@ -7,7 +7,7 @@ import logging
 import math
 import sys
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -236,15 +236,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
 
     prompts = _texts(args.prompt, "--prompt", "what to draw")
     _check_new_file(args.out, "--out")
-    model = _load_model(args.model)
-    _check_answers(model, args.model, Task.GENERATION)
-    _check_steps(model.generation_decoder, args.steps)
-    sampling = {"seed": args.seed, "steps": args.steps, "guidance": args.guidance}
-    try:
-        made = model.text_to_image(prompts, progress=True, **sampling)
-    except ValueError as error:  # ProcessorError included: a prompt over the model's token limit
-        raise CliError(str(error)) from None
-    _save_images(made, _numbered(args.out, len(made)))
+    _make_images(args, Task.GENERATION, lambda model, sampling: model.text_to_image(prompts, **sampling))
 
 
 def _cmd_edit(args: argparse.Namespace) -> None:
@@ -253,15 +245,27 @@ def _cmd_edit(args: argparse.Namespace) -> None:
     instructions = _texts(args.instruction, "--instruction", "how to change the image")
     _check_new_file(args.out, "--out")
     image = _read_image(args.image, "--image")
+    _make_images(
+        args,
+        Task.EDITING,
+        lambda model, sampling: model.edit_image(
+            [image] * len(instructions), instructions, image_guidance=args.image_guidance, **sampling
+        ),
+    )
+
+
+def _make_images(args: argparse.Namespace, task: typing.Any, make: Callable[[typing.Any, dict], list]) -> None:
+    """Load --model, check that it answers `task` and takes --steps, then save the images `make(model, sampling)`
+    returns as --out (numbered for several)."""
+    from visionllm.formats.tasks import Task
+
     model = _load_model(args.model)
-    _check_answers(model, args.model, Task.EDITING)
-    _check_steps(model.editing_decoder, args.steps)
-    sampling = {"seed": args.seed, "steps": args.steps, "guidance": args.guidance}
+    _check_answers(model, args.model, task)
+    _check_steps(model.generation_decoder if task is Task.GENERATION else model.editing_decoder, args.steps)
+    sampling = {"seed": args.seed, "steps": args.steps, "guidance": args.guidance, "progress": True}
     try:
-        made = model.edit_image(
-            [image] * len(instructions), instructions, image_guidance=args.image_guidance, progress=True, **sampling
-        )
-    except ValueError as error:
+        made = make(model, sampling)
+    except ValueError as error:  # ProcessorError included: a prompt over the model's token limit
         raise CliError(str(error)) from None
     _save_images(made, _numbered(args.out, len(made)))
 

@@ -55,3 +55,15 @@ def live_server():
             thread.join(30)
 
     return run
+
+
+@pytest.fixture(scope="module")
+def v2_client(micro_v2_model, calls):
+    """A test client of the server over the micro v2 model; each module using it spies on the model's predict
+    calls with a `calls` fixture of its own."""
+    from fastapi.testclient import TestClient
+
+    from visionllm.serve.app import ServerSettings, create_app
+
+    with TestClient(create_app(micro_v2_model, ServerSettings(model_id="micro-v2", samples=1))) as test_client:
+        yield test_client

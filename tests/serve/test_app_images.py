@@ -55,12 +55,6 @@ def calls(micro_v2_model):
     del micro_v2_model.predict
 
 
-@pytest.fixture(scope="module")
-def client(micro_v2_model, calls):
-    with TestClient(create_app(micro_v2_model, ServerSettings(model_id="micro-v2", samples=1))) as test_client:
-        yield test_client
-
-
 def decoded_png(url: str) -> Image.Image:
     """The image of a PNG data URL (it must be one)."""
     prefix = "data:image/png;base64,"
@@ -70,12 +64,12 @@ def decoded_png(url: str) -> Image.Image:
     return image.convert("RGB")
 
 
-def generate(client, **fields):
-    return client.post("/v1/predict", json={"task": "generation", "description": "a red circle", **fields})
+def generate(v2_client, **fields):
+    return v2_client.post("/v1/predict", json={"task": "generation", "description": "a red circle", **fields})
 
 
-def test_generation_needs_no_image_and_answers_a_png_of_the_decoders_size(client, micro_v2_model, calls):
-    answer = generate(client, seed=5, steps=2, guidance=3.0)
+def test_generation_needs_no_image_and_answers_a_png_of_the_decoders_size(v2_client, micro_v2_model, calls):
+    answer = generate(v2_client, seed=5, steps=2, guidance=3.0)
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["output"] == "image" and body["task"] == "generation" and body["image_size"] is None
@@ -87,15 +81,15 @@ def test_generation_needs_no_image_and_answers_a_png_of_the_decoders_size(client
     assert (kwargs["seed"], kwargs["steps"], kwargs["guidance"], kwargs["image_guidance"]) == (5, 2, 3.0, None)
 
 
-def test_the_same_seed_gives_the_same_bytes_and_another_seed_another_image(client):
-    first, again, other = (generate(client, seed=seed).json()["image"] for seed in (7, 7, 8))
+def test_the_same_seed_gives_the_same_bytes_and_another_seed_another_image(v2_client):
+    first, again, other = (generate(v2_client, seed=seed).json()["image"] for seed in (7, 7, 8))
     assert first == again
     assert not np.array_equal(np.asarray(decoded_png(first)), np.asarray(decoded_png(other)))
 
 
-def test_an_edit_keeps_the_input_images_size(client, calls):
+def test_an_edit_keeps_the_input_images_size(v2_client, calls):
     body = {"task": "editing", "edit": "make the red circle green", "image": to_data_url(Image.fromarray(PHOTO))}
-    answer = client.post("/v1/predict", json={**body, "image_guidance": 1.2, "render": True})
+    answer = v2_client.post("/v1/predict", json={**body, "image_guidance": 1.2, "render": True})
     assert answer.status_code == 200, answer.text
     result = answer.json()
     assert result["output"] == "image" and result["image_size"] == [56, 40]
@@ -104,9 +98,9 @@ def test_an_edit_keeps_the_input_images_size(client, calls):
     assert images[0].size == (56, 40) and instruction.task is Task.EDITING and kwargs["image_guidance"] == 1.2
 
 
-def test_an_edit_of_a_generated_image_chains(client):
-    made = generate(client).json()
-    edited = client.post("/v1/predict", json={"task": "editing", "edit": "make it green", "image": made["image"]})
+def test_an_edit_of_a_generated_image_chains(v2_client):
+    made = generate(v2_client).json()
+    edited = v2_client.post("/v1/predict", json={"task": "editing", "edit": "make it green", "image": made["image"]})
     assert edited.status_code == 200, edited.text
     assert decoded_png(edited.json()["image"]).size == (made["width"], made["height"])
 
@@ -131,24 +125,24 @@ def test_an_edit_of_a_generated_image_chains(client):
         ({"task": "generation", "description": "a star", "image": "PHOTO"}, "image", "leave out `image`"),
     ],
 )
-def test_bad_image_requests_are_refused_with_what_is_wrong(client, body, param, words):
+def test_bad_image_requests_are_refused_with_what_is_wrong(v2_client, body, param, words):
     if body.get("image") == "PHOTO":
         body = {**body, "image": to_data_url(Image.fromarray(PHOTO))}
-    answer = client.post("/v1/predict", json=body)
+    answer = v2_client.post("/v1/predict", json=body)
     assert answer.status_code == 400, answer.text
     error = answer.json()["error"]
     assert words in error["message"] and error["param"] == param
 
 
-def chat(client, messages, model="micro-v2", **visionllm):
+def chat(v2_client, messages, model="micro-v2", **visionllm):
     body = {"model": model, "messages": messages}
     if visionllm:
         body["visionllm"] = visionllm
-    return client.post("/v1/chat/completions", json=body)
+    return v2_client.post("/v1/chat/completions", json=body)
 
 
-def test_a_chat_without_an_image_answers_the_images_its_reply_made_as_content_parts(client, calls):
-    answer = chat(client, [{"role": "user", "content": DRAW}], seed=3, steps=2)
+def test_a_chat_without_an_image_answers_the_images_its_reply_made_as_content_parts(v2_client, calls):
+    answer = chat(v2_client, [{"role": "user", "content": DRAW}], seed=3, steps=2)
     assert answer.status_code == 200, answer.text
     body = answer.json()
     text, picture = body["choices"][0]["message"]["content"]
@@ -161,20 +155,20 @@ def test_a_chat_without_an_image_answers_the_images_its_reply_made_as_content_pa
     assert images == [None] and instructions == [DRAW] and (kwargs["seed"], kwargs["steps"]) == (3, 2)
 
 
-def test_a_reply_that_made_no_image_keeps_plain_text_content(client):
-    answer = chat(client, [{"role": "user", "content": "Hello, what can you draw?"}])
+def test_a_reply_that_made_no_image_keeps_plain_text_content(v2_client):
+    answer = chat(v2_client, [{"role": "user", "content": "Hello, what can you draw?"}])
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert isinstance(body["choices"][0]["message"]["content"], str) and "images" not in body["visionllm"]
 
 
-def test_chat_names_the_generation_task_in_its_extra_body_and_streams_the_image_in_the_last_chunk(client):
+def test_chat_names_the_generation_task_in_its_extra_body_and_streams_the_image_in_the_last_chunk(v2_client):
     messages = [{"role": "user", "content": "a blue square"}]
-    plain = chat(client, messages, task="generation", seed=9).json()
+    plain = chat(v2_client, messages, task="generation", seed=9).json()
     [_, picture] = plain["choices"][0]["message"]["content"]
     assert plain["visionllm"]["output"] == "image" and picture["image_url"]["url"] == plain["visionllm"]["image"]
     body = {"model": "micro-v2", "messages": messages, "stream": True, "visionllm": {"task": "generation", "seed": 9}}
-    with client.stream("POST", "/v1/chat/completions", json=body) as response:
+    with v2_client.stream("POST", "/v1/chat/completions", json=body) as response:
         assert response.status_code == 200
         events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
@@ -184,17 +178,17 @@ def test_chat_names_the_generation_task_in_its_extra_body_and_streams_the_image_
     assert chunks[-1]["visionllm"]["image"] == plain["visionllm"]["image"]  # the same seed, the same image
 
 
-def test_a_chat_about_an_image_may_edit_it(client):
+def test_a_chat_about_an_image_may_edit_it(v2_client):
     photo = {"type": "image_url", "image_url": {"url": to_data_url(Image.fromarray(PHOTO))}}
     messages = [{"role": "user", "content": [photo, {"type": "text", "text": "make the circle green"}]}]
-    answer = chat(client, messages, task="editing")
+    answer = chat(v2_client, messages, task="editing")
     assert answer.status_code == 200, answer.text
     [_, picture] = answer.json()["choices"][0]["message"]["content"]
     assert decoded_png(picture["image_url"]["url"]).size == (56, 40)
 
 
-def test_a_chat_without_an_image_is_refused_for_a_task_that_reads_one(client):
-    answer = chat(client, [{"role": "user", "content": "detect: circle"}])
+def test_a_chat_without_an_image_is_refused_for_a_task_that_reads_one(v2_client):
+    answer = chat(v2_client, [{"role": "user", "content": "detect: circle"}])
     assert answer.status_code == 400
     error = answer.json()["error"]
     assert "detection reads an image" in error["message"] and "image_url" in error["message"]

@@ -28,23 +28,17 @@ def calls(micro_v2_model):
     del micro_v2_model.predict
 
 
-@pytest.fixture(scope="module")
-def client(micro_v2_model, calls):
-    with TestClient(create_app(micro_v2_model, ServerSettings(model_id="micro-v2", samples=1))) as test_client:
-        yield test_client
-
-
 def image_url():
     from PIL import Image
 
     return to_data_url(Image.fromarray(IMAGE))
 
 
-def chat(client, messages, **visionllm):
+def chat(v2_client, messages, **visionllm):
     body = {"model": "micro-v2", "messages": messages}
     if visionllm:
         body["visionllm"] = visionllm
-    return client.post("/v1/chat/completions", json=body)
+    return v2_client.post("/v1/chat/completions", json=body)
 
 
 def user(text, image=True):
@@ -52,8 +46,8 @@ def user(text, image=True):
     return {"role": "user", "content": [*parts, {"type": "text", "text": text}]}
 
 
-def test_the_task_list_offers_v2_tasks_with_their_prompt_tools_and_nothing_unanswered(client):
-    tasks = {t["task"]: t for t in client.get("/v1/tasks").json()["data"]}
+def test_the_task_list_offers_v2_tasks_with_their_prompt_tools_and_nothing_unanswered(v2_client):
+    tasks = {t["task"]: t for t in v2_client.get("/v1/tasks").json()["data"]}
     assert tasks["interactive_segmentation"]["prompts"] == ["point", "box", "scribble"]
     assert tasks["region_caption"]["prompts"] == ["point", "box", "scribble"]
     assert tasks["semantic_segmentation"]["output"] == "masks" and "prompts" not in tasks["detection"]
@@ -62,10 +56,10 @@ def test_the_task_list_offers_v2_tasks_with_their_prompt_tools_and_nothing_unans
     assert "grounded_caption" not in tasks  # no model answers it yet
 
 
-def test_a_point_prompt_segments_through_predict_and_is_drawn(client, calls):
+def test_a_point_prompt_segments_through_predict_and_is_drawn(v2_client, calls):
     body = {"image": image_url(), "task": "interactive_segmentation", "min_score": 0.0, "render": True}
     body["regions"] = [{"kind": "point", "data": [20, 12]}]
-    answer = client.post("/v1/predict", json=body)
+    answer = v2_client.post("/v1/predict", json=body)
     assert answer.status_code == 200, answer.text
     result = answer.json()
     assert result["output"] == "detections" and len(result["detections"]) == 1
@@ -77,9 +71,9 @@ def test_a_point_prompt_segments_through_predict_and_is_drawn(client, calls):
     assert prompt.kind == "point" and list(prompt.data) == [20, 12]
 
 
-def test_semantic_segmentation_answers_masks(client):
+def test_semantic_segmentation_answers_masks(v2_client):
     body = {"image": image_url(), "task": "semantic_segmentation", "classes": ["circle", "person"]}
-    result = client.post("/v1/predict", json=body).json()
+    result = v2_client.post("/v1/predict", json=body).json()
     assert result["output"] == "masks" and result["class_names"] == ["circle", "person"]
     assert set(result["masks_rle"]) == {"circle", "person"}
 
@@ -99,33 +93,33 @@ def test_semantic_segmentation_answers_masks(client):
         ({"instruction": "What is region1 <region>?"}, "instruction", "1 <region> placeholders but 0 regions"),
     ],
 )
-def test_prompts_that_do_not_fit_are_refused_with_what_is_wrong(client, body, param, words):
-    answer = client.post("/v1/predict", json={"image": image_url(), **body})
+def test_prompts_that_do_not_fit_are_refused_with_what_is_wrong(v2_client, body, param, words):
+    answer = v2_client.post("/v1/predict", json={"image": image_url(), **body})
     assert answer.status_code == 400, answer.text
     error = answer.json()["error"]
     assert words in error["message"] and error["param"] == param
 
 
-def test_a_mask_prompt_comes_as_a_png_data_url(client, calls):
+def test_a_mask_prompt_comes_as_a_png_data_url(v2_client, calls):
     from PIL import Image
 
     mask = np.zeros(IMAGE.shape[:2], np.uint8)
     mask[10:20, 5:15] = 255
     body = {"image": image_url(), "task": "region_caption"}
     body["regions"] = [{"kind": "mask", "data": to_data_url(Image.fromarray(mask))}]
-    answer = client.post("/v1/predict", json=body)
+    answer = v2_client.post("/v1/predict", json=body)
     assert answer.status_code == 200, answer.text
     [[prompt]] = calls[-1][1]["regions"]
     assert prompt.kind == "mask" and prompt.data.sum() == 100
 
 
-def test_chat_reads_the_earlier_turns_and_the_regions_of_the_extra_body(client, calls):
+def test_chat_reads_the_earlier_turns_and_the_regions_of_the_extra_body(v2_client, calls):
     messages = [
         user("What is in the image?"),
         {"role": "assistant", "content": "a red circle"},
         {"role": "user", "content": "What color is it?"},
     ]
-    answer = chat(client, messages, regions=[{"kind": "box", "data": [5, 5, 30, 30]}])
+    answer = chat(v2_client, messages, regions=[{"kind": "box", "data": [5, 5, 30, 30]}])
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["choices"][0]["message"]["content"] == body["visionllm"]["text"]
@@ -140,9 +134,9 @@ def test_chat_reads_the_earlier_turns_and_the_regions_of_the_extra_body(client, 
     assert prompt.kind == "box"
 
 
-def test_a_conversation_that_shows_the_image_twice_is_refused(client):
+def test_a_conversation_that_shows_the_image_twice_is_refused(v2_client):
     messages = [user("<image> What is this?"), {"role": "assistant", "content": "a star"}, user("<image> And this?")]
-    answer = chat(client, messages)
+    answer = chat(v2_client, messages)
     assert answer.status_code == 400 and "once" in answer.json()["error"]["message"]
 
 
@@ -161,12 +155,12 @@ def test_routed_results_are_json_beside_the_reply_text():
     assert "routed" not in result_json(Decoded(TextAnswer("a circle")))
 
 
-def test_the_image_may_come_in_the_last_turn_of_a_conversation(client, calls):
+def test_the_image_may_come_in_the_last_turn_of_a_conversation(v2_client, calls):
     messages = [
         {"role": "user", "content": "Hello."},
         {"role": "assistant", "content": "Hi."},
         user("<image> And this?"),
     ]
-    assert chat(client, messages).status_code == 200
+    assert chat(v2_client, messages).status_code == 200
     instructions, kwargs = calls[-1]
     assert instructions == ["<image> And this?"] and "<image>" not in kwargs["history"][0][0]["content"]

@@ -14,7 +14,7 @@ with each prompt paired with another prompt's image (blind), and, for edits, the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,6 +168,20 @@ def _pixels(path) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
+def _made(
+    drawings: Sequence[Drawing],
+    make: Callable[[Sequence[Drawing]], list[GeneratedImage]],
+    batch_size: int,
+    progress: bool,
+    desc: str,
+) -> list[GeneratedImage]:
+    """The images `make` returns for the drawings, `batch_size` drawings a call."""
+    made: list[GeneratedImage] = []
+    for start in tqdm(range(0, len(drawings), batch_size), desc=desc, disable=not progress, leave=False):
+        made += make(drawings[start : start + batch_size])
+    return made
+
+
 def evaluate_generation(
     model: Any,
     drawings: Sequence[Drawing],
@@ -185,10 +199,13 @@ def evaluate_generation(
     """
     judge_model = judge_model or model
     size = _size(drawings)
-    made: list[GeneratedImage] = []
-    for start in tqdm(range(0, len(drawings), batch_size), desc="eval generation", disable=not progress, leave=False):
-        prompts = [d.prompt for d in drawings[start : start + batch_size]]
-        made += model.text_to_image(prompts, seed=0, steps=steps)
+    made = _made(
+        drawings,
+        lambda chunk: model.text_to_image([d.prompt for d in chunk], seed=0, steps=steps),
+        batch_size,
+        progress,
+        "eval generation",
+    )
     seen = judge(judge_model, [m.pixels for m in made], size, batch_size, progress, "judge generation")
     metrics = {f"generation_{k}": v for k, v in score_generation(drawings, seen).items()}
     if controls and len(drawings) > 1:
@@ -218,10 +235,15 @@ def evaluate_editing(
     judge_model = judge_model or model
     size = _size(drawings)
     sources = [_pixels(d.image_path) for d in drawings]
-    made: list[GeneratedImage] = []
-    for start in tqdm(range(0, len(drawings), batch_size), desc="eval editing", disable=not progress, leave=False):
-        chunk = drawings[start : start + batch_size]
-        made += model.edit_image(sources[start : start + len(chunk)], [d.edit.instruction for d in chunk], steps=steps)
+    made = _made(
+        drawings,
+        lambda chunk: model.edit_image(
+            [_pixels(d.image_path) for d in chunk], [d.edit.instruction for d in chunk], steps=steps
+        ),
+        batch_size,
+        progress,
+        "eval editing",
+    )
     seen = judge(judge_model, [m.pixels for m in made], size, batch_size, progress, "judge edits")
     metrics = {f"edit_{k}": v for k, v in score_edits(drawings, seen).items()}
     if controls and len(drawings) > 1:
