@@ -108,11 +108,55 @@ def test_editing_runs_the_passes_its_two_scales_need():
     assert torch.allclose(plain, nearly, atol=1e-4)
 
 
+def with_settings(editing: bool = False, **settings) -> ImageDecoder:
+    torch.manual_seed(0)
+    config = build(ImageDecoderConfig, {**copy.deepcopy(MICRO_IMAGE_DECODER), **settings}, "generation")
+    return ImageDecoder(config, in_width=24, editing=editing).train()
+
+
+def drawn_timesteps(decoder: ImageDecoder, n: int = 512) -> torch.Tensor:
+    seen = []
+    decoder.unet.register_forward_pre_hook(lambda _, args: seen.append(args[1]))
+    decoder.loss(torch.randn(n, 64, 24), torch.zeros(n, 3, 16, 16))
+    return seen[0].float() / decoder.config.train_timesteps
+
+
+def test_noise_bias_draws_more_of_the_high_noise_timesteps():
+    uniform, biased = drawn_timesteps(with_settings()), drawn_timesteps(with_settings(noise_bias=2.0))
+    assert 0.43 < uniform.mean() < 0.57  # uniform over [0, 1)
+    assert 0.68 < biased.mean() < 0.82  # density ~ t^2: mean 3/4
+    assert biased.max() < 1 and biased.min() >= 0
+
+
+def test_changed_weight_weighs_the_pixels_an_edit_changes():
+    sources = torch.full((4, 3, 16, 16), -0.5)
+    targets = sources.clone()
+    targets[:, 0, 4:8, 4:8] = 0.9  # the edit: a reddened square
+    losses = []
+    for weight in (0.0, 4.0):
+        decoder = with_settings(editing=True, prediction_type="sample", changed_weight=weight)
+        decoder._denoise = lambda noisy, t, condition, source: sources.clone()  # a decoder that copies its source
+        losses.append(decoder.loss(torch.randn(4, 64, 24), targets, sources).item())
+    assert losses[0] > 0  # copying misses the edit ...
+    assert losses[1] == pytest.approx(5 * losses[0], rel=1e-5)  # ... and the edit's pixels weigh 1 + 4
+
+
+def test_scale_shift_conditions_every_residual_block_by_scale_and_shift():
+    decoder = with_settings(unet={**MICRO_IMAGE_DECODER["unet"], "scale_shift": True})
+    block = decoder.unet.down_blocks[0].resnets[0]
+    assert block.time_embedding_norm == "scale_shift"
+    assert block.time_emb_proj.out_features == 2 * block.out_channels
+    decoder.loss(torch.randn(2, 64, 24), torch.zeros(2, 3, 16, 16)).backward()
+    assert block.time_emb_proj.weight.grad.abs().sum() > 0
+
+
 def test_bad_decoder_configs_are_refused():
     with pytest.raises(ConfigError, match="beta_schedule"):
         ImageDecoderConfig(beta_schedule="cosine")
     with pytest.raises(ConfigError, match="multiple of"):
         ImageDecoderConfig(image_size=100, latent=False)
+    with pytest.raises(ConfigError, match="noise_bias"):
+        ImageDecoderConfig(noise_bias=-1.0)
     with pytest.raises(ConfigError, match="routes"):
         VisionLLMv2Config.from_dict({**copy.deepcopy(MICRO_V2), "link": {"routes": ["[DET]", "[GEN]"]}})
 

@@ -29,6 +29,9 @@ from visionllm.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
+CHANGED = 0.1
+"""How far (in the [-1, 1] pixels' or the latents' units) a target differs from its source where an edit changed it."""
+
 
 @dataclass
 class UNetLayout:
@@ -44,6 +47,8 @@ class UNetLayout:
         pooled_condition: also pool the condition (attention pooling) into the timestep embedding, which every
             residual block reads, as SDXL adds its pooled text embedding (diffusers' `addition_embed_type="text"`).
             A small UNet with cross-attention only at its coarsest level hardly hears its condition otherwise.
+        scale_shift: the timestep embedding (with the pooled condition) scales and shifts each residual block's
+            normalized features (FiLM, as ADM does, Dhariwal & Nichol 2021) instead of being added to them.
     """
 
     block_out_channels: list[int] = field(default_factory=lambda: [320, 640, 1280, 1280])
@@ -52,6 +57,7 @@ class UNetLayout:
     attention_head_dim: int = 8
     norm_num_groups: int = 32
     pooled_condition: bool = False
+    scale_shift: bool = False
 
     def __post_init__(self) -> None:
         if len(self.attention_levels) != len(self.block_out_channels):
@@ -94,8 +100,13 @@ class ImageDecoderConfig:
             images), as diffusers names them.
         prediction_type: what the UNet predicts: "epsilon" (SD), "v_prediction" or "sample".
         snr_gamma: min-SNR loss weighting's gamma; None: plain MSE.
+        noise_bias: training timesteps are drawn with a density rising as t^noise_bias (0: uniform): more of
+            the high-noise steps, where only the condition tells what the image is, and fewer of the low-noise
+            ones, which a small UNet learns first from the noisy image alone.
         condition_dropout: share of training samples whose condition is dropped (classifier-free guidance).
         image_dropout: share whose source image is dropped (editing's image guidance).
+        changed_weight: editing: the extra loss weight of the pixels (or latent cells) an edit changes, which
+            are few: copying the source explains most of a plain loss and teaches nothing of the instruction.
         steps: DDIM steps of sampling by default.
         guidance: text guidance scale by default (1.0: no guidance, one UNet pass per step).
         image_guidance: image guidance scale by default (editing).
@@ -114,8 +125,10 @@ class ImageDecoderConfig:
     beta_schedule: str = "scaled_linear"
     prediction_type: str = "epsilon"
     snr_gamma: float | None = 5.0
+    noise_bias: float = 0.0
     condition_dropout: float = 0.1
     image_dropout: float = 0.1
+    changed_weight: float = 0.0
     steps: int = 50
     guidance: float = 7.5
     image_guidance: float = 1.5
@@ -129,6 +142,8 @@ class ImageDecoderConfig:
             raise ConfigError("mapper_heads must divide width")
         if not (0 <= self.condition_dropout < 1 and 0 <= self.image_dropout < 1):
             raise ConfigError("condition_dropout and image_dropout are shares in [0, 1)")
+        if self.changed_weight < 0 or self.noise_bias < 0:
+            raise ConfigError("changed_weight and noise_bias are at least 0")
         if self.steps < 1 or self.image_size < 8:
             raise ConfigError("steps must be at least 1 and image_size at least 8")
         factor = 2 ** (len(self.unet.block_out_channels) - 1)
@@ -239,6 +254,7 @@ class ImageDecoder(nn.Module):
                 norm_num_groups=unet.norm_num_groups,
                 addition_embed_type="text" if unet.pooled_condition else None,
                 addition_embed_type_num_heads=config.mapper_heads,
+                resnet_time_scale_shift="scale_shift" if unet.scale_shift else "default",
             )
             if config.latent:
                 levels = config.autoencoder.block_out_channels
@@ -360,11 +376,14 @@ class ImageDecoder(nn.Module):
             source = self.encode(sources) if self.editing else None
         keep = (torch.rand(b, device=clean.device) >= self.config.condition_dropout).view(b, 1, 1)
         condition = condition * keep.to(condition.dtype)
+        unedited = source
         if source is not None:
             keep_image = (torch.rand(b, device=clean.device) >= self.config.image_dropout).view(b, 1, 1, 1)
             source = source * keep_image.to(source.dtype)
         noise = torch.randn_like(clean)
-        t = torch.randint(0, self.config.train_timesteps, (b,), device=clean.device)
+        steps = self.config.train_timesteps
+        drawn = torch.rand(b, device=clean.device) ** (1 / (1 + self.config.noise_bias))
+        t = (drawn * steps).long().clamp(max=steps - 1)
         alpha = self.alphas_cumprod.to(clean.device)[t].view(b, 1, 1, 1)
         noisy = alpha.sqrt() * clean + (1 - alpha).sqrt() * noise
         predicted = self._denoise(noisy, t, condition, source).float()
@@ -374,7 +393,11 @@ class ImageDecoder(nn.Module):
             wanted = alpha.sqrt() * noise - (1 - alpha).sqrt() * clean
         else:
             wanted = clean
-        per_sample = F.mse_loss(predicted, wanted.float(), reduction="none").mean((1, 2, 3))
+        error = F.mse_loss(predicted, wanted.float(), reduction="none")
+        if source is not None and self.config.changed_weight:
+            changed = (clean - unedited).abs().amax(1, keepdim=True) > CHANGED
+            error = error * (1 + self.config.changed_weight * changed.to(error.dtype))
+        per_sample = error.mean((1, 2, 3))
         if self.config.snr_gamma is not None:
             snr = (alpha / (1 - alpha)).flatten()
             clipped = snr.clamp(max=self.config.snr_gamma)
