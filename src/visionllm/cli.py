@@ -254,7 +254,7 @@ def _cmd_edit(args: argparse.Namespace) -> None:
     )
 
 
-def _make_images(args: argparse.Namespace, task: typing.Any, make: Callable[[typing.Any, dict], list]) -> None:
+def _make_images(args: argparse.Namespace, task: Task, make: Callable[[typing.Any, dict], list]) -> None:
     """Load --model, check that it answers `task` and takes --steps, then save the images `make(model, sampling)`
     returns as --out (numbered for several)."""
     from visionllm.formats.tasks import Task

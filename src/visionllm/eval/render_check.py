@@ -169,16 +169,12 @@ def _pixels(path) -> np.ndarray:
 
 
 def _made(
-    drawings: Sequence[Drawing],
-    make: Callable[[Sequence[Drawing]], list[GeneratedImage]],
-    batch_size: int,
-    progress: bool,
-    desc: str,
+    count: int, make: Callable[[slice], list[GeneratedImage]], batch_size: int, progress: bool, desc: str
 ) -> list[GeneratedImage]:
-    """The images `make` returns for the drawings, `batch_size` drawings a call."""
+    """The images `make` returns for `count` drawings, called on each slice of `batch_size` of them in turn."""
     made: list[GeneratedImage] = []
-    for start in tqdm(range(0, len(drawings), batch_size), desc=desc, disable=not progress, leave=False):
-        made += make(drawings[start : start + batch_size])
+    for start in tqdm(range(0, count, batch_size), desc=desc, disable=not progress, leave=False):
+        made += make(slice(start, start + batch_size))
     return made
 
 
@@ -200,8 +196,8 @@ def evaluate_generation(
     judge_model = judge_model or model
     size = _size(drawings)
     made = _made(
-        drawings,
-        lambda chunk: model.text_to_image([d.prompt for d in chunk], seed=0, steps=steps),
+        len(drawings),
+        lambda chunk: model.text_to_image([d.prompt for d in drawings[chunk]], seed=0, steps=steps),
         batch_size,
         progress,
         "eval generation",
@@ -236,10 +232,8 @@ def evaluate_editing(
     size = _size(drawings)
     sources = [_pixels(d.image_path) for d in drawings]
     made = _made(
-        drawings,
-        lambda chunk: model.edit_image(
-            [_pixels(d.image_path) for d in chunk], [d.edit.instruction for d in chunk], steps=steps
-        ),
+        len(drawings),
+        lambda chunk: model.edit_image(sources[chunk], [d.edit.instruction for d in drawings[chunk]], steps=steps),
         batch_size,
         progress,
         "eval editing",
