@@ -141,6 +141,17 @@ def test_changed_weight_weighs_the_pixels_an_edit_changes():
     assert losses[1] == pytest.approx(5 * losses[0], rel=1e-5)  # ... and the edit's pixels weigh 1 + 4
 
 
+def test_standardize_condition_keeps_what_differs_between_prompts():
+    states = torch.randn(16, 64, 24)
+    spread = []
+    for standardize in (False, True):
+        decoder = with_settings(standardize_condition=standardize)
+        condition = decoder.condition(states)  # training mode: the running statistics of this batch
+        spread.append((condition - condition.mean(0)).norm() / condition.norm())
+    assert spread[0] < 0.5  # a fresh mapper's condition is mostly the part every prompt shares ...
+    assert spread[1] > 0.95  # ... standardized, it is what tells one prompt from another
+
+
 def test_scale_shift_conditions_every_residual_block_by_scale_and_shift():
     decoder = with_settings(unet={**MICRO_IMAGE_DECODER["unet"], "scale_shift": True})
     block = decoder.unet.down_blocks[0].resnets[0]

@@ -107,6 +107,10 @@ class ImageDecoderConfig:
         image_dropout: share whose source image is dropped (editing's image guidance).
         changed_weight: editing: the extra loss weight of the pixels (or latent cells) an edit changes, which
             are few: copying the source explains most of a plain loss and teaches nothing of the instruction.
+        standardize_condition: standardize the mapper's output too, each (token, feature) by running statistics
+            (`RunningStandardize`): a mapper's output is mostly the part every prompt shares (its learnable
+            queries), and what tells prompts apart can sink below a part in a thousand of it, which the UNet
+            then learns to ignore. A dropped condition is then the average one.
         steps: DDIM steps of sampling by default.
         guidance: text guidance scale by default (1.0: no guidance, one UNet pass per step).
         image_guidance: image guidance scale by default (editing).
@@ -129,6 +133,7 @@ class ImageDecoderConfig:
     condition_dropout: float = 0.1
     image_dropout: float = 0.1
     changed_weight: float = 0.0
+    standardize_condition: bool = False
     steps: int = 50
     guidance: float = 7.5
     image_guidance: float = 1.5
@@ -191,9 +196,19 @@ class ConditionMapper(nn.Module):
     decoder whose learnable queries attend to them (and to each other).
     """
 
-    def __init__(self, in_width: int, width: int, tokens: int, layers: int, heads: int, in_tokens: int = 64) -> None:
+    def __init__(
+        self,
+        in_width: int,
+        width: int,
+        tokens: int,
+        layers: int,
+        heads: int,
+        in_tokens: int = 64,
+        standardize_output: bool = False,
+    ) -> None:
         super().__init__()
         self.standardize = RunningStandardize(in_tokens, in_width)
+        self.standardize_output = RunningStandardize(tokens, width) if standardize_output else None
         self.proj = nn.Sequential(nn.Linear(in_width, width), nn.GELU(), nn.Linear(width, width))
         self.queries = nn.Parameter(torch.randn(tokens, width) * 0.02)
         layer = nn.TransformerDecoderLayer(width, heads, 4 * width, dropout=0.0, batch_first=True, norm_first=True)
@@ -203,7 +218,8 @@ class ConditionMapper(nn.Module):
     def forward(self, states: Tensor) -> Tensor:
         memory = self.proj(self.standardize(states))
         queries = self.queries.unsqueeze(0).expand(len(states), -1, -1).to(memory.dtype)
-        return self.norm(self.transformer(queries, memory))
+        condition = self.norm(self.transformer(queries, memory))
+        return condition if self.standardize_output is None else self.standardize_output(condition)
 
 
 class ImageDecoder(nn.Module):
@@ -231,7 +247,13 @@ class ImageDecoder(nn.Module):
         self.config = config
         self.editing = editing
         self.mapper = ConditionMapper(
-            in_width, config.width, config.condition_tokens, config.mapper_layers, config.mapper_heads, in_tokens
+            in_width,
+            config.width,
+            config.condition_tokens,
+            config.mapper_layers,
+            config.mapper_heads,
+            in_tokens,
+            config.standardize_condition,
         )
         self.autoencoder = None
         if config.pretrained:
@@ -374,9 +396,9 @@ class ImageDecoder(nn.Module):
         with torch.no_grad():
             clean = self.encode(targets)
             source = self.encode(sources) if self.editing else None
+        changed = None if source is None else (clean - source).abs().amax(1, keepdim=True) > CHANGED
         keep = (torch.rand(b, device=clean.device) >= self.config.condition_dropout).view(b, 1, 1)
         condition = condition * keep.to(condition.dtype)
-        unedited = source
         if source is not None:
             keep_image = (torch.rand(b, device=clean.device) >= self.config.image_dropout).view(b, 1, 1, 1)
             source = source * keep_image.to(source.dtype)
@@ -394,8 +416,7 @@ class ImageDecoder(nn.Module):
         else:
             wanted = clean
         error = F.mse_loss(predicted, wanted.float(), reduction="none")
-        if source is not None and self.config.changed_weight:
-            changed = (clean - unedited).abs().amax(1, keepdim=True) > CHANGED
+        if changed is not None and self.config.changed_weight:
             error = error * (1 + self.config.changed_weight * changed.to(error.dtype))
         per_sample = error.mean((1, 2, 3))
         if self.config.snr_gamma is not None:
