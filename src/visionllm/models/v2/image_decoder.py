@@ -396,7 +396,9 @@ class ImageDecoder(nn.Module):
         with torch.no_grad():
             clean = self.encode(targets)
             source = self.encode(sources) if self.editing else None
-        changed = None if source is None else (clean - source).abs().amax(1, keepdim=True) > CHANGED
+        changed = None  # the pixels an edit changes, before the source may be dropped below
+        if source is not None and self.config.changed_weight:
+            changed = (clean - source).abs().amax(1, keepdim=True) > CHANGED
         keep = (torch.rand(b, device=clean.device) >= self.config.condition_dropout).view(b, 1, 1)
         condition = condition * keep.to(condition.dtype)
         if source is not None:
@@ -416,7 +418,7 @@ class ImageDecoder(nn.Module):
         else:
             wanted = clean
         error = F.mse_loss(predicted, wanted.float(), reduction="none")
-        if changed is not None and self.config.changed_weight:
+        if changed is not None:
             error = error * (1 + self.config.changed_weight * changed.to(error.dtype))
         per_sample = error.mean((1, 2, 3))
         if self.config.snr_gamma is not None:
