@@ -94,21 +94,27 @@ def _holdout_pairs(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-def _cmd_data_shapes(args: argparse.Namespace) -> None:
-    from visionllm.data.shapes.dataset import generate_shapesworld
-    from visionllm.data.shapes.inspect import describe, write_contact_sheet
+def _scene_config(args: argparse.Namespace, **more):
+    """The `ShapesWorldConfig` of `data shapes` / `data coco` flags."""
     from visionllm.data.shapes.scene import ShapesWorldConfig
 
     try:
-        config = ShapesWorldConfig(
+        return ShapesWorldConfig(
             image_size=args.size,
             min_objects=args.min_objects,
             max_objects=args.max_objects,
             person_probability=args.person_probability,
-            holdout_pairs=args.holdout,
+            **more,
         )
     except ValueError as error:
         raise CliError(str(error)) from None
+
+
+def _cmd_data_shapes(args: argparse.Namespace) -> None:
+    from visionllm.data.shapes.dataset import generate_shapesworld
+    from visionllm.data.shapes.inspect import describe, write_contact_sheet
+
+    config = _scene_config(args, holdout_pairs=args.holdout)
     try:
         layout = generate_shapesworld(args.out, args.train, args.val, config, seed=args.seed, progress=not args.quiet)
     except (ValueError, OSError) as error:
@@ -118,6 +124,31 @@ def _cmd_data_shapes(args: argparse.Namespace) -> None:
         split = "val" if args.val else "train"
         path = write_contact_sheet(layout.root, split, args.contact_sheet)
         print(f"contact sheet: {path}")
+
+
+def _shape_names(text: str) -> tuple[str, ...]:
+    from visionllm.data.shapes.scene import NEW_SHAPES, SHAPES
+
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in (*SHAPES, *NEW_SHAPES)]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(unknown) or 'nothing'}: shapes are comma-separated names among "
+            f"{', '.join((*SHAPES, *NEW_SHAPES))}"
+        )
+    return names
+
+
+def _cmd_data_coco(args: argparse.Namespace) -> None:
+    from visionllm.data.shapes.coco_set import instances_path, write_coco_set
+
+    config = _scene_config(args, shapes=args.shapes)
+    try:
+        counts = write_coco_set(args.out, args.train, args.val, config, seed=args.seed, progress=not args.quiet)
+    except (ValueError, OSError) as error:
+        raise CliError(str(error)) from None
+    for split, count in counts.items():
+        print(f"{split}: {count['images']} images, {count['objects']} objects -> {instances_path(args.out, split)}")
 
 
 def _cmd_data_info(args: argparse.Namespace) -> None:
@@ -150,6 +181,58 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"visionllm: training stopped: {error}", file=sys.stderr)
         return 1
     print(f"final model: {final}")
+    return 0
+
+
+def _finetune_data(args: argparse.Namespace):
+    """The data set of `finetune`'s flags: --data CONFIG, or --train-json/--train-images (and --val-*)."""
+    from visionllm.config import build, load_yaml
+    from visionllm.data.sources import DatasetConfig, SourceConfig, guess_kind
+
+    if args.data:
+        if args.train_json or args.val_json:
+            raise CliError("give either --data CONFIG or --train-json/--val-json, not both")
+        data = load_yaml(args.data)
+        data.setdefault("skip_bad", args.skip_bad)
+        return build(DatasetConfig, data, str(args.data))
+    if not (args.train_json and args.train_images):
+        raise CliError("give --train-json ANN.json --train-images DIR (or --data CONFIG.yaml)")
+    if bool(args.val_json) != bool(args.val_images):
+        raise CliError("--val-json and --val-images go together")
+    train = [SourceConfig(guess_kind(args.train_json), str(args.train_json), str(args.train_images))]
+    val = [SourceConfig(guess_kind(args.val_json), str(args.val_json), str(args.val_images))] if args.val_json else []
+    return DatasetConfig(train, val, args.skip_bad)
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from visionllm.config import ConfigError
+    from visionllm.data.readers import DatasetFormatError
+    from visionllm.train.finetune import finetune
+    from visionllm.train.loop import NonFiniteLossError, TrainingInterrupted
+
+    if args.minutes is None and args.steps is None:
+        raise CliError("give a budget: --minutes N or --steps N")
+    try:
+        dataset = _finetune_data(args)
+        report = finetune(
+            args.model, dataset, args.out, minutes=args.minutes, steps=args.steps, lr=args.lr,
+            batch_size=args.batch_size, eval_every=args.eval_every, eval_images=args.eval_images,
+            resume=args.resume, baseline=not args.no_baseline,
+        )  # fmt: skip
+    except (ConfigError, DatasetFormatError, FileExistsError) as error:
+        raise CliError(str(error)) from None
+    except TrainingInterrupted as stop:
+        print(f"visionllm: fine-tuning {stop}; continue with the same command and --resume", file=sys.stderr)
+        return 128 + stop.signal_number
+    except NonFiniteLossError as error:
+        print(f"visionllm: fine-tuning stopped: {error}", file=sys.stderr)
+        return 1
+    if report["skipped_annotations"]:
+        print(f"left out {report['skipped_annotations']} malformed annotation(s) (--skip-bad)")
+    for name in ("zero_shot", "final"):
+        if name in report:
+            print(f"{name.replace('_', '-')}: " + ", ".join(f"{k} {v:.3f}" for k, v in report[name].items()))
+    print(f"fine-tuned model: {args.out}")
     return 0
 
 
@@ -542,6 +625,23 @@ def _add_sampling(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_scene_flags(parser: argparse.ArgumentParser, out: str, train: int, val: int, person: float) -> None:
+    """The flags of `data shapes` and `data coco`: where, how many images, and how scenes are sampled."""
+    parser.add_argument("--out", type=Path, required=True, help=out)
+    parser.add_argument("--train", type=_whole(0), default=train, help=f"training images (default {train})")
+    parser.add_argument("--val", type=_whole(0), default=val, help=f"validation images (default {val})")
+    parser.add_argument("--size", type=_whole(64, 512), default=128, help="image side in pixels, 64..512 (default 128)")
+    parser.add_argument("--seed", type=_whole(0), default=0, help="dataset seed (default 0)")
+    parser.add_argument("--min-objects", type=_whole(0), default=1, help="objects per image, at least (default 1)")
+    parser.add_argument("--max-objects", type=_POSITIVE, default=6, help="objects per image, at most (default 6)")
+    parser.add_argument(
+        "--person-probability",
+        type=_number(0.0, 1.0),
+        default=person,
+        help=f"chance an object is a person (default {person:g})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from visionllm.formats.task_table import TASK_TABLE
 
@@ -558,16 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a ShapesWorld dataset in the public formats (COCO, RefCOCO, VQAv2, LLaVA, ...)",
         description="Write a ShapesWorld dataset, deterministic by seed. See docs/data.md for the layout.",
     )
-    shapes.add_argument("--out", type=Path, required=True, help="dataset folder to write")
-    shapes.add_argument("--train", type=_whole(0), default=1000, help="training images (default 1000)")
-    shapes.add_argument("--val", type=_whole(0), default=500, help="validation images (default 500)")
-    shapes.add_argument("--size", type=_whole(64, 512), default=128, help="image side in pixels, 64..512 (default 128)")
-    shapes.add_argument("--seed", type=_whole(0), default=0, help="dataset seed (default 0)")
-    shapes.add_argument("--min-objects", type=_whole(0), default=1, help="objects per image, at least (default 1)")
-    shapes.add_argument("--max-objects", type=_POSITIVE, default=6, help="objects per image, at most (default 6)")
-    shapes.add_argument(
-        "--person-probability", type=_number(0.0, 1.0), default=0.15, help="chance an object is a person (default 0.15)"
-    )
+    _add_scene_flags(shapes, "dataset folder to write", 1000, 500, 0.15)
     shapes.add_argument(
         "--holdout",
         type=_holdout_pairs,
@@ -578,6 +669,22 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--contact-sheet", type=Path, help="also write a PNG of samples with annotations drawn")
     shapes.add_argument("--quiet", action="store_true", help="no progress bar")
     shapes.set_defaults(func=_cmd_data_shapes)
+
+    coco = data_commands.add_parser(
+        "coco",
+        help="write a plain COCO instances set of chosen shapes (e.g. ones ShapesWorld never draws)",
+        description="Write images and COCO instances files (boxes, polygons) of the chosen shapes: a small set of "
+        "categories a ShapesWorld model has never seen, to try `visionllm finetune` on (docs/finetune.md).",
+    )
+    _add_scene_flags(coco, "folder to write (images/, annotations/)", 400, 100, 0.0)
+    coco.add_argument(
+        "--shapes",
+        type=_shape_names,
+        default=("cross", "diamond", "arrow", "crescent"),
+        help="comma-separated shapes (default: cross,diamond,arrow,crescent; also heart and ShapesWorld's own)",
+    )
+    coco.add_argument("--quiet", action="store_true", help="no progress bar")
+    coco.set_defaults(func=_cmd_data_coco)
 
     info = data_commands.add_parser("info", help="summarise a ShapesWorld dataset")
     info.add_argument("root", type=Path, help="dataset folder")
@@ -595,6 +702,32 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of the run")
     train.add_argument("--max-steps", type=_POSITIVE, help="override train.max_steps")
     train.set_defaults(func=_cmd_train)
+
+    tune = commands.add_parser(
+        "finetune",
+        help="fine-tune a model on your own COCO-format data (new categories are new phrases)",
+        description="Fine-tune a v1 or v2 model on annotation files of your own: COCO instances (boxes, polygons), "
+        "keypoints or captions, or LLaVA JSON (--train-json, format read from the file); any mix, and RefCOCO or "
+        "VQAv2, through a data config (--data, see docs/finetune.md). The val set is scored before and after.",
+    )
+    tune.add_argument("--model", type=Path, required=True, help="the checkpoint folder to start from")
+    tune.add_argument("--train-json", type=Path, help="training annotations (COCO instances, keypoints, captions)")
+    tune.add_argument("--train-images", type=Path, help="folder of the training images")
+    tune.add_argument("--val-json", type=Path, help="val annotations, scored before and after (COCO metrics)")
+    tune.add_argument("--val-images", type=Path, help="folder of the val images")
+    tune.add_argument("--data", type=Path, help="a YAML data config (train: and val: lists of sources) instead")
+    budget = tune.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=_number(0.01), help="training time budget in minutes")
+    budget.add_argument("--steps", type=_POSITIVE, help="training steps")
+    tune.add_argument("--out", type=Path, required=True, help="the model folder to write (a new or empty folder)")
+    tune.add_argument("--lr", type=_number(1e-8, 1.0), help="learning rate (default: the model version's)")
+    tune.add_argument("--batch-size", type=_POSITIVE, help="images per step (default: the model version's)")
+    tune.add_argument("--eval-every", type=_whole(0), default=0, help="also score the val set every N steps")
+    tune.add_argument("--eval-images", type=_POSITIVE, help="score the first N val images only")
+    tune.add_argument("--skip-bad", action="store_true", help="leave malformed annotations out (counted)")
+    tune.add_argument("--resume", action="store_true", help="continue an interrupted fine-tune in --out")
+    tune.add_argument("--no-baseline", action="store_true", help="do not score the val set before training")
+    tune.set_defaults(func=_cmd_finetune)
 
     evaluate = commands.add_parser("eval", help="evaluate a model on a COCO-format set or a ShapesWorld split")
     evaluate.add_argument("--model", type=Path, required=True, help="checkpoint folder")

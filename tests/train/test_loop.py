@@ -113,7 +113,7 @@ def test_the_training_state_restores_every_random_generator(micro_model, tmp_pat
     torch.manual_seed(9), np.random.seed(9), random.seed(9)
     folder = tmp_path / "checkpoints" / "step-7"
     assert torch.load(folder / "training_state.pt", weights_only=True)["step"] == 7  # plain values only
-    assert _load_state(folder, model, optimizer, scheduler) == 7
+    assert _load_state(folder, model, optimizer, scheduler) == (7, 0.0)
     again = (torch.rand(3), np.random.rand(3), np.random.normal(), random.random(), random.gauss(0, 1))
     assert torch.equal(again[0], expected[0]) and np.array_equal(again[1], expected[1])
     assert again[2:] == expected[2:]
@@ -132,7 +132,7 @@ def test_training_states_of_earlier_versions_still_resume(micro_model, tmp_path)
     expected = (np.random.rand(2), random.random())
     torch.save(state, folder / "training_state.pt")
     np.random.seed(0), random.seed(0)
-    assert _load_state(folder, model, optimizer, scheduler) == 4
+    assert _load_state(folder, model, optimizer, scheduler) == (4, 0.0)
     assert np.array_equal(np.random.rand(2), expected[0]) and random.random() == expected[1]
 
 

@@ -194,20 +194,43 @@ def _coco_categories(source: _Source, root: JsonObject) -> dict[int, JsonObject]
     return categories
 
 
-def _coco_annotations(source: _Source, root: JsonObject, images: Mapping[int, _CocoImage]) -> list[JsonObject]:
-    """The `annotations` of a COCO file sorted by id, each with an integer `id` and a known `image_id`."""
+def _coco_annotations(
+    source: _Source, root: JsonObject, images: Mapping[int, _CocoImage], bad: list[str] | None = None
+) -> list[JsonObject]:
+    """The `annotations` of a COCO file sorted by id, each with an integer `id` and a known `image_id`.
+
+    With `bad` (a list), a malformed annotation is left out and its error appended to it instead of raised.
+    """
     seen: set[int] = set()
-    annotations = source.objects(root, "annotations", "top level")
-    for i, ann in enumerate(annotations):
-        ann_id = source.field(ann, "id", int, f"annotations[{i}]")
-        where = f"annotation {ann_id}"
-        if ann_id in seen:
-            raise source.error(where, "duplicate annotation id")
+    kept = []
+    for i, ann in enumerate(source.objects(root, "annotations", "top level")):
+        try:
+            ann_id = source.field(ann, "id", int, f"annotations[{i}]")
+            where = f"annotation {ann_id}"
+            if ann_id in seen:
+                raise source.error(where, "duplicate annotation id")
+            image_id = source.field(ann, "image_id", int, where)
+            if image_id not in images:
+                raise source.error(where, f"image_id {image_id} is not in `images`")
+        except DatasetFormatError as error:
+            if bad is None:
+                raise
+            bad.append(str(error))
+            continue
         seen.add(ann_id)
-        image_id = source.field(ann, "image_id", int, where)
-        if image_id not in images:
-            raise source.error(where, f"image_id {image_id} is not in `images`")
-    return sorted(annotations, key=lambda ann: ann["id"])
+        kept.append(ann)
+    return sorted(kept, key=lambda ann: ann["id"])
+
+
+def _skipping(bad: list[str] | None, read: Callable[[], Any]) -> Any:
+    """`read()`, or None with its `DatasetFormatError` appended to `bad` when a list is given."""
+    try:
+        return read()
+    except DatasetFormatError as error:
+        if bad is None:
+            raise
+        bad.append(str(error))
+        return None
 
 
 def _coco_object(
@@ -353,7 +376,7 @@ def _image_sample(task: Task, image: _CocoImage, image_dir: Path, source: str, *
     )
 
 
-def read_coco_instances(annotation_path: PathLike, image_dir: PathLike) -> list[Sample]:
+def read_coco_instances(annotation_path: PathLike, image_dir: PathLike, bad: list[str] | None = None) -> list[Sample]:
     """Reads a COCO instances JSON (e.g. `instances_val2017.json`).
 
     Boxes are converted from COCO's [x, y, width, height] to (x1, y1, x2, y2) pixels; polygon segmentations
@@ -363,6 +386,8 @@ def read_coco_instances(annotation_path: PathLike, image_dir: PathLike) -> list[
     Args:
         annotation_path: the JSON file.
         image_dir: the folder of the images the file's `file_name`s name.
+        bad: a list: malformed annotations are left out, each one's error (file and record) appended to it;
+            None: the first raises `DatasetFormatError`.
 
     Returns:
         One `Task.DETECTION` sample per image, in file order, including images with no annotations;
@@ -372,8 +397,10 @@ def read_coco_instances(annotation_path: PathLike, image_dir: PathLike) -> list[
     images = _coco_images(source, root)
     categories = _coco_categories(source, root)
     objects: dict[int, list[ObjectAnnotation]] = defaultdict(list)
-    for ann in _coco_annotations(source, root, images):
-        objects[ann["image_id"]].append(_coco_object(source, ann, categories))
+    for ann in _coco_annotations(source, root, images, bad):
+        found = _skipping(bad, lambda ann=ann: _coco_object(source, ann, categories))
+        if found is not None:
+            objects[ann["image_id"]].append(found)
     return [
         _image_sample(Task.DETECTION, image, Path(image_dir), "coco_instances", objects=tuple(objects[image_id]))
         for image_id, image in images.items()
@@ -398,7 +425,7 @@ def read_coco_keypoint_schema(annotation_path: PathLike) -> KeypointSchema:
     return schemas.pop()
 
 
-def read_coco_keypoints(annotation_path: PathLike, image_dir: PathLike) -> list[Sample]:
+def read_coco_keypoints(annotation_path: PathLike, image_dir: PathLike, bad: list[str] | None = None) -> list[Sample]:
     """Reads a COCO person_keypoints JSON (e.g. `person_keypoints_val2017.json`).
 
     Only annotations with `num_keypoints` > 0 become objects, as in COCO keypoint training; crowds and
@@ -408,6 +435,7 @@ def read_coco_keypoints(annotation_path: PathLike, image_dir: PathLike) -> list[
     Args:
         annotation_path: the JSON file.
         image_dir: the folder of the images the file's `file_name`s name.
+        bad: as for `read_coco_instances`.
 
     Returns:
         One `Task.KEYPOINTS` sample per image, in file order; each object's `keypoints_xyv` is (K, 3):
@@ -419,21 +447,29 @@ def read_coco_keypoints(annotation_path: PathLike, image_dir: PathLike) -> list[
     categories = _coco_categories(source, root)
     schemas = _coco_keypoint_schemas(source, categories)
     objects: dict[int, list[ObjectAnnotation]] = defaultdict(list)
-    for ann in _coco_annotations(source, root, images):
-        if source.field(ann, "num_keypoints", int, f"annotation {ann['id']}") > 0:
-            objects[ann["image_id"]].append(_coco_object(source, ann, categories, schemas))
+    for ann in _coco_annotations(source, root, images, bad):
+
+        def person(ann: JsonObject = ann) -> ObjectAnnotation | None:
+            if source.field(ann, "num_keypoints", int, f"annotation {ann['id']}") > 0:
+                return _coco_object(source, ann, categories, schemas)
+            return None
+
+        found = _skipping(bad, person)
+        if found is not None:
+            objects[ann["image_id"]].append(found)
     return [
         _image_sample(Task.KEYPOINTS, image, Path(image_dir), "coco_keypoints", objects=tuple(objects[image_id]))
         for image_id, image in images.items()
     ]
 
 
-def read_coco_captions(annotation_path: PathLike, image_dir: PathLike) -> list[Sample]:
+def read_coco_captions(annotation_path: PathLike, image_dir: PathLike, bad: list[str] | None = None) -> list[Sample]:
     """Reads a COCO captions JSON (e.g. `captions_val2017.json`).
 
     Args:
         annotation_path: the JSON file.
         image_dir: the folder of the images the file's `file_name`s name.
+        bad: as for `read_coco_instances`.
 
     Returns:
         One `Task.CAPTION` sample per image that has captions, in file order, with all its captions
@@ -442,11 +478,17 @@ def read_coco_captions(annotation_path: PathLike, image_dir: PathLike) -> list[S
     source, root = _open_json_object(annotation_path, _COCO_CAPTIONS)
     images = _coco_images(source, root)
     captions: dict[int, list[str]] = defaultdict(list)
-    for ann in _coco_annotations(source, root, images):
-        caption = source.field(ann, "caption", str, f"annotation {ann['id']}").strip()
-        if not caption:
-            raise source.error(f"annotation {ann['id']}", "`caption` is empty")
-        captions[ann["image_id"]].append(caption)
+    for ann in _coco_annotations(source, root, images, bad):
+
+        def caption(ann: JsonObject = ann) -> str:
+            text = source.field(ann, "caption", str, f"annotation {ann['id']}").strip()
+            if not text:
+                raise source.error(f"annotation {ann['id']}", "`caption` is empty")
+            return text
+
+        found = _skipping(bad, caption)
+        if found is not None:
+            captions[ann["image_id"]].append(found)
     uncaptioned = len(images) - len(captions)
     if uncaptioned:
         logger.warning("%s: skipped %d images without captions", source.path, uncaptioned)

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from visionllm.config import ConfigError, build, load_yaml
 from visionllm.data.shapes.dataset import ShapesWorldLayout, generate_shapesworld
 from visionllm.data.shapes.scene import ShapesWorldConfig
+from visionllm.data.sources import AnnotationSet, DatasetConfig, SourceConfig
 from visionllm.eval.runner import evaluate_shapesworld
 from visionllm.models.loading import MODEL_CLASSES
 from visionllm.train.mix import MixConfig
@@ -91,6 +92,10 @@ class TrainConfig:
         on_nonfinite_loss: "stop": a step whose loss or gradient norm is nan or inf ends the run before the
             optimiser uses it (the last checkpoint is intact); "skip": the step is left out and the run goes on
             (logged), and MAX_SKIPPED_IN_A_ROW skipped steps in a row end it.
+        dataset: a user's annotation files to train on (`data.sources.DatasetConfig`) instead of ShapesWorld
+            (`data`); the periodic and final evaluations then score its val sources with the COCO metrics.
+        max_minutes: a time budget: the run ends when its training steps have taken this long (at most
+            `max_steps` steps), and the learning rate decays over the budget instead of over the steps.
     """
 
     output_dir: str = "runs/default"
@@ -113,6 +118,8 @@ class TrainConfig:
     eval_images: int = 100
     num_threads: int | None = None
     on_nonfinite_loss: str = "stop"
+    dataset: DatasetConfig | None = None
+    max_minutes: float | None = None
 
     @property
     def frozen_groups(self) -> list[str]:
@@ -127,6 +134,8 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "save_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be at least 1, not {getattr(self, name)}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ConfigError(f"train.max_minutes must be above 0, not {self.max_minutes}")
 
 
 def load_run_config(path: str | Path) -> tuple[Any, TrainConfig]:
@@ -177,11 +186,40 @@ def _param_groups(model: torch.nn.Module, optim: OptimConfig) -> list[dict[str, 
     ]
 
 
-def _schedule(step: int, config: TrainConfig) -> float:
+class Budget:
+    """The training time a run has spent (its steps, not its evaluations or checkpoints), across resumes."""
+
+    def __init__(self, minutes: float | None, spent_s: float = 0.0) -> None:
+        self.seconds = None if minutes is None else 60.0 * minutes
+        self.spent_s = spent_s
+        self._since: float | None = None
+
+    def start(self) -> None:
+        self._since = time.perf_counter()
+
+    def stop(self) -> None:
+        if self._since is not None:
+            self.spent_s += time.perf_counter() - self._since
+            self._since = None
+
+    def fraction(self) -> float | None:
+        """The share of the budget spent (None without a budget)."""
+        if self.seconds is None:
+            return None
+        running = 0.0 if self._since is None else time.perf_counter() - self._since
+        return min(1.0, (self.spent_s + running) / self.seconds)
+
+    @property
+    def spent(self) -> bool:
+        return self.seconds is not None and self.spent_s >= self.seconds
+
+
+def _schedule(step: int, config: TrainConfig, budget: Budget | None = None) -> float:
     warmup = config.optim.warmup_steps
     if step < warmup:
         return (step + 1) / warmup
-    progress = (step - warmup) / max(1, config.max_steps - warmup)
+    timed = budget.fraction() if budget is not None else None
+    progress = timed if timed is not None else (step - warmup) / max(1, config.max_steps - warmup)
     floor = config.optim.min_lr_ratio
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
@@ -268,13 +306,18 @@ class _StopOnSignals:
 
 
 def train(config_path: str | Path, resume: bool = False, max_steps: int | None = None) -> Path:
-    """Run (or resume) one training stage; returns the final model folder.
+    """Run (or resume) one training stage of a preset file; returns the final model folder.
 
     Raises:
         TrainingInterrupted: SIGTERM or SIGINT arrived; a checkpoint of the last step was saved first.
         NonFiniteLossError: a non-finite loss with `on_nonfinite_loss: stop` (or too many skipped in a row).
     """
     model_config, config = load_run_config(config_path)
+    return run_stage(model_config, config, resume, max_steps)
+
+
+def run_stage(model_config: Any, config: TrainConfig, resume: bool = False, max_steps: int | None = None) -> Path:
+    """Run (or resume) one training stage (`train`, from configs already read); returns the final model folder."""
     groups = MODEL_CLASSES[model_config.model_type].FREEZE_GROUPS
     unknown = sorted(set(config.frozen_groups) - set(groups))
     if unknown:  # before any data is generated or weights are built
@@ -291,7 +334,12 @@ def train(config_path: str | Path, resume: bool = False, max_steps: int | None =
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
-    root = ensure_data(config.data)
+    if config.dataset is not None:
+        data: Path | AnnotationSet = AnnotationSet(
+            config.dataset.train, config.dataset.skip_bad, name=f"{config.output_dir}'s training set"
+        )
+    else:
+        data = ensure_data(config.data)
 
     model_class = MODEL_CLASSES[model_config.model_type]
     model = model_class.for_stage(model_config, config.init_from or None)
@@ -300,11 +348,12 @@ def train(config_path: str | Path, resume: bool = False, max_steps: int | None =
     optimizer = torch.optim.AdamW(
         _param_groups(model, config.optim), lr=config.optim.lr, betas=tuple(config.optim.betas)
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _schedule(step, config))
+    budget = Budget(config.max_minutes)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _schedule(step, config, budget))
     start_step = 0
     existing = _checkpoints(output)
     if resume and existing:
-        start_step = _load_state(existing[-1], model, optimizer, scheduler)
+        start_step, budget.spent_s = _load_state(existing[-1], model, optimizer, scheduler)
         _trim_log(output / "log.jsonl", start_step)
         logger.info("resumed from %s (step %d)", existing[-1], start_step)
     elif existing and not resume:
@@ -315,7 +364,7 @@ def train(config_path: str | Path, resume: bool = False, max_steps: int | None =
         json.dumps({"model": model_config.to_dict(), "train": asdict(config)}, indent=2)
     )
 
-    dataset = model.training_stream(root, "train", config.mix, seed=config.seed, batch_size=config.batch_size)
+    dataset = model.training_stream(data, "train", config.mix, seed=config.seed, batch_size=config.batch_size)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=config.batch_size,
@@ -333,6 +382,9 @@ def train(config_path: str | Path, resume: bool = False, max_steps: int | None =
     skipped_in_a_row = 0
     with _StopOnSignals() as stop, bar:
         for batch in loader:
+            if budget.spent:
+                break
+            budget.start()
             with accelerator.autocast():
                 losses = model(batch, **options)
             finite = bool(torch.isfinite(losses["loss"].detach()))
@@ -349,44 +401,33 @@ def train(config_path: str | Path, resume: bool = False, max_steps: int | None =
                 _nonfinite_step(config, log_path, step + 1, losses, skipped_in_a_row, _checkpoints(output))
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            budget.stop()
             step += 1
             bar.update(1)
-            if step % config.log_every == 0 or step == config.max_steps:
+            last = step == config.max_steps or budget.spent
+            if step % config.log_every == 0 or last:
                 record = {
                     "step": step,
                     "lr": scheduler.get_last_lr()[0],
                     "elapsed_s": round(time.perf_counter() - started, 1),
                 }
+                if budget.seconds is not None:
+                    record["train_minutes"] = round(budget.spent_s / 60, 2)
                 record.update(_loss_record(losses))
                 bar.set_postfix(loss=record["loss"])
                 _append(log_path, record)
-            saved = step % config.save_every == 0 or step == config.max_steps
+            saved = step % config.save_every == 0 or last
+            unwrapped = accelerator.unwrap_model(model)
             if saved:
-                _save_state(
-                    output, accelerator.unwrap_model(model), optimizer, scheduler, step, config.keep_checkpoints
-                )
+                _save_state(output, unwrapped, optimizer, scheduler, step, config.keep_checkpoints, budget.spent_s)
             if stop.received is not None:
                 if not saved:
-                    _save_state(
-                        output, accelerator.unwrap_model(model), optimizer, scheduler, step, config.keep_checkpoints
-                    )
+                    _save_state(output, unwrapped, optimizer, scheduler, step, config.keep_checkpoints, budget.spent_s)
                 name = signal.Signals(stop.received).name
                 _append(log_path, {"step": step, "interrupted": name})
                 raise TrainingInterrupted(step, stop.received, _checkpoints(output)[-1])
-            if (
-                config.eval_every
-                and not config.tokenizer_only
-                and (step % config.eval_every == 0 or step == config.max_steps)
-            ):
-                metrics = evaluate_shapesworld(
-                    accelerator.unwrap_model(model),
-                    root,
-                    "val",
-                    config.eval_tasks,
-                    limit=config.eval_images,
-                    progress=False,
-                    controls=False,
-                )
+            if config.eval_every and not config.tokenizer_only and (step % config.eval_every == 0 or last):
+                metrics = _evaluate(unwrapped, config, data)
                 model.train()
                 _append(log_path, {"step": step, "eval": metrics})
                 logger.info("step %d: %s", step, metrics)
@@ -394,6 +435,42 @@ def train(config_path: str | Path, resume: bool = False, max_steps: int | None =
     final = output / "final"
     accelerator.unwrap_model(model).save_pretrained(final)
     return final
+
+
+def _evaluate(model: torch.nn.Module, config: TrainConfig, data: Path | AnnotationSet) -> dict[str, float]:
+    """The periodic evaluation: ShapesWorld's val split on `eval_tasks`, or a data set's val sources."""
+    if config.dataset is None:
+        assert isinstance(data, Path)
+        return evaluate_shapesworld(
+            model, data, "val", config.eval_tasks, limit=config.eval_images, progress=False, controls=False
+        )
+    return evaluate_sources(model, config.dataset.val, limit=config.eval_images)
+
+
+def evaluate_sources(model: Any, sources: list[SourceConfig], limit: int | None = None) -> dict[str, float]:
+    """COCO metrics of a data set's val sources: boxes of instances files (and masks where they have polygons),
+    keypoints of keypoint files, each metric named `<file stem>/<task>/<metric>` (`detect/AP50`: one file)."""
+    from visionllm.eval.runner import evaluate_coco
+
+    tasks = {"coco_instances": ("detect", "segment"), "coco_keypoints": ("keypoints",)}
+    answered = {t.value for t in model.TASKS} if hasattr(model, "TASKS") else None
+    metrics: dict[str, float] = {}
+    for source in sources:
+        for task in tasks.get(source.kind, ()):
+            kind = {"detect": "detection", "segment": "instance_segmentation", "keypoints": "keypoints"}[task]
+            if answered is not None and kind not in answered:
+                continue
+            if task == "segment" and not _has_polygons(source.json):
+                continue
+            found = evaluate_coco(model, source.json, source.images, task, limit=limit, progress=False)
+            prefix = f"{task}/" if len(sources) == 1 else f"{Path(source.json).stem}/{task}/"
+            metrics.update({prefix + k: v for k, v in found.items()})
+    return metrics
+
+
+def _has_polygons(path: str) -> bool:
+    annotations = json.loads(Path(path).read_text()).get("annotations", [])
+    return any(isinstance(a.get("segmentation"), list) and a["segmentation"] for a in annotations)
 
 
 def _accelerator(mixed_precision: str) -> Accelerator:
@@ -456,7 +533,9 @@ def _append(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def _save_state(output: Path, model: torch.nn.Module, optimizer, scheduler, step: int, keep: int) -> None:
+def _save_state(
+    output: Path, model: torch.nn.Module, optimizer, scheduler, step: int, keep: int, spent_s: float = 0.0
+) -> None:
     """Write checkpoints/step-N atomically (a temporary folder renamed into place), keep the newest `keep`."""
     folder = output / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
@@ -468,6 +547,7 @@ def _save_state(output: Path, model: torch.nn.Module, optimizer, scheduler, step
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "rng": _rng_state(),
+        "train_seconds": float(spent_s),
     }
     torch.save(state, tmp / "training_state.pt")
     final = folder / f"step-{step}"
@@ -477,7 +557,8 @@ def _save_state(output: Path, model: torch.nn.Module, optimizer, scheduler, step
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_state(folder: Path, model: torch.nn.Module, optimizer, scheduler) -> int:
+def _load_state(folder: Path, model: torch.nn.Module, optimizer, scheduler) -> tuple[int, float]:
+    """Restore a checkpoint; returns its step and the training seconds spent up to it."""
     from safetensors.torch import load_file
 
     state = load_file(str(folder / "model.safetensors"))
@@ -486,7 +567,7 @@ def _load_state(folder: Path, model: torch.nn.Module, optimizer, scheduler) -> i
     optimizer.load_state_dict(training["optimizer"])
     scheduler.load_state_dict(training["scheduler"])
     _set_rng_state(training["rng"])
-    return int(training["step"])
+    return int(training["step"]), float(training.get("train_seconds", 0.0))
 
 
 # NumPy arrays of plain dtypes (data, not code): the RNG state in training-state files of earlier versions.

@@ -47,23 +47,33 @@ def majority_answer(answers: Sequence[str]) -> str:
 
 
 def class_phrase(obj: ObjectAnnotation, level: str) -> str:
-    """An object's class phrase at a level: "pair" ("red circle"; people "person") or "shape" ("circle")."""
+    """An object's class phrase at a level: "pair" ("red circle"; people "person"), "shape" ("circle") or
+    "category" (the category name as the annotation file gives it)."""
+    if level == "category":
+        return obj.category
     if obj.category == "person":
         return "person"
     return f"{obj.attributes.get('color', '')} {obj.category}".strip() if level == "pair" else obj.category
 
 
-def draw_class_set(objects: Sequence[ObjectAnnotation], mix: MixConfig, rng: random.Random) -> tuple[list[str], str]:
+def draw_class_set(
+    objects: Sequence[ObjectAnnotation], mix: MixConfig, rng: random.Random, categories: Sequence[str] | None = None
+) -> tuple[list[str], str]:
     """An open class set for a detection or segmentation request on an image, and its level.
 
     Phrases are colour-shape pairs or shapes (people always "person"), drawn at one level so that no object
-    answers two of them. Most present classes are kept (a left-out one's objects are then not targets); absent
+    answers two of them; with `categories` (a data set's category names), they are those names (level
+    "category"). Most present classes are kept (a left-out one's objects are then not targets); absent
     classes join as negatives, about `mix.negative_rate` of the set; the order is random.
     """
-    level = rng.choice(["pair", "shape"])
+    if categories is not None:
+        level = "category"
+        vocabulary = list(categories)
+    else:
+        level = rng.choice(["pair", "shape"])
+        vocabulary = [f"{c} {s}" for c in COLORS for s in SHAPES] if level == "pair" else list(SHAPES)
+        vocabulary.append("person")
     present = sorted({class_phrase(o, level) for o in objects})
-    vocabulary = [f"{c} {s}" for c in COLORS for s in SHAPES] if level == "pair" else list(SHAPES)
-    vocabulary.append("person")
     absent = [p for p in vocabulary if p not in present]
     limit = mix.max_classes
     keep = [p for p in present if rng.random() < 0.9] or present[:1]

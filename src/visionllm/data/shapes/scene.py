@@ -25,6 +25,9 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "orange": (245, 140, 30),
 }
 SHAPES = ("circle", "square", "triangle", "star", "hexagon")
+NEW_SHAPES = ("cross", "diamond", "arrow", "crescent", "heart")
+"""Shapes the base world never draws: a set of them (`ShapesWorldConfig.shapes`) makes categories a model trained
+on ShapesWorld has never seen, for fine-tuning (`visionllm data coco`)."""
 PERSON = "person"
 CATEGORIES = (*SHAPES, PERSON)  # COCO category id = index + 1
 SIZES = ("small", "medium", "large")
@@ -51,6 +54,7 @@ class ShapesWorldConfig:
         person_probability: chance that an object is a person (stick figure with 17 keypoints).
         holdout_pairs: (color, shape) pairs never drawn in the train split (compositional splits).
         min_visible_fraction: an occluded object keeps at least this share of its pixels, in one piece.
+        shapes: the shapes drawn (any of `SHAPES` and `NEW_SHAPES`).
     """
 
     image_size: int = 128
@@ -59,8 +63,14 @@ class ShapesWorldConfig:
     person_probability: float = 0.15
     holdout_pairs: tuple[tuple[str, str], ...] = ()
     min_visible_fraction: float = 0.6
+    shapes: tuple[str, ...] = SHAPES
 
     def __post_init__(self) -> None:
+        unknown = [s for s in self.shapes if s not in (*SHAPES, *NEW_SHAPES)]
+        if unknown or not self.shapes or len(set(self.shapes)) != len(self.shapes):
+            raise ValueError(
+                f"shapes must be distinct names among {', '.join((*SHAPES, *NEW_SHAPES))}; got {list(self.shapes)}"
+            )
         if not 64 <= self.image_size <= 512:
             raise ValueError(f"image_size must be within 64..512, got {self.image_size}")
         if not 0 <= self.min_objects <= self.max_objects <= 20:
@@ -68,7 +78,7 @@ class ShapesWorldConfig:
         if not 0 <= self.person_probability <= 1:
             raise ValueError(f"person_probability must be in [0, 1], got {self.person_probability}")
         for color, shape in self.holdout_pairs:
-            if color not in COLORS or shape not in CATEGORIES:
+            if color not in COLORS or shape not in (*CATEGORIES, *NEW_SHAPES):
                 raise ValueError(f"held-out pair ({color!r}, {shape!r}) is not a colour and a category of ShapesWorld")
 
 
@@ -154,6 +164,10 @@ class RenderedScene:
 def shape_outline(obj: SceneObject, circle_points: int = 48) -> np.ndarray:
     """(P, 2) outline of a shape in pixels (people have none)."""
     radius = obj.extent_px / 2
+    if obj.category in NEW_SHAPES:
+        xy = _NEW_OUTLINES[obj.category]() * radius
+        c, s = math.cos(obj.rotation), math.sin(obj.rotation)
+        return xy @ np.array([[c, s], [-s, c]]) + np.asarray(obj.center_xy)
     if obj.category == "circle":
         angles = np.linspace(0, 2 * np.pi, circle_points, endpoint=False)
         radii = np.full_like(angles, radius)
@@ -167,6 +181,45 @@ def shape_outline(obj: SceneObject, circle_points: int = 48) -> np.ndarray:
     angles = angles + obj.rotation
     cx, cy = obj.center_xy
     return np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], axis=1)
+
+
+def _cross() -> np.ndarray:
+    a = 0.32  # half the width of an arm, the arms reaching the unit circle's square
+    r = 1 / math.sqrt(2)
+    corners = [(a, -r), (a, -a), (r, -a), (r, a), (a, a), (a, r), (-a, r), (-a, a), (-r, a), (-r, -a), (-a, -a)]
+    return np.array([(-a, -r), *corners])
+
+
+def _crescent(points: int = 24) -> np.ndarray:
+    """The unit disc less a disc of radius 0.8 centred 0.45 to the right: a crescent opening right."""
+    d, r2 = 0.45, 0.8
+    x = (1 - r2**2 + d**2) / (2 * d)  # where the two circles cross
+    outer_from = math.atan2(math.sqrt(1 - x * x), x)
+    inner_from = math.atan2(math.sqrt(1 - x * x), x - d)
+    outer = np.linspace(outer_from, 2 * math.pi - outer_from, points)
+    inner = np.linspace(2 * math.pi - inner_from, inner_from, points)[1:-1]
+    return np.concatenate(
+        [np.stack([np.cos(outer), np.sin(outer)], 1), np.stack([d + r2 * np.cos(inner), r2 * np.sin(inner)], 1)]
+    )
+
+
+def _heart(points: int = 40) -> np.ndarray:
+    t = np.linspace(0, 2 * math.pi, points, endpoint=False)
+    x = 16 * np.sin(t) ** 3
+    y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
+    xy = np.stack([x, y], 1)
+    xy -= (xy.min(0) + xy.max(0)) / 2  # centred on its box
+    return xy / np.linalg.norm(xy, axis=1).max()
+
+
+# Unit outlines (centre 0, inside the unit circle, y down) of the shapes outside the base world.
+_NEW_OUTLINES = {
+    "cross": _cross,
+    "diamond": lambda: np.array([(0.0, -1.0), (0.6, 0.0), (0.0, 1.0), (-0.6, 0.0)]),
+    "arrow": lambda: np.array([(-1, -0.22), (0.1, -0.22), (0.1, -0.6), (1, 0), (0.1, 0.6), (0.1, 0.22), (-1, 0.22)]),
+    "crescent": _crescent,
+    "heart": _heart,
+}
 
 
 def star_tips(obj: SceneObject) -> np.ndarray:
@@ -307,7 +360,8 @@ def sample_background(rng: np.random.Generator) -> Background:
 
 def _sample_object(rng: np.random.Generator, config: ShapesWorldConfig, train: bool) -> SceneObject:
     size = config.image_size
-    category = PERSON if rng.random() < config.person_probability else SHAPES[rng.integers(len(SHAPES))]
+    shapes = config.shapes
+    category = PERSON if rng.random() < config.person_probability else shapes[rng.integers(len(shapes))]
     colors = [c for c in COLORS if not (train and (c, category) in config.holdout_pairs)]
     if not colors:
         raise ValueError(f"every colour of {category!r} is held out of the train split")

@@ -20,7 +20,7 @@ import torch
 
 from visionllm.data.sample import ObjectAnnotation, Sample
 from visionllm.data.shapes.language import ObjectFacts, parse_phrase
-from visionllm.data.shapes.load import load_split
+from visionllm.data.sources import SampleSource, as_source
 from visionllm.formats.task_table import TASK_TABLE, build_instruction, tasks_of_version
 from visionllm.formats.tasks import Task
 from visionllm.formats.tokens import IMAGE
@@ -36,8 +36,8 @@ class TaskMixture(torch.utils.data.Dataset):
     """Examples of a weighted task mix over one ShapesWorld split.
 
     Args:
-        root: the ShapesWorld folder.
-        split: "train" or "val".
+        root: the ShapesWorld folder, or a `SampleSource` (a user's annotation files, `data.sources`).
+        split: "train" or "val" (of a ShapesWorld folder).
         processor: the model's processor (images, codec sizes).
         mix: task weights and class-set settings.
         seed: the stream's seed.
@@ -49,7 +49,7 @@ class TaskMixture(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        root: str | Path,
+        root: str | Path | SampleSource,
         split: str,
         processor: VisionLLMProcessor,
         mix: MixConfig,
@@ -71,10 +71,12 @@ class TaskMixture(torch.utils.data.Dataset):
             )
         self.tasks = [Task(name) for name, weight in mix.tasks.items() if weight > 0]
         self.weights = [mix.tasks[t.value] for t in self.tasks]
+        source = as_source(root, split)
+        self.categories = source.vocabulary
         self.samples: dict[Task, list[Sample]] = {}
         needed = set(self.tasks) | {Task.DETECTION}
         for task in needed:
-            loaded = load_split(root, split, task)
+            loaded = source.samples(task)
             if task is Task.DETECTION or task is Task.INSTANCE_SEGMENTATION:
                 loaded = [s for s in loaded if s.objects] or loaded
             self.samples[task] = loaded
@@ -84,7 +86,7 @@ class TaskMixture(torch.utils.data.Dataset):
             self.questions.setdefault(s.image_id, []).append(s)
         for task in self.tasks:
             if not self.samples.get(task):
-                raise ValueError(f"the {split} split of {root} has no {task.value} samples")
+                raise ValueError(f"{source.name} has no {task.value} samples")
 
     def __len__(self) -> int:
         return self.length
@@ -178,7 +180,7 @@ class TaskMixture(torch.utils.data.Dataset):
         return self._open_set_example(task, sample, image, rng, points)
 
     def _open_set_example(self, task: Task, sample: Sample, image, rng: random.Random, points: int) -> Example:
-        classes, level = draw_class_set(sample.objects, self.mix, rng)
+        classes, level = draw_class_set(sample.objects, self.mix, rng, self.categories)
         index = {name: i for i, name in enumerate(classes)}
         targets = [o for o in sample.objects if class_phrase(o, level) in index]
         if task is Task.INSTANCE_SEGMENTATION:

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 from visionllm.data.sample import ObjectAnnotation, Sample
-from visionllm.data.shapes.drawings import Drawing, load_drawings
+from visionllm.data.shapes.drawings import Drawing
 from visionllm.data.shapes.language import ObjectFacts, region_description
-from visionllm.data.shapes.load import load_split, load_star_keypoints
 from visionllm.data.shapes.scene import SHAPES
+from visionllm.data.sources import SampleSource, as_source
 from visionllm.formats.keypoints import COCO_KEYPOINT_NAMES, STAR_KEYPOINT_NAMES
 from visionllm.formats.task_table import build_request
 from visionllm.formats.tasks import Task
@@ -122,8 +122,8 @@ class ChatMixture(torch.utils.data.Dataset):
     """v2 training conversations of a weighted task mix over one ShapesWorld split.
 
     Args:
-        root: the ShapesWorld folder.
-        split: "train" or "val".
+        root: the ShapesWorld folder, or a `SampleSource` (a user's annotation files, `data.sources`).
+        split: "train" or "val" (of a ShapesWorld folder).
         processor: the model's processor.
         mix: task weights (`V2_TRAINING_TASKS`) and class-set settings.
         seed: the stream's seed.
@@ -133,7 +133,7 @@ class ChatMixture(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        root: str | Path,
+        root: str | Path | SampleSource,
         split: str,
         processor: VisionLLMv2Processor,
         mix: MixConfig,
@@ -155,9 +155,12 @@ class ChatMixture(torch.utils.data.Dataset):
         self.samples: dict[Task, list[Sample]] = {}
         read: dict[Task, list[Sample]] = {}  # each annotation file once (four tasks read the instances)
 
+        source = as_source(root, split)
+        self.categories = source.vocabulary
+
         def loaded_as(kind: Task) -> list[Sample]:
             if kind not in read:
-                read[kind] = load_split(root, split, kind)
+                read[kind] = source.samples(kind)
             return read[kind]
 
         for task in self.tasks:
@@ -165,15 +168,15 @@ class ChatMixture(torch.utils.data.Dataset):
                 decoder = processor.config.generation if task is Task.GENERATION else processor.config.editing
                 if decoder is None:
                     raise ValueError(f"the mix trains {task.value} but the model has no {task.value} decoder")
-                self.samples[task] = load_drawings(root, split)
+                self.samples[task] = source.drawings()
                 continue
             loaded = loaded_as(_LOADED_AS.get(task, task))
             if task is Task.KEYPOINTS:  # people and, where the dataset has them, stars: two skeletons
-                loaded = loaded + load_star_keypoints(root, split)
+                loaded = loaded + source.star_keypoints()
             if _LOADED_AS.get(task, task) is Task.DETECTION:
                 loaded = [s for s in loaded if s.objects]
             if not loaded:
-                raise ValueError(f"the {split} split of {root} has no {task.value} samples")
+                raise ValueError(f"{source.name} has no {task.value} samples")
             self.samples[task] = loaded
         self.scenes: dict[str, list[ObjectAnnotation]] | None = None
         if processor.config.patch_labels is not None:  # every image's objects, for its patch labels
@@ -266,7 +269,7 @@ class ChatMixture(torch.utils.data.Dataset):
             return asked(f"<image> {question}", described.category if shape else described.color, regions=[prompt])
         if task is Task.SEMANTIC_SEGMENTATION:
             present = sorted({o.category for o in sample.objects})
-            absent = [c for c in SEMANTIC_CLASSES if c not in present]
+            absent = [c for c in self.categories or SEMANTIC_CLASSES if c not in present]
             classes = present + rng.sample(absent, rng.randint(0, len(absent)))
             rng.shuffle(classes)
             index = {name: i for i, name in enumerate(classes)}
@@ -274,7 +277,7 @@ class ChatMixture(torch.utils.data.Dataset):
             targets = object_targets(sample.objects, [index[o.category] for o in sample.objects], size)
             return asked(request, detection_answer(classes, ROUTE[task]), Targets(targets))
         # detection and instance segmentation, over an open class set
-        classes, level = draw_class_set(sample.objects, self.mix, rng)
+        classes, level = draw_class_set(sample.objects, self.mix, rng, self.categories)
         index = {name: i for i, name in enumerate(classes)}
         chosen = [o for o in sample.objects if class_phrase(o, level) in index]
         targets = object_targets(chosen, [index[class_phrase(o, level)] for o in chosen], size)
