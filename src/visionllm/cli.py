@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 import typing
 from collections.abc import Callable, Sequence
@@ -180,7 +181,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except NonFiniteLossError as error:
         print(f"visionllm: training stopped: {error}", file=sys.stderr)
         return 1
-    print(f"final model: {final}")
+    if os.environ.get("RANK", "0") == "0":  # one report of a run on several processes (torchrun sets RANK)
+        print(f"final model: {final}")
     return 0
 
 

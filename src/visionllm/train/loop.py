@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
 from tqdm.auto import tqdm
 
 from visionllm.config import ConfigError, build, load_yaml
@@ -343,8 +344,12 @@ def run_stage(model_config: Any, config: TrainConfig, resume: bool = False, max_
 
     model_class = MODEL_CLASSES[model_config.model_type]
     model = model_class.for_stage(model_config, config.init_from or None)
-    model.train()
     model.freeze(config.frozen_groups)
+    _train_mode(model)
+    if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
+        # batch statistics over the global batch (CPU processes have no synchronised batch norm: a backbone that
+        # trains there normalises each process's share by its own statistics)
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = torch.optim.AdamW(
         _param_groups(model, config.optim), lr=config.optim.lr, betas=tuple(config.optim.betas)
     )
@@ -352,17 +357,25 @@ def run_stage(model_config: Any, config: TrainConfig, resume: bool = False, max_
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _schedule(step, config, budget))
     start_step = 0
     existing = _checkpoints(output)
+    main = accelerator.is_main_process
     if resume and existing:
         start_step, budget.spent_s = _load_state(existing[-1], model, optimizer, scheduler)
-        _trim_log(output / "log.jsonl", start_step)
+        if main:
+            _trim_log(output / "log.jsonl", start_step)
         logger.info("resumed from %s (step %d)", existing[-1], start_step)
     elif existing and not resume:
         raise FileExistsError(
             f"{output} already has checkpoints; pass --resume to continue, or choose another output_dir"
         )
-    (output / "train_config.json").write_text(
-        json.dumps({"model": model_config.to_dict(), "train": asdict(config)}, indent=2)
-    )
+    if main:
+        (output / "train_config.json").write_text(
+            json.dumps({"model": model_config.to_dict(), "train": asdict(config)}, indent=2)
+        )
+    if config.batch_size % accelerator.num_processes:
+        raise ConfigError(
+            f"train.batch_size {config.batch_size} is the global batch, split over {accelerator.num_processes} "
+            "processes: make it a multiple of their number"
+        )
 
     dataset = model.training_stream(data, "train", config.mix, seed=config.seed, batch_size=config.batch_size)
     loader = torch.utils.data.DataLoader(
@@ -382,12 +395,13 @@ def run_stage(model_config: Any, config: TrainConfig, resume: bool = False, max_
     skipped_in_a_row = 0
     with _StopOnSignals() as stop, bar:
         for batch in loader:
-            if budget.spent:
+            if _agree(accelerator, budget.spent):
                 break
             budget.start()
             with accelerator.autocast():
                 losses = model(batch, **options)
-            finite = bool(torch.isfinite(losses["loss"].detach()))
+            # every process takes the same branch (a collective in one branch only would hang the others)
+            finite = not _agree(accelerator, not bool(torch.isfinite(losses["loss"].detach())))
             if finite:
                 accelerator.backward(losses["loss"])
                 if config.optim.grad_clip:
@@ -398,14 +412,16 @@ def run_stage(model_config: Any, config: TrainConfig, resume: bool = False, max_
                 skipped_in_a_row = 0
             else:
                 skipped_in_a_row += 1
-                _nonfinite_step(config, log_path, step + 1, losses, skipped_in_a_row, _checkpoints(output))
+                _nonfinite_step(config, log_path, step + 1, losses, skipped_in_a_row, _checkpoints(output), main)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             budget.stop()
             step += 1
             bar.update(1)
-            last = step == config.max_steps or budget.spent
+            last = step == config.max_steps or _agree(accelerator, budget.spent)
             if step % config.log_every == 0 or last:
+                # the global batch's losses (the mean of the processes')
+                losses = {k: accelerator.reduce(torch.as_tensor(v).detach(), "mean") for k, v in losses.items()}
                 record = {
                     "step": step,
                     "lr": scheduler.get_last_lr()[0],
@@ -415,26 +431,50 @@ def run_stage(model_config: Any, config: TrainConfig, resume: bool = False, max_
                     record["train_minutes"] = round(budget.spent_s / 60, 2)
                 record.update(_loss_record(losses))
                 bar.set_postfix(loss=record["loss"])
-                _append(log_path, record)
-            saved = step % config.save_every == 0 or last
+                if main:
+                    _append(log_path, record)
+            stopping = _agree(accelerator, stop.received is not None)
             unwrapped = accelerator.unwrap_model(model)
-            if saved:
-                _save_state(output, unwrapped, optimizer, scheduler, step, config.keep_checkpoints, budget.spent_s)
-            if stop.received is not None:
-                if not saved:
+            if step % config.save_every == 0 or last or stopping:
+                if main:
                     _save_state(output, unwrapped, optimizer, scheduler, step, config.keep_checkpoints, budget.spent_s)
-                name = signal.Signals(stop.received).name
-                _append(log_path, {"step": step, "interrupted": name})
-                raise TrainingInterrupted(step, stop.received, _checkpoints(output)[-1])
+                accelerator.wait_for_everyone()
+            if stopping:
+                number = stop.received or signal.SIGTERM  # a process the signal missed stops with the others
+                if main:
+                    _append(log_path, {"step": step, "interrupted": signal.Signals(number).name})
+                raise TrainingInterrupted(step, number, _checkpoints(output)[-1])
             if config.eval_every and not config.tokenizer_only and (step % config.eval_every == 0 or last):
-                metrics = _evaluate(unwrapped, config, data)
-                model.train()
-                _append(log_path, {"step": step, "eval": metrics})
-                logger.info("step %d: %s", step, metrics)
-                bar.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+                if main:
+                    metrics = _evaluate(unwrapped, config, data)
+                    _append(log_path, {"step": step, "eval": metrics})
+                    logger.info("step %d: %s", step, metrics)
+                    bar.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+                _train_mode(model)
+                accelerator.wait_for_everyone()
     final = output / "final"
-    accelerator.unwrap_model(model).save_pretrained(final)
+    if main:
+        accelerator.unwrap_model(model).save_pretrained(final)
+    accelerator.wait_for_everyone()
     return final
+
+
+def _agree(accelerator: Accelerator, flag: bool) -> bool:
+    """Whether the flag is set on any process (the flag itself in one process)."""
+    if accelerator.num_processes == 1:
+        return flag
+    found = torch.tensor([float(flag)], device=accelerator.device)
+    return bool(accelerator.reduce(found, "sum").item() > 0)
+
+
+def _train_mode(model: torch.nn.Module) -> None:
+    """Training mode, but for the batch norms of frozen parts: those keep their running statistics (as frozen
+    batch norm does in detection training), so that a frozen part is fixed and does not hang on the batch."""
+    model.train()
+    for module in model.modules():
+        frozen = not any(p.requires_grad for p in module.parameters(recurse=False))
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and frozen:
+            module.eval()
 
 
 def _evaluate(model: torch.nn.Module, config: TrainConfig, data: Path | AnnotationSet) -> dict[str, float]:
@@ -479,7 +519,15 @@ def _accelerator(mixed_precision: str) -> Accelerator:
     state = AcceleratorState._shared_state
     if state and state.get("_mixed_precision", mixed_precision) != mixed_precision:
         AcceleratorState._reset_state()
-    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+    return Accelerator(
+        mixed_precision=mixed_precision,
+        cpu=not torch.cuda.is_available(),
+        # train.batch_size is the global batch: each process takes its share of every batch of the one stream,
+        # so that N processes see the batches one process would
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+        # a task mix leaves some heads out of some steps
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
 
 
 def _loss_record(losses: dict[str, torch.Tensor]) -> dict[str, float | str]:
@@ -492,7 +540,13 @@ def _loss_record(losses: dict[str, torch.Tensor]) -> dict[str, float | str]:
 
 
 def _nonfinite_step(
-    config: TrainConfig, log_path: Path, step: int, losses: dict[str, torch.Tensor], in_a_row: int, saved: list[Path]
+    config: TrainConfig,
+    log_path: Path,
+    step: int,
+    losses: dict[str, torch.Tensor],
+    in_a_row: int,
+    saved: list[Path],
+    main: bool = True,
 ) -> None:
     """Log a step whose loss or gradient is not finite; raise `NonFiniteLossError` unless it is to be skipped."""
     parts = _loss_record(losses)
@@ -500,9 +554,11 @@ def _nonfinite_step(
     last = f"the last checkpoint is {saved[-1]}" if saved else "no checkpoint was saved yet"
     if config.on_nonfinite_loss == "skip" and in_a_row < MAX_SKIPPED_IN_A_ROW:
         logger.warning("step %d: non-finite loss or gradient (%s): step skipped", step, described)
-        _append(log_path, {"step": step, "skipped": "non-finite loss or gradient", **parts})
+        if main:
+            _append(log_path, {"step": step, "skipped": "non-finite loss or gradient", **parts})
         return
-    _append(log_path, {"step": step, "stopped": "non-finite loss or gradient", **parts})
+    if main:
+        _append(log_path, {"step": step, "stopped": "non-finite loss or gradient", **parts})
     why = f"{in_a_row} steps in a row had" if in_a_row > 1 else "the loss or its gradient was"
     raise NonFiniteLossError(
         f"step {step}: {why} not finite ({described}); stopped before the weights were changed; {last}. "

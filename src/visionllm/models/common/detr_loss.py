@@ -11,6 +11,7 @@ from torch import Tensor
 
 from visionllm.models.common.matcher import hungarian_match
 from visionllm.ops.tensor_boxes import cxcywh_to_xyxy, elementwise_generalized_iou, generalized_iou
+from visionllm.train.distributed import global_count
 
 
 def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
@@ -53,11 +54,12 @@ def matched_set_loss(
         class_weight, l1_weight, giou_weight: loss weights, also used as matching costs.
 
     Returns:
-        The weighted loss, normalised by the number of targets in the batch, and the matches.
+        The weighted loss, normalised by the number of targets in the batch (the global batch of a distributed
+        run: `global_count`), and the matches.
     """
     batch, queries, _ = logits.shape
     counts = [len(t) for t in targets_cxcywh]
-    num_targets = max(1, sum(counts))
+    num_targets = global_count(sum(counts), logits.device)  # over every process of a distributed run
     width = max(counts, default=0)
     labels = torch.zeros_like(logits, dtype=torch.float32)
     l1 = logits.new_zeros((), dtype=torch.float32)

@@ -60,6 +60,7 @@ from visionllm.models.v1.decoder import LanguageDecoder, SlotOutputs, select_anc
 from visionllm.models.v1.processor import VisionLLMProcessor
 from visionllm.models.v1.tokenizer import LanguageGuidedTokenizer, TokenizerOutput, arrange_tokens
 from visionllm.ops.boxes import nms
+from visionllm.train.distributed import global_count
 from visionllm.train.mix import MixConfig
 
 logger = logging.getLogger(__name__)
@@ -228,7 +229,8 @@ class VisionLLM(nn.Module, TaskHelpers):
             slot_losses.append(loss)
             for key, value in info.items():
                 parts[key] = parts.get(key, 0) + value / len(batch)
-        slot_loss = torch.stack(slot_losses).mean() if slot_losses else hidden.new_zeros(())
+        divisor = global_count(len(slot_losses), hidden.device)  # structured answers in the global batch
+        slot_loss = torch.stack(slot_losses).sum() / divisor if slot_losses else hidden.new_zeros(())
         total = tokenizer_loss_weight * l_tok + text_loss + slot_loss
         return {
             "loss": total,
@@ -247,16 +249,19 @@ class VisionLLM(nn.Module, TaskHelpers):
         """
         targets = labels[:, 1:]
         selected = targets != IGNORE
+        per_answer = self.config.decoder.text_loss_per_sample
+        rows = torch.arange(len(labels), device=labels.device)[:, None].expand_as(targets)
+        answer = (rows * (groups.shape[1] + 1) + groups[:, 1:] + 1)[selected]
+        _, answer, counts = torch.unique(answer, return_inverse=True, return_counts=True)
+        # answers (or tokens) over the global batch of a distributed run; every process asks, even one without
+        divisor = global_count(len(counts) if per_answer else int(selected.sum()), hidden.device)
         if not selected.any():
             return hidden.new_zeros(())
         logits = self.decoder.vocab_logits(hidden[:, :-1][selected])
         losses = F.cross_entropy(logits.float(), targets[selected], reduction="none")
-        if not self.config.decoder.text_loss_per_sample:
-            return losses.mean()
-        rows = torch.arange(len(labels), device=labels.device)[:, None].expand_as(targets)
-        answer = (rows * (groups.shape[1] + 1) + groups[:, 1:] + 1)[selected]
-        _, answer, counts = torch.unique(answer, return_inverse=True, return_counts=True)
-        return (losses / counts[answer].float()).sum() / len(counts)
+        if not per_answer:
+            return losses.sum() / divisor
+        return (losses / counts[answer].float()).sum() / divisor
 
     def sequence_hidden(self, batch: Batch, image_tokens: Tensor, anchors: Sequence[Tensor | None]) -> Tensor:
         """The LLM's last hidden states (B, L, D) for a batch whose slot groups are anchored at `anchors`
