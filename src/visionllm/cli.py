@@ -393,6 +393,10 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     from visionllm.formats.tasks import Task
     from visionllm.models.common.inputs import ProcessorError
 
+    if (args.image is None) == (args.input is None):
+        raise CliError("give --image FILE (one image, JSON printed) or --input DIR|ANN.json --out results.json (bulk)")
+    if args.input is not None:
+        return _predict_bulk(args)
     if not args.image.is_file():
         raise CliError(f"image {args.image} not found" + (" (it is a folder)" if args.image.is_dir() else ""))
     _check_output_file(args.save_vis, "--save-vis", image=True)
@@ -430,6 +434,45 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
         args.save_vis.parent.mkdir(parents=True, exist_ok=True)
         draw_result(upright(Image.open(args.image)), result, min_side=384).save(args.save_vis)
+
+
+def _predict_bulk(args: argparse.Namespace) -> None:
+    from visionllm.data.readers import DatasetFormatError
+    from visionllm.eval.bulk import BULK_TASKS, bulk_predict, coco_images, folder_images, process_state
+    from visionllm.formats.task_table import build_instruction
+    from visionllm.formats.tasks import Task
+
+    if args.task not in BULK_TASKS or args.instruction:
+        raise CliError(f"bulk inference (--input) answers --task {', '.join(BULK_TASKS)}")
+    if args.out is None:
+        raise CliError("--input needs --out results.json (the merged COCO results file)")
+    _check_output_file(args.out, "--out")
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else []
+    try:
+        if args.input.is_dir():
+            images, category_ids = folder_images(args.input), {c: i + 1 for i, c in enumerate(classes)}
+        else:
+            if args.images is None:
+                raise CliError("--input ANN.json needs --images DIR (the folder of its file_name entries)")
+            images, category_ids = coco_images(args.input, args.images)
+    except DatasetFormatError as error:
+        raise CliError(str(error)) from None
+    classes = classes or list(category_ids)
+    if args.task in ("detection", "instance_segmentation", "keypoints") and not classes:
+        raise CliError(f"--task {args.task} over a folder needs --classes (a COCO file's categories are its own)")
+    unknown = [c for c in classes if c not in category_ids]
+    if unknown:
+        raise CliError(f"--classes {', '.join(unknown)}: not categories of {args.input} ({', '.join(category_ids)})")
+    model = _load_model(args.model).to(process_state().device)
+    _check_answers(model, args.model, Task(args.task))
+    instruction = build_instruction(
+        Task(args.task), classes=classes, num_points=args.points, config=model.config.codec()
+    )
+    out = bulk_predict(
+        model, images, instruction, category_ids, args.out, batch_size=args.batch_size, min_score=args.min_score
+    )
+    if out is not None:
+        print(f"results of {len(images)} images: {out}")
 
 
 def _image_prefix(prefix: Path | None) -> Path | None:
@@ -753,9 +796,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, help="also write the metrics JSON here")
     evaluate.set_defaults(func=_cmd_eval)
 
-    predict = commands.add_parser("predict", help="answer one instruction about one image; prints JSON")
+    predict = commands.add_parser(
+        "predict",
+        help="answer one instruction about one image (prints JSON), or about many (--input: a results file)",
+        description="One image: the answer printed as JSON. Many (--input a folder or a COCO file): COCO results "
+        "written to --out, in batches, resumable after a kill, and on several processes under torchrun or "
+        "accelerate launch (docs/SCALING.md).",
+    )
     predict.add_argument("--model", type=Path, required=True, help="checkpoint folder")
-    predict.add_argument("--image", type=Path, required=True)
+    predict.add_argument("--image", type=Path, help="one image")
+    predict.add_argument("--input", type=Path, help="a folder of images, or a COCO file (with --images)")
+    predict.add_argument("--images", type=Path, help="the folder of --input's COCO file_name entries")
+    predict.add_argument("--out", type=Path, help="the results file --input writes (COCO results JSON)")
+    predict.add_argument("--batch-size", type=_POSITIVE, default=8, help="images per model call with --input")
     predict.add_argument(
         "--task", default="detection", choices=[task.value for task in TASK_TABLE], help="the task (default detection)"
     )
