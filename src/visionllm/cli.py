@@ -232,10 +232,27 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     if report["skipped_annotations"]:
         print(f"left out {report['skipped_annotations']} malformed annotation(s) (--skip-bad)")
     for name in ("zero_shot", "final"):
-        if name in report:
-            print(f"{name.replace('_', '-')}: " + ", ".join(f"{k} {v:.3f}" for k, v in report[name].items()))
-    print(f"fine-tuned model: {args.out}")
+        if name in report:  # the headline metrics (all of them are in OUT/finetune.json)
+            shown = {k: v for k, v in report[name].items() if k.rsplit("/", 1)[-1] in ("AP", "AP50", "AP75")}
+            print(f"{name.replace('_', '-')}: " + ", ".join(f"{k} {v:.3f}" for k, v in shown.items()))
+    print(f"fine-tuned model: {args.out} (scores and settings: {args.out / 'finetune.json'})")
     return 0
+
+
+def _cmd_memory(args: argparse.Namespace) -> None:
+    from visionllm.config import ConfigError
+    from visionllm.models.memory import memory_plan, weight_sources
+    from visionllm.train.loop import load_run_config
+
+    try:
+        model_config, train_config = load_run_config(args.config)
+    except ConfigError as error:
+        raise CliError(str(error)) from None
+    plan = memory_plan(model_config, train_config.frozen_groups)
+    print(plan.table(args.gpus))
+    print()
+    for part, source in weight_sources(model_config):
+        print(f"{part:<22}{source}")
 
 
 def _load_model(path: Path):
@@ -773,6 +790,14 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--resume", action="store_true", help="continue an interrupted fine-tune in --out")
     tune.add_argument("--no-baseline", action="store_true", help="do not score the val set before training")
     tune.set_defaults(func=_cmd_finetune)
+
+    memory = commands.add_parser(
+        "memory",
+        help="a preset's parameters, memory per GPU (DDP, ZeRO-2/3) and weight sources, without building it",
+    )
+    memory.add_argument("--config", type=Path, required=True, help="preset YAML (e.g. configs/paper_v2.yaml)")
+    memory.add_argument("--gpus", type=_POSITIVE, default=1, help="GPUs the training is shared among (default 1)")
+    memory.set_defaults(func=_cmd_memory)
 
     evaluate = commands.add_parser("eval", help="evaluate a model on a COCO-format set or a ShapesWorld split")
     evaluate.add_argument("--model", type=Path, required=True, help="checkpoint folder")

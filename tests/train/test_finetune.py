@@ -3,6 +3,7 @@ or skipped), class sets of its category names, the time budget, and `visionllm f
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,3 +185,31 @@ def test_finetune_without_a_budget_or_with_unknown_files_says_what_to_give(coco_
     assert "none.json: no such annotation file" in capsys.readouterr().err
     assert main([*base, "--steps", "1"]) == 2
     assert "--train-json" in capsys.readouterr().err
+
+
+def test_a_memory_plan_counts_a_paper_preset_without_building_it():
+    from visionllm.models.memory import memory_plan, weight_sources
+    from visionllm.train.loop import load_run_config
+
+    config, train = load_run_config(Path(__file__).resolve().parents[2] / "configs" / "paper.yaml")
+    plan = memory_plan(config, train.frozen_groups)
+    assert 6.7e9 < plan.total < 7.0e9 and plan.trainable < 0.05 * plan.total  # LoRA: the 7B base stays frozen
+    one, eight = plan.training(1, zero=3, bf16_weights=True), plan.training(8, zero=3, bf16_weights=True)
+    assert eight == pytest.approx(one / 8)  # ZeRO-3 shares everything it counts
+    assert plan.training(8, zero=2, bf16_weights=True) > eight
+    assert plan.inference(bf16=True) == 2 * plan.total
+    assert "ZeRO-3" in plan.table(8) and "decoder" in plan.table(8)
+    assert ("llm", "initialised (random)") in weight_sources(config)
+    config.llm.pretrained = "/models/llama-7b"
+    assert ("llm", "loaded from /models/llama-7b") in weight_sources(config)
+
+
+def test_a_v2_model_finetunes_on_the_same_files(coco_set, micro_v2_model, tmp_path):
+    from visionllm.train.finetune import finetune
+
+    start = micro_v2_model.save_pretrained(tmp_path / "v2")
+    data = DatasetConfig([sources(coco_set)])
+    report = finetune(start, data, tmp_path / "tuned", steps=1, batch_size=2)
+    assert report["train"]["freeze"] == ["vision", "generation_decoder", "editing_decoder", "patch_labels"]
+    assert set(report["train"]["mix"]["tasks"]) == {"detection", "instance_segmentation"}
+    assert type(load_pretrained(tmp_path / "tuned")) is type(micro_v2_model)

@@ -97,6 +97,11 @@ class TrainConfig:
             (`data`); the periodic and final evaluations then score its val sources with the COCO metrics.
         max_minutes: a time budget: the run ends when its training steps have taken this long (at most
             `max_steps` steps), and the learning rate decays over the budget instead of over the steps.
+        grad_accumulation: micro-batches per step: each process runs its share of `batch_size` (the global batch)
+            in this many passes, their gradients summed before the step (less memory, the same batch).
+        gradient_checkpointing: recompute activations in the backward pass (`_checkpoint_activations`).
+        num_workers: processes that read and decode the images of coming batches while the model trains (0: the
+            training process itself; on 2 cores that is fastest).
     """
 
     output_dir: str = "runs/default"
@@ -121,6 +126,9 @@ class TrainConfig:
     on_nonfinite_loss: str = "stop"
     dataset: DatasetConfig | None = None
     max_minutes: float | None = None
+    grad_accumulation: int = 1
+    gradient_checkpointing: bool = False
+    num_workers: int = 0
 
     @property
     def frozen_groups(self) -> list[str]:
@@ -132,9 +140,11 @@ class TrainConfig:
             raise ConfigError(f"train.on_nonfinite_loss must be 'stop' or 'skip', not {self.on_nonfinite_loss!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ConfigError("train.mixed_precision must be 'no', 'bf16' or 'fp16'")
-        for name in ("max_steps", "batch_size", "save_every", "log_every"):
+        for name in ("max_steps", "batch_size", "save_every", "log_every", "grad_accumulation"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be at least 1, not {getattr(self, name)}")
+        if self.num_workers < 0:
+            raise ConfigError(f"train.num_workers must be at least 0, not {self.num_workers}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ConfigError(f"train.max_minutes must be above 0, not {self.max_minutes}")
 
@@ -331,7 +341,7 @@ def run_stage(model_config: Any, config: TrainConfig, resume: bool = False, max_
         torch.set_num_threads(config.num_threads)
     output = Path(config.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    accelerator = _accelerator(config.mixed_precision)
+    accelerator = _accelerator(config.mixed_precision, config.grad_accumulation)
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
@@ -343,6 +353,8 @@ def run_stage(model_config: Any, config: TrainConfig, resume: bool = False, max_
         data = ensure_data(config.data)
 
     model_class = MODEL_CLASSES[model_config.model_type]
+    if accelerator.is_main_process:
+        _report_plan(model_config, config, accelerator.num_processes)
     model = model_class.for_stage(model_config, config.init_from or None)
     model.freeze(config.frozen_groups)
     _train_mode(model)
@@ -371,19 +383,23 @@ def run_stage(model_config: Any, config: TrainConfig, resume: bool = False, max_
         (output / "train_config.json").write_text(
             json.dumps({"model": model_config.to_dict(), "train": asdict(config)}, indent=2)
         )
-    if config.batch_size % accelerator.num_processes:
+    shares = accelerator.num_processes * config.grad_accumulation
+    if config.batch_size % shares:
         raise ConfigError(
             f"train.batch_size {config.batch_size} is the global batch, split over {accelerator.num_processes} "
-            "processes: make it a multiple of their number"
+            f"process(es) and {config.grad_accumulation} accumulation step(s): make it a multiple of {shares}"
         )
+    if config.gradient_checkpointing:
+        _checkpoint_activations(model)
 
     dataset = model.training_stream(data, "train", config.mix, seed=config.seed, batch_size=config.batch_size)
     loader = torch.utils.data.DataLoader(
         dataset,
-        batch_size=config.batch_size,
+        batch_size=config.batch_size // config.grad_accumulation,  # a micro-batch (of every process)
         sampler=StepSampler(start_step, config.max_steps, config.batch_size),
         collate_fn=model.collate,
-        num_workers=0,
+        num_workers=config.num_workers,
+        persistent_workers=config.num_workers > 0,
     )
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -391,33 +407,50 @@ def run_stage(model_config: Any, config: TrainConfig, resume: bool = False, max_
     log_path = output / "log.jsonl"
     step = start_step
     started = time.perf_counter()
-    bar = tqdm(total=config.max_steps, initial=start_step, desc="train", disable=not accelerator.is_main_process)
+    quiet = not accelerator.is_main_process
+    if budget.seconds is None:
+        bar = tqdm(total=config.max_steps, initial=start_step, desc="train", disable=quiet)
+    else:  # a time budget: the bar runs over its seconds
+        spent = round(budget.spent_s)
+        bar = tqdm(total=round(budget.seconds), initial=spent, desc="train", unit="s", disable=quiet)
+        bar.bar_format = "{l_bar}{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}{postfix}]"
     skipped_in_a_row = 0
+    finite = True  # over the micro-batches of the step
     with _StopOnSignals() as stop, bar:
         for batch in loader:
             if _agree(accelerator, budget.spent):
                 break
             budget.start()
-            with accelerator.autocast():
-                losses = model(batch, **options)
-            # every process takes the same branch (a collective in one branch only would hang the others)
-            finite = not _agree(accelerator, not bool(torch.isfinite(losses["loss"].detach())))
-            if finite:
-                accelerator.backward(losses["loss"])
-                if config.optim.grad_clip:
-                    norm = accelerator.clip_grad_norm_(trainable, config.optim.grad_clip)
-                    finite = norm is None or bool(torch.isfinite(torch.as_tensor(norm)))
-            if finite:
-                optimizer.step()
-                skipped_in_a_row = 0
-            else:
-                skipped_in_a_row += 1
-                _nonfinite_step(config, log_path, step + 1, losses, skipped_in_a_row, _checkpoints(output), main)
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    losses = model(batch, **options)
+                # every process takes the same branch (a collective in one branch only would hang the others)
+                finite = finite and not _agree(accelerator, not bool(torch.isfinite(losses["loss"].detach())))
+                if finite:
+                    accelerator.backward(losses["loss"])
+                if accelerator.sync_gradients:
+                    if finite and config.optim.grad_clip:
+                        norm = accelerator.clip_grad_norm_(trainable, config.optim.grad_clip)
+                        finite = norm is None or bool(torch.isfinite(torch.as_tensor(norm)))
+                    if finite:
+                        optimizer.step()
+                        skipped_in_a_row = 0
+                    else:
+                        skipped_in_a_row += 1
+                        _nonfinite_step(
+                            config, log_path, step + 1, losses, skipped_in_a_row, _checkpoints(output), main
+                        )
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
             budget.stop()
+            if not accelerator.sync_gradients:
+                continue  # the step's next micro-batch
+            finite = True
             step += 1
-            bar.update(1)
+            if budget.seconds is None:
+                bar.update(1)
+            else:
+                bar.update(min(round(budget.spent_s), bar.total) - bar.n)
             last = step == config.max_steps or _agree(accelerator, budget.spent)
             if step % config.log_every == 0 or last:
                 # the global batch's losses (the mean of the processes')
@@ -430,7 +463,7 @@ def run_stage(model_config: Any, config: TrainConfig, resume: bool = False, max_
                 if budget.seconds is not None:
                     record["train_minutes"] = round(budget.spent_s / 60, 2)
                 record.update(_loss_record(losses))
-                bar.set_postfix(loss=record["loss"])
+                bar.set_postfix(loss=record["loss"], **({} if budget.seconds is None else {"step": step}))
                 if main:
                     _append(log_path, record)
             stopping = _agree(accelerator, stop.received is not None)
@@ -457,6 +490,39 @@ def run_stage(model_config: Any, config: TrainConfig, resume: bool = False, max_
         accelerator.unwrap_model(model).save_pretrained(final)
     accelerator.wait_for_everyone()
     return final
+
+
+LARGE_MODEL = 200_000_000
+"""Parameters from which a run prints its memory plan and weight sources before it builds the model."""
+
+
+def _report_plan(model_config: Any, config: TrainConfig, processes: int) -> None:
+    """Before any weight is allocated: where the parts' weights come from and, for a large model, the memory its
+    training needs per GPU (`models.memory`)."""
+    from visionllm.models.memory import memory_plan, weight_sources
+
+    start = f"the checkpoint {config.init_from}" if config.init_from else None
+    for part, source in weight_sources(model_config):
+        logger.info("%s: %s", part, f"from {start}" if start else source)
+    plan = memory_plan(model_config, config.frozen_groups)
+    if plan.total >= LARGE_MODEL:
+        tqdm.write(f"{plan.total / 1e9:.2f}B parameters ({plan.trainable / 1e9:.2f}B trained)")
+        tqdm.write(plan.table(processes))
+        if not start:
+            tqdm.write("weights: " + "; ".join(f"{part} {source}" for part, source in weight_sources(model_config)))
+
+
+def _checkpoint_activations(model: torch.nn.Module) -> None:
+    """Recompute activations in the backward pass (less memory, about a third more compute) in every transformers
+    model of the run that supports it (the LLM, the vision encoder, the text encoder)."""
+    from transformers import PreTrainedModel
+
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel) and module.supports_gradient_checkpointing:
+            if hasattr(module, "activation_checkpointing_enable"):  # transformers 5's name
+                module.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _agree(accelerator: Accelerator, flag: bool) -> bool:
@@ -513,7 +579,7 @@ def _has_polygons(path: str) -> bool:
     return any(isinstance(a.get("segmentation"), list) and a["segmentation"] for a in annotations)
 
 
-def _accelerator(mixed_precision: str) -> Accelerator:
+def _accelerator(mixed_precision: str, grad_accumulation: int = 1) -> Accelerator:
     """The run's Accelerator. accelerate keeps one state per process; a stage run after another in the same process
     (a notebook's stage 1 then stage 2) may ask for another precision, so a state of another precision is reset."""
     state = AcceleratorState._shared_state
@@ -521,6 +587,7 @@ def _accelerator(mixed_precision: str) -> Accelerator:
         AcceleratorState._reset_state()
     return Accelerator(
         mixed_precision=mixed_precision,
+        gradient_accumulation_steps=grad_accumulation,
         cpu=not torch.cuda.is_available(),
         # train.batch_size is the global batch: each process takes its share of every batch of the one stream,
         # so that N processes see the batches one process would
