@@ -219,7 +219,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         report = finetune(
             args.model, dataset, args.out, minutes=args.minutes, steps=args.steps, lr=args.lr,
             batch_size=args.batch_size, eval_every=args.eval_every, eval_images=args.eval_images,
-            resume=args.resume, baseline=not args.no_baseline,
+            workers=args.workers, resume=args.resume, baseline=not args.no_baseline,
         )  # fmt: skip
     except (ConfigError, DatasetFormatError, FileExistsError) as error:
         raise CliError(str(error)) from None
@@ -787,6 +787,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--eval-every", type=_whole(0), default=0, help="also score the val set every N steps")
     tune.add_argument("--eval-images", type=_POSITIVE, help="score the first N val images only")
     tune.add_argument("--skip-bad", action="store_true", help="leave malformed annotations out (counted)")
+    tune.add_argument("--workers", type=_whole(0), default=0, help="image-reading processes (default 0: none)")
     tune.add_argument("--resume", action="store_true", help="continue an interrupted fine-tune in --out")
     tune.add_argument("--no-baseline", action="store_true", help="do not score the val set before training")
     tune.set_defaults(func=_cmd_finetune)

@@ -213,3 +213,33 @@ def test_a_v2_model_finetunes_on_the_same_files(coco_set, micro_v2_model, tmp_pa
     assert report["train"]["freeze"] == ["vision", "generation_decoder", "editing_decoder", "patch_labels"]
     assert set(report["train"]["mix"]["tasks"]) == {"detection", "instance_segmentation"}
     assert type(load_pretrained(tmp_path / "tuned")) is type(micro_v2_model)
+
+
+def test_an_interrupted_finetune_resumes_in_its_folder(coco_set, micro_model, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from visionllm.train.finetune import finetune
+    from visionllm.train.loop import TrainingInterrupted
+
+    start = micro_model.save_pretrained(tmp_path / "start")
+    data = DatasetConfig([sources(coco_set)], [sources(coco_set, "val")])
+    stop = loop.Budget.stop
+
+    def interrupting(budget):  # a SIGTERM arrives during the first step
+        stop(budget)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(loop.Budget, "stop", interrupting)
+    settings = {"steps": 3, "batch_size": 2, "eval_images": 2}
+    with pytest.raises(TrainingInterrupted) as stopped:
+        finetune(start, data, tmp_path / "tuned", **settings)
+    assert stopped.value.step == 1
+    monkeypatch.setattr(loop.Budget, "stop", stop)
+    with pytest.raises(FileExistsError, match="--resume"):
+        finetune(start, data, tmp_path / "tuned", **settings)
+    report = finetune(start, data, tmp_path / "tuned", resume=True, **settings)
+    log = [json.loads(line) for line in (tmp_path / "tuned" / "training" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "interrupted" in r] == [1] and [r["step"] for r in log if "loss" in r] == [3]
+    assert "zero_shot" in report and "final" in report
+    assert load_pretrained(tmp_path / "tuned")

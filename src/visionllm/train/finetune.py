@@ -77,6 +77,7 @@ def finetune(
     tasks: dict[str, float] | None = None,
     eval_every: int = 0,
     eval_images: int | None = None,
+    workers: int = 0,
     resume: bool = False,
     baseline: bool = True,
 ) -> dict[str, Any]:
@@ -87,6 +88,7 @@ def finetune(
         lr, batch_size, freeze, tasks: override the version's `DEFAULTS` and the mix drawn from the files.
         eval_every: also score the val set every this many steps (0: at the end only).
         eval_images: score the first N val images only.
+        workers: processes that read and decode images while the model trains (0: the training process).
         resume: continue an interrupted fine-tune in `out`.
         baseline: score the val set before training too (the zero-shot value).
 
@@ -126,6 +128,7 @@ def finetune(
         eval_images=eval_images or 10**9,
         init_from=str(model_dir),
         freeze=list(defaults.freeze if freeze is None else freeze),
+        num_workers=workers,
     )  # fmt: skip
     report: dict[str, Any] = {
         "model": str(model_dir),
