@@ -356,7 +356,8 @@ def _describe(hint: Any) -> str:
 def _nested_type(cls: type, name: str) -> type | None:
     """The config dataclass a field holds (also through `X | None`), read from the field's annotation."""
     hint = typing.get_type_hints(cls)[name]
-    for candidate in (hint, *typing.get_args(hint)):
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    for candidate in (hint, *typing.get_args(hint)) if union else (hint,):  # not a list of configs: its items
         if dataclasses.is_dataclass(candidate):
             return candidate
     return None

@@ -243,3 +243,18 @@ def test_an_interrupted_finetune_resumes_in_its_folder(coco_set, micro_model, tm
     assert [r["step"] for r in log if "interrupted" in r] == [1] and [r["step"] for r in log if "loss" in r] == [3]
     assert "zero_shot" in report and "final" in report
     assert load_pretrained(tmp_path / "tuned")
+
+
+def test_a_data_config_names_the_sources(coco_set, micro_model, tmp_path, capsys):
+    import yaml
+
+    start = micro_model.save_pretrained(tmp_path / "start")
+    broken, _, _ = _broken_copy(coco_set, tmp_path)
+    config = {"train": [{"kind": "coco_instances", "json": str(broken), "images": str(image_dir(coco_set, "train"))}]}
+    (tmp_path / "data.yaml").write_text(yaml.safe_dump(config))
+    base = ["finetune", "--model", str(start), "--data", str(tmp_path / "data.yaml"), "--steps", "1"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 2  # the malformed annotations stop it, named
+    assert "broken.json: annotation" in capsys.readouterr().err
+    assert main([*base, "--skip-bad", "--batch-size", "2", "--out", str(tmp_path / "b")]) == 0
+    assert "left out 2 malformed annotation(s)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "b" / "finetune.json").read_text())["skipped_annotations"] == 2
