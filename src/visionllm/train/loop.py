@@ -469,8 +469,11 @@ def run_stage(model_config: Any, config: TrainConfig, resume: bool = False, max_
             stopping = _agree(accelerator, stop.received is not None)
             unwrapped = accelerator.unwrap_model(model)
             if step % config.save_every == 0 or last or stopping:
+                weights = _gathered(accelerator, model)  # every process takes part when the weights are sharded
                 if main:
-                    _save_state(output, unwrapped, optimizer, scheduler, step, config.keep_checkpoints, budget.spent_s)
+                    _save_state(
+                        output, unwrapped, optimizer, scheduler, step, config.keep_checkpoints, budget.spent_s, weights
+                    )
                 accelerator.wait_for_everyone()
             if stopping:
                 number = stop.received or signal.SIGTERM  # a process the signal missed stops with the others
@@ -486,10 +489,21 @@ def run_stage(model_config: Any, config: TrainConfig, resume: bool = False, max_
                 _train_mode(model)
                 accelerator.wait_for_everyone()
     final = output / "final"
+    weights = _gathered(accelerator, model)
     if main:
-        accelerator.unwrap_model(model).save_pretrained(final)
+        accelerator.unwrap_model(model).save_pretrained(final, state_dict=weights)
     accelerator.wait_for_everyone()
     return final
+
+
+def _gathered(accelerator: Accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """The full weights of a run whose weights are sharded over its processes (FSDP, DeepSpeed ZeRO-3), gathered
+    by all of them for the main process to save; None otherwise (the module holds them)."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        return accelerator.get_state_dict(model)
+    return None
 
 
 LARGE_MODEL = 200_000_000
@@ -657,14 +671,21 @@ def _append(path: Path, record: dict) -> None:
 
 
 def _save_state(
-    output: Path, model: torch.nn.Module, optimizer, scheduler, step: int, keep: int, spent_s: float = 0.0
+    output: Path,
+    model: torch.nn.Module,
+    optimizer,
+    scheduler,
+    step: int,
+    keep: int,
+    spent_s: float = 0.0,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Write checkpoints/step-N atomically (a temporary folder renamed into place), keep the newest `keep`."""
     folder = output / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".step-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, state_dict=weights)
     state = {
         "step": step,
         "optimizer": optimizer.state_dict(),

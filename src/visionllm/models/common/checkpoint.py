@@ -78,11 +78,18 @@ def shared_names(state: dict[str, Tensor]) -> list[str]:
     return shared
 
 
-def write_weights(folder: Path, model: nn.Module, skip: set[str] = frozenset(), dtype: torch.dtype | None = None):
+def write_weights(
+    folder: Path,
+    model: nn.Module,
+    skip: set[str] = frozenset(),
+    dtype: torch.dtype | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
+):
     """Write `model.safetensors` atomically: every tensor but those in `skip` (weights a named source provides)
-    and the second names of tied ones, floating tensors in `dtype` when given."""
+    and the second names of tied ones, floating tensors in `dtype` when given. `state_dict`: the tensors to write
+    instead of the module's own (the full weights gathered from the processes of a sharded run)."""
     state = {}
-    for name, tensor in model.state_dict().items():
+    for name, tensor in (model.state_dict() if state_dict is None else state_dict).items():
         if name in skip:
             continue
         tensor = tensor.detach().cpu()

@@ -1087,11 +1087,14 @@ class VisionLLMv2(nn.Module, TaskHelpers):
 
     # -- checkpoints ----------------------------------------------------------------------------
 
-    def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
-        """Write config.json, model.safetensors and the tokenizer; files are replaced atomically."""
+    def save_pretrained(
+        self, folder: str | Path, dtype: torch.dtype | None = None, state_dict: dict[str, Tensor] | None = None
+    ) -> Path:
+        """Write config.json, model.safetensors and the tokenizer; files are replaced atomically. `state_dict`: the
+        weights to write instead of the module's (gathered from a sharded run)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        write_weights(folder, self, dtype=dtype)
+        write_weights(folder, self, dtype=dtype, state_dict=state_dict)
         config_tmp = folder / (CONFIG_NAME + ".tmp")
         self.config.save(config_tmp)
         config_tmp.replace(folder / CONFIG_NAME)
