@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import sys
 import typing
 from collections.abc import Callable, Sequence
@@ -166,6 +165,7 @@ def _cmd_data_sheet(args: argparse.Namespace) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from visionllm.config import ConfigError
+    from visionllm.train.distributed import process_state
     from visionllm.train.loop import NonFiniteLossError, TrainingInterrupted, UnsafeCheckpointError, train
 
     try:
@@ -181,7 +181,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except NonFiniteLossError as error:
         print(f"visionllm: training stopped: {error}", file=sys.stderr)
         return 1
-    if os.environ.get("RANK", "0") == "0":  # one report of a run on several processes (torchrun sets RANK)
+    if process_state().is_main_process:  # one report of a run on several processes
         print(f"final model: {final}")
     return 0
 
@@ -209,6 +209,7 @@ def _finetune_data(args: argparse.Namespace):
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from visionllm.config import ConfigError
     from visionllm.data.readers import DatasetFormatError
+    from visionllm.train.distributed import process_state
     from visionllm.train.finetune import finetune
     from visionllm.train.loop import NonFiniteLossError, TrainingInterrupted
 
@@ -229,6 +230,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     except NonFiniteLossError as error:
         print(f"visionllm: fine-tuning stopped: {error}", file=sys.stderr)
         return 1
+    if not process_state().is_main_process:  # the main process reports
+        return 0
     if report["skipped_annotations"]:
         print(f"left out {report['skipped_annotations']} malformed annotation(s) (--skip-bad)")
     for name in ("zero_shot", "final"):
@@ -455,9 +458,10 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 def _predict_bulk(args: argparse.Namespace) -> None:
     from visionllm.data.readers import DatasetFormatError
-    from visionllm.eval.bulk import BULK_TASKS, bulk_predict, coco_images, folder_images, process_state
+    from visionllm.eval.bulk import BULK_TASKS, bulk_predict, coco_images, folder_images
     from visionllm.formats.task_table import build_instruction
     from visionllm.formats.tasks import Task
+    from visionllm.train.distributed import process_state
 
     if args.task not in BULK_TASKS or args.instruction:
         raise CliError(f"bulk inference (--input) answers --task {', '.join(BULK_TASKS)}")

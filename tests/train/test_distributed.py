@@ -9,41 +9,27 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from visionllm.train.loop import train
 
 
-def _preset(model: dict, tmp_path: Path, world: Path, name: str) -> Path:
-    section = {
-        "output_dir": str(tmp_path / name),
-        "data": {"root": str(world), "train": 6, "val": 4, "image_size": 64, "seed": 1},
-        "batch_size": 4,
-        "max_steps": 4,
-        "log_every": 1,
-        "save_every": 100,
-        "eval_every": 0,
-        "mixed_precision": "no",
-        "optim": {"warmup_steps": 2},
-        # detection and a text task: the box, slot and answer losses all take part
-        "mix": {"tasks": {"detection": 1.0, "caption": 0.5}},
-        "freeze": ["backbone", "text_encoder"],
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"model": model, "train": section}))
-    return path
+def _preset(write_preset, model: dict, tmp_path: Path, world: Path, name: str) -> Path:
+    # 4 steps of 4, detection and a text task: the box, slot and answer losses all take part
+    mix = {"tasks": {"detection": 1.0, "caption": 0.5}}
+    extra = {"batch_size": 4, "max_steps": 4, "save_every": 100, "mix": mix, "freeze": ["backbone", "text_encoder"]}
+    return write_preset(model, tmp_path, world, name, **extra)
 
 
 def _losses(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_follow_one_with_the_same_global_batch(tmp_path, tiny_shapesworld, micro_model):
+def test_two_processes_follow_one_with_the_same_global_batch(tmp_path, tiny_shapesworld, micro_model, write_preset):
     model = micro_model.config.to_dict()
-    one = train(_preset(model, tmp_path, tiny_shapesworld.root, "one"))
+    one = train(_preset(write_preset, model, tmp_path, tiny_shapesworld.root, "one"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    preset = _preset(model, tmp_path, tiny_shapesworld.root, "two")
+    preset = _preset(write_preset, model, tmp_path, tiny_shapesworld.root, "two")
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547"]
     command = [*launch, "-m", "visionllm.cli", "train", "--config", str(preset)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 import visionllm.train.loop as loop
@@ -18,29 +17,11 @@ from visionllm.train.loop import NonFiniteLossError, TrainingInterrupted, train
 
 
 @pytest.fixture
-def preset(tmp_path, micro_model):
+def preset(tmp_path, micro_model, write_preset):
     def write(tmp_path: Path, data_root: Path, name: str, **train_extra) -> Path:
-        return _preset(micro_model.config.to_dict(), tmp_path, data_root, name, **train_extra)
+        return write_preset(micro_model.config.to_dict(), tmp_path, data_root, name, **train_extra)
 
     return write
-
-
-def _preset(model: dict, tmp_path: Path, data_root: Path, name: str, **train_extra) -> Path:
-    train_section = {
-        "output_dir": str(tmp_path / name),
-        "data": {"root": str(data_root), "train": 6, "val": 4, "image_size": 64, "seed": 1},
-        "batch_size": 2,
-        "max_steps": 6,
-        "log_every": 1,
-        "save_every": 5,
-        "eval_every": 0,
-        "mixed_precision": "no",
-        "optim": {"warmup_steps": 2},
-        **train_extra,
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"model": model, "train": train_section}))
-    return path
 
 
 def losses(run: Path) -> dict[int, float]:

@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from visionllm.config import ConfigError
 from visionllm.formats.task_table import build_instruction
@@ -170,15 +169,13 @@ def test_stages_of_different_precision_run_one_after_another_in_one_process():
 
 
 @pytest.mark.parametrize("extra", [{"grad_accumulation": 2}, {"gradient_checkpointing": True}, {"num_workers": 1}])
-def test_accumulation_checkpointing_and_workers_train_the_same_steps(tmp_path, tiny_shapesworld, micro_model, extra):
+def test_accumulation_checkpointing_and_workers_train_the_same_steps(
+    tmp_path, tiny_shapesworld, micro_model, extra, write_preset
+):
     def run(name: str, **more) -> list[dict]:
-        section = {"output_dir": str(tmp_path / name), "batch_size": 4, "max_steps": 3, "log_every": 1,
-                   "save_every": 100, "eval_every": 0, "mixed_precision": "no", "optim": {"warmup_steps": 1},
-                   "data": {"root": str(tiny_shapesworld.root)}, "mix": {"tasks": {"detection": 1.0}}}  # fmt: skip
-        section.update(more)
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump({"model": micro_model.config.to_dict(), "train": section}))
-        train(path)
+        settings = {"batch_size": 4, "max_steps": 3, "save_every": 100, "optim": {"warmup_steps": 1}}
+        settings["mix"] = {"tasks": {"detection": 1.0}}
+        train(write_preset(micro_model.config.to_dict(), tmp_path, tiny_shapesworld.root, name, **settings, **more))
         return [json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
 
     plain, other = run("plain"), run("other", **extra)

@@ -222,6 +222,12 @@ def _coco_annotations(
     return sorted(kept, key=lambda ann: ann["id"])
 
 
+def _named(categories: Mapping[int, JsonObject], category_ids: dict[str, int] | None) -> None:
+    """Fill `category_ids` (when given) with the categories' ids by name, in file order."""
+    if category_ids is not None:
+        category_ids.update({entry["name"]: category_id for category_id, entry in categories.items()})
+
+
 def _skipping(bad: list[str] | None, read: Callable[[], Any]) -> Any:
     """`read()`, or None with its `DatasetFormatError` appended to `bad` when a list is given."""
     try:
@@ -376,7 +382,12 @@ def _image_sample(task: Task, image: _CocoImage, image_dir: Path, source: str, *
     )
 
 
-def read_coco_instances(annotation_path: PathLike, image_dir: PathLike, bad: list[str] | None = None) -> list[Sample]:
+def read_coco_instances(
+    annotation_path: PathLike,
+    image_dir: PathLike,
+    bad: list[str] | None = None,
+    category_ids: dict[str, int] | None = None,
+) -> list[Sample]:
     """Reads a COCO instances JSON (e.g. `instances_val2017.json`).
 
     Boxes are converted from COCO's [x, y, width, height] to (x1, y1, x2, y2) pixels; polygon segmentations
@@ -388,6 +399,8 @@ def read_coco_instances(annotation_path: PathLike, image_dir: PathLike, bad: lis
         image_dir: the folder of the images the file's `file_name`s name.
         bad: a list: malformed annotations are left out, each one's error (file and record) appended to it;
             None: the first raises `DatasetFormatError`.
+        category_ids: a dict: filled with the file's category ids by name, in file order (the class vocabulary,
+            categories no annotation uses included).
 
     Returns:
         One `Task.DETECTION` sample per image, in file order, including images with no annotations;
@@ -396,6 +409,7 @@ def read_coco_instances(annotation_path: PathLike, image_dir: PathLike, bad: lis
     source, root = _open_json_object(annotation_path, _COCO_INSTANCES)
     images = _coco_images(source, root)
     categories = _coco_categories(source, root)
+    _named(categories, category_ids)
     objects: dict[int, list[ObjectAnnotation]] = defaultdict(list)
     for ann in _coco_annotations(source, root, images, bad):
         found = _skipping(bad, lambda ann=ann: _coco_object(source, ann, categories))
@@ -425,7 +439,12 @@ def read_coco_keypoint_schema(annotation_path: PathLike) -> KeypointSchema:
     return schemas.pop()
 
 
-def read_coco_keypoints(annotation_path: PathLike, image_dir: PathLike, bad: list[str] | None = None) -> list[Sample]:
+def read_coco_keypoints(
+    annotation_path: PathLike,
+    image_dir: PathLike,
+    bad: list[str] | None = None,
+    category_ids: dict[str, int] | None = None,
+) -> list[Sample]:
     """Reads a COCO person_keypoints JSON (e.g. `person_keypoints_val2017.json`).
 
     Only annotations with `num_keypoints` > 0 become objects, as in COCO keypoint training; crowds and
@@ -435,7 +454,7 @@ def read_coco_keypoints(annotation_path: PathLike, image_dir: PathLike, bad: lis
     Args:
         annotation_path: the JSON file.
         image_dir: the folder of the images the file's `file_name`s name.
-        bad: as for `read_coco_instances`.
+        bad, category_ids: as for `read_coco_instances`.
 
     Returns:
         One `Task.KEYPOINTS` sample per image, in file order; each object's `keypoints_xyv` is (K, 3):
@@ -445,6 +464,7 @@ def read_coco_keypoints(annotation_path: PathLike, image_dir: PathLike, bad: lis
     source, root = _open_json_object(annotation_path, _COCO_KEYPOINTS)
     images = _coco_images(source, root)
     categories = _coco_categories(source, root)
+    _named(categories, category_ids)
     schemas = _coco_keypoint_schemas(source, categories)
     objects: dict[int, list[ObjectAnnotation]] = defaultdict(list)
     for ann in _coco_annotations(source, root, images, bad):

@@ -11,6 +11,7 @@ the class vocabulary that open class sets draw their absent (negative) classes f
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ from pathlib import Path
 from visionllm.config import ConfigError, build
 from visionllm.data import readers
 from visionllm.data.sample import Sample
+from visionllm.data.shapes.drawings import Drawing, load_drawings
+from visionllm.data.shapes.load import load_split, load_star_keypoints
 from visionllm.formats.tasks import Task
 
 logger = logging.getLogger(__name__)
@@ -103,18 +106,12 @@ class ShapesWorldSplit:
         self.name = f"the {split} split of {self.root}"
 
     def samples(self, task: Task) -> list[Sample]:
-        from visionllm.data.shapes.load import load_split
-
         return load_split(self.root, self.split, task)
 
     def star_keypoints(self) -> list[Sample]:
-        from visionllm.data.shapes.load import load_star_keypoints
-
         return load_star_keypoints(self.root, self.split)
 
-    def drawings(self) -> list:
-        from visionllm.data.shapes.drawings import load_drawings
-
+    def drawings(self) -> list[Drawing]:
         return load_drawings(self.root, self.split)
 
 
@@ -138,28 +135,28 @@ class AnnotationSet:
         self.by_task: dict[Task, list[Sample]] = {}
         self.vocabulary: list[str] = []
         for source in sources:
-            for sample_task, samples in self._read(source, bad).items():
+            named: dict[str, int] = {}
+            for sample_task, samples in self._read(source, bad, named).items():
                 self.by_task.setdefault(sample_task, []).extend(samples)
-            if source.kind in ("coco_instances", "coco_keypoints"):
-                for category in _category_names(source.json):
-                    if category not in self.vocabulary:
-                        self.vocabulary.append(category)
+            self.vocabulary += [name for name in named if name not in self.vocabulary]
         if self.skipped:
             logger.warning(
                 "%s: left out %d malformed annotation(s); the first: %s", name, len(self.skipped), self.skipped[0]
             )
 
     @staticmethod
-    def _read(source: SourceConfig, bad: list[str] | None) -> dict[Task, list[Sample]]:
+    def _read(source: SourceConfig, bad: list[str] | None, named: dict[str, int]) -> dict[Task, list[Sample]]:
+        """A file's samples by task; `named` gets a COCO file's category ids by name."""
         images = Path(source.images)
         if source.kind == "coco_instances":
-            samples = readers.read_coco_instances(source.json, images, bad)
+            samples = readers.read_coco_instances(source.json, images, bad, named)
             found = {Task.DETECTION: samples}
             if any(o.polygons_xy_px or o.rle for s in samples for o in s.objects):
                 found[Task.INSTANCE_SEGMENTATION] = samples
             return found
         if source.kind == "coco_keypoints":
-            return {Task.KEYPOINTS: [s for s in readers.read_coco_keypoints(source.json, images, bad) if s.objects]}
+            people = readers.read_coco_keypoints(source.json, images, bad, named)
+            return {Task.KEYPOINTS: [s for s in people if s.objects]}
         if source.kind == "coco_captions":
             return {Task.CAPTION: readers.read_coco_captions(source.json, images, bad)}
         if source.kind == "refcoco":
@@ -176,20 +173,13 @@ class AnnotationSet:
     def star_keypoints(self) -> list[Sample]:
         return []
 
-    def drawings(self) -> list:
+    def drawings(self) -> list[Drawing]:
         return []
 
     @property
     def tasks(self) -> list[Task]:
         """The tasks the set has samples of."""
         return [t for t, samples in self.by_task.items() if samples]
-
-
-def _category_names(path: str) -> list[str]:
-    import json
-
-    with open(path, encoding="utf-8") as f:  # the reader has checked the file already
-        return [c["name"] for c in json.load(f).get("categories", [])]
 
 
 SampleSource = ShapesWorldSplit | AnnotationSet
@@ -208,8 +198,6 @@ def guess_kind(path: str | Path) -> str:
         DatasetFormatError: a file that is none of these (the message says what was found).
         FileNotFoundError: no such file.
     """
-    import json
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such annotation file")

@@ -28,8 +28,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from visionllm.data.readers import read_coco_instances
 from visionllm.formats.results import Detections, TextAnswer
 from visionllm.formats.task_table import Instruction
+from visionllm.train.distributed import process_state
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 BULK_TASKS = ("detection", "instance_segmentation", "keypoints", "caption")
@@ -55,47 +57,34 @@ def folder_images(folder: str | Path) -> list[BulkImage]:
 
 
 def coco_images(annotation_path: str | Path, image_dir: str | Path) -> tuple[list[BulkImage], dict[str, int]]:
-    """A COCO file's images (by id) and its category ids by name."""
-    from visionllm.data.readers import DatasetFormatError
-
-    path = Path(annotation_path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        images = sorted(((int(im["id"]), str(im["file_name"])) for im in data["images"]), key=lambda im: im[0])
-        categories = {str(c["name"]): int(c["id"]) for c in data.get("categories", [])}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such COCO file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
-        raise DatasetFormatError(f"{path}: not a COCO file with `images` (id, file_name) ({error!r})") from None
-    found = [BulkImage(image_id, Path(image_dir) / name) for image_id, name in images]
+    """A COCO file's images (by id) and its category ids by name (read, and checked, by `read_coco_instances`)."""
+    category_ids: dict[str, int] = {}
+    samples = read_coco_instances(annotation_path, image_dir, category_ids=category_ids)
+    found = sorted((BulkImage(s.image_id, s.image_path) for s in samples), key=lambda im: im.image_id)
     missing = [str(im.path) for im in found if not im.path.is_file()]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} of the {len(found)} images of {path} are not found, e.g. {missing[0]}")
-    return found, categories
-
-
-def process_state():
-    """accelerate's view of this process among those launched (one, when not launched by torchrun / accelerate)."""
-    import torch
-    from accelerate import PartialState
-
-    return PartialState(cpu=not torch.cuda.is_available())
+        raise FileNotFoundError(
+            f"{len(missing)} of the {len(found)} images of {annotation_path} are not found, e.g. {missing[0]}"
+        )
+    return found, category_ids
 
 
 def parts_dir(out: Path) -> Path:
     return out.with_name(out.name + ".parts")
 
 
-def _done(parts: Path) -> set[int]:
-    """Image ids that part files hold (a line cut short by a kill is not done)."""
-    done: set[int] = set()
+def _written(parts: Path) -> dict[int, list[dict[str, Any]]]:
+    """The results the part files hold, by image id (a line cut short by a kill is not done: its image is done
+    again)."""
+    written: dict[int, list[dict[str, Any]]] = {}
     for part in sorted(parts.glob("*.jsonl")):
         for line in part.read_text(encoding="utf-8").splitlines():
             try:
-                done.add(int(json.loads(line)["image_id"]))
+                record = json.loads(line)
+                written[int(record["image_id"])] = record["results"]
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                 continue
-    return done
+    return written
 
 
 def _entries(result: Any, image: BulkImage, category_ids: dict[str, int]) -> list[dict[str, Any]]:
@@ -139,7 +128,7 @@ def bulk_predict(
     out = Path(out)
     parts = parts_dir(out)
     parts.mkdir(parents=True, exist_ok=True)
-    done = _done(parts)
+    done = set(_written(parts))
     state.wait_for_everyone()  # every process has read the same parts before any writes
     todo = [im for im in images if im.image_id not in done]
     batches = [todo[k : k + batch_size] for k in range(0, len(todo), batch_size)]
@@ -158,14 +147,7 @@ def bulk_predict(
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
-    merged: dict[int, list[dict[str, Any]]] = {}
-    for path in sorted(parts.glob("*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by a kill: its image was done again
-                continue
-            merged[int(record["image_id"])] = record["results"]
+    merged = _written(parts)
     missing = [im.image_id for im in images if im.image_id not in merged]
     if missing:
         raise RuntimeError(f"{len(missing)} images have no results in {parts} (e.g. image {missing[0]})")

@@ -32,6 +32,16 @@ class MemoryPlan:
 
     parts: dict[str, tuple[int, int]]
 
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> MemoryPlan:
+        """The plan of a built model (on any device, the meta device included), as its parts are frozen now."""
+        parts: dict[str, tuple[int, int]] = {}
+        for name, child in model.named_children():
+            params = list(child.parameters())
+            if params:
+                parts[name] = (sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad))
+        return cls(parts)
+
     @property
     def total(self) -> int:
         return sum(t for t, _ in self.parts.values())
@@ -87,12 +97,7 @@ def memory_plan(model_config: Any, frozen: list[str] | None = None) -> MemoryPla
         model = model_class(model_config, load_weights=False)
     if frozen:
         model.freeze(frozen)
-    parts: dict[str, tuple[int, int]] = {}
-    for name, child in model.named_children():
-        params = list(child.parameters())
-        if params:
-            parts[name] = (sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad))
-    return MemoryPlan(parts)
+    return MemoryPlan.of(model)
 
 
 def with_vocabulary(model_config: Any) -> Any:

@@ -15,6 +15,13 @@ import torch.distributed as dist
 from torch import Tensor
 
 
+def process_state():
+    """accelerate's view of this process among those launched (one, when not launched by torchrun / accelerate)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 

@@ -27,6 +27,7 @@ from visionllm.data.sources import AnnotationSet, DatasetConfig
 from visionllm.formats.tasks import Task
 from visionllm.models.common.checkpoint import read_config_data
 from visionllm.models.loading import MODEL_CLASSES
+from visionllm.train.distributed import process_state
 from visionllm.train.loop import OptimConfig, TrainConfig, evaluate_sources, run_stage
 from visionllm.train.mix import MixConfig
 
@@ -103,12 +104,13 @@ def finetune(
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not resume:
         raise FileExistsError(f"{out} is not empty; choose a new --out folder, or pass --resume to continue there")
-    model_type = read_config_data(model_dir).get("model_type", "visionllm-v1")
+    saved = read_config_data(model_dir)
+    model_type = saved.get("model_type", "visionllm-v1")
     if model_type not in DEFAULTS:
         raise ConfigError(f"{model_dir}: fine-tuning trains {sorted(DEFAULTS)}, not {model_type!r}")
     model_class = MODEL_CLASSES[model_type]
     defaults = DEFAULTS[model_type]
-    model_config = model_class.config_class.from_dict(read_config_data(model_dir))
+    model_config = model_class.config_class.from_dict(saved)
     train_set = AnnotationSet(dataset.train, dataset.skip_bad, name="the training set")
     mix = tasks or _mix(train_set, model_class)
     config = TrainConfig(
@@ -125,7 +127,7 @@ def finetune(
         log_every=10,
         eval_every=eval_every,
         save_every=100,
-        eval_images=eval_images or 10**9,
+        eval_images=eval_images,
         init_from=str(model_dir),
         freeze=list(defaults.freeze if freeze is None else freeze),
         num_workers=workers,
@@ -137,13 +139,17 @@ def finetune(
         "skipped_annotations": len(train_set.skipped),
     }
     report_path = out / "finetune.json"
+    main = process_state().is_main_process  # one process scores and writes (under torchrun / accelerate)
     previous = json.loads(report_path.read_text()) if resume and report_path.exists() else {}
-    if baseline and dataset.val:
+    if main and baseline and dataset.val:
         report["zero_shot"] = previous.get("zero_shot") or _score(model_class.from_pretrained(model_dir), config)
         logger.info("zero-shot: %s", report["zero_shot"])
-    out.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(json.dumps(report, indent=2))
-    final = run_stage(model_config, config, resume=resume and (out / "training").exists())
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        report_path.write_text(json.dumps(report, indent=2))
+    final = run_stage(model_config, config, resume=resume and (out / "training").exists(), data=train_set)
+    if not main:
+        return report
     for item in final.iterdir():  # the final model becomes `out` itself
         target = out / item.name
         if target.is_dir():
@@ -167,5 +173,4 @@ def _mix(train_set: AnnotationSet, model_class: Any) -> dict[str, float]:
 
 def _score(model: Any, config: TrainConfig) -> dict[str, float]:
     assert config.dataset is not None
-    limit = config.eval_images if config.eval_images < 10**9 else None
-    return {k: round(v, 4) for k, v in evaluate_sources(model.eval(), config.dataset.val, limit).items()}
+    return {k: round(v, 4) for k, v in evaluate_sources(model.eval(), config.dataset.val, config.eval_images).items()}

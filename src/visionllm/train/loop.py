@@ -89,7 +89,7 @@ class TrainConfig:
         tokenizer_only: train the image tokenizer alone on L_tok, without the LLM's pass: a first stage that trains
             the visual part as an open-vocabulary detector at a fraction of a full step's cost (the LLM and the
             periodic evaluation, which reads the LLM's answers, are left out).
-        eval_tasks, eval_images: what the periodic evaluation measures, on how many val images.
+        eval_tasks, eval_images: what the periodic evaluation measures, on how many val images (None: all).
         on_nonfinite_loss: "stop": a step whose loss or gradient norm is nan or inf ends the run before the
             optimiser uses it (the last checkpoint is intact); "skip": the step is left out and the run goes on
             (logged), and MAX_SKIPPED_IN_A_ROW skipped steps in a row end it.
@@ -121,7 +121,7 @@ class TrainConfig:
     tokenizer_loss_weight: float = 1.0
     tokenizer_only: bool = False
     eval_tasks: list[str] = field(default_factory=lambda: ["detection"])
-    eval_images: int = 100
+    eval_images: int | None = 100
     num_threads: int | None = None
     on_nonfinite_loss: str = "stop"
     dataset: DatasetConfig | None = None
@@ -327,8 +327,18 @@ def train(config_path: str | Path, resume: bool = False, max_steps: int | None =
     return run_stage(model_config, config, resume, max_steps)
 
 
-def run_stage(model_config: Any, config: TrainConfig, resume: bool = False, max_steps: int | None = None) -> Path:
-    """Run (or resume) one training stage (`train`, from configs already read); returns the final model folder."""
+def run_stage(
+    model_config: Any,
+    config: TrainConfig,
+    resume: bool = False,
+    max_steps: int | None = None,
+    data: AnnotationSet | None = None,
+) -> Path:
+    """Run (or resume) one training stage (`train`, from configs already read); returns the final model folder.
+
+    Args:
+        data: `config.dataset`'s training files, when the caller has read them already (`finetune`).
+    """
     groups = MODEL_CLASSES[model_config.model_type].FREEZE_GROUPS
     unknown = sorted(set(config.frozen_groups) - set(groups))
     if unknown:  # before any data is generated or weights are built
@@ -345,18 +355,16 @@ def run_stage(model_config: Any, config: TrainConfig, resume: bool = False, max_
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
-    if config.dataset is not None:
-        data: Path | AnnotationSet = AnnotationSet(
-            config.dataset.train, config.dataset.skip_bad, name=f"{config.output_dir}'s training set"
-        )
+    if config.dataset is None:
+        source: Path | AnnotationSet = ensure_data(config.data)
     else:
-        data = ensure_data(config.data)
+        source = data or AnnotationSet(config.dataset.train, config.dataset.skip_bad, name="the training set")
 
     model_class = MODEL_CLASSES[model_config.model_type]
-    if accelerator.is_main_process:
-        _report_plan(model_config, config, accelerator.num_processes)
     model = model_class.for_stage(model_config, config.init_from or None)
     model.freeze(config.frozen_groups)
+    if accelerator.is_main_process:  # before the model goes to its devices
+        _report_plan(model, model_config, config, accelerator.num_processes)
     _train_mode(model)
     if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
         # batch statistics over the global batch (CPU processes have no synchronised batch norm: a backbone that
@@ -392,7 +400,7 @@ def run_stage(model_config: Any, config: TrainConfig, resume: bool = False, max_
     if config.gradient_checkpointing:
         _checkpoint_activations(model)
 
-    dataset = model.training_stream(data, "train", config.mix, seed=config.seed, batch_size=config.batch_size)
+    dataset = model.training_stream(source, "train", config.mix, seed=config.seed, batch_size=config.batch_size)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=config.batch_size // config.grad_accumulation,  # a micro-batch (of every process)
@@ -418,7 +426,7 @@ def run_stage(model_config: Any, config: TrainConfig, resume: bool = False, max_
     finite = True  # over the micro-batches of the step
     with _StopOnSignals() as stop, bar:
         for batch in loader:
-            if _agree(accelerator, budget.spent):
+            if budget.spent:  # a resumed run whose budget was spent (every process read the same checkpoint)
                 break
             budget.start()
             with accelerator.accumulate(model):
@@ -482,12 +490,14 @@ def run_stage(model_config: Any, config: TrainConfig, resume: bool = False, max_
                 raise TrainingInterrupted(step, number, _checkpoints(output)[-1])
             if config.eval_every and not config.tokenizer_only and (step % config.eval_every == 0 or last):
                 if main:
-                    metrics = _evaluate(unwrapped, config, data)
+                    metrics = _evaluate(unwrapped, config, source)
                     _append(log_path, {"step": step, "eval": metrics})
                     logger.info("step %d: %s", step, metrics)
                     bar.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
                 _train_mode(model)
                 accelerator.wait_for_everyone()
+            if last:
+                break
     final = output / "final"
     weights = _gathered(accelerator, model)
     if main:
@@ -507,18 +517,18 @@ def _gathered(accelerator: Accelerator, model: torch.nn.Module) -> dict[str, tor
 
 
 LARGE_MODEL = 200_000_000
-"""Parameters from which a run prints its memory plan and weight sources before it builds the model."""
+"""Parameters from which a run prints its memory plan and weight sources before the model goes to its devices."""
 
 
-def _report_plan(model_config: Any, config: TrainConfig, processes: int) -> None:
-    """Before any weight is allocated: where the parts' weights come from and, for a large model, the memory its
-    training needs per GPU (`models.memory`)."""
-    from visionllm.models.memory import memory_plan, weight_sources
+def _report_plan(model: torch.nn.Module, model_config: Any, config: TrainConfig, processes: int) -> None:
+    """Where the parts' weights come from and, for a large model, the memory its training needs per GPU
+    (`models.memory`), counted on the built (and frozen) model before it is moved to the GPUs."""
+    from visionllm.models.memory import MemoryPlan, weight_sources
 
     start = f"the checkpoint {config.init_from}" if config.init_from else None
     for part, source in weight_sources(model_config):
         logger.info("%s: %s", part, f"from {start}" if start else source)
-    plan = memory_plan(model_config, config.frozen_groups)
+    plan = MemoryPlan.of(model)
     if plan.total >= LARGE_MODEL:
         tqdm.write(f"{plan.total / 1e9:.2f}B parameters ({plan.trainable / 1e9:.2f}B trained)")
         tqdm.write(plan.table(processes))
@@ -573,12 +583,12 @@ def evaluate_sources(model: Any, sources: list[SourceConfig], limit: int | None 
     from visionllm.eval.runner import evaluate_coco
 
     tasks = {"coco_instances": ("detect", "segment"), "coco_keypoints": ("keypoints",)}
-    answered = {t.value for t in model.TASKS} if hasattr(model, "TASKS") else None
+    answered = {t.value for t in model.TASKS}
+    named = {"detect": "detection", "segment": "instance_segmentation", "keypoints": "keypoints"}
     metrics: dict[str, float] = {}
     for source in sources:
         for task in tasks.get(source.kind, ()):
-            kind = {"detect": "detection", "segment": "instance_segmentation", "keypoints": "keypoints"}[task]
-            if answered is not None and kind not in answered:
+            if named[task] not in answered:
                 continue
             if task == "segment" and not _has_polygons(source.json):
                 continue

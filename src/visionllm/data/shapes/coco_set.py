@@ -26,9 +26,9 @@ from visionllm.data.shapes.dataset import (
     _write_json,
     _write_png,
     image_file_name,
+    instance_annotation,
 )
 from visionllm.data.shapes.scene import ShapesWorldConfig, render_scene, sample_scene_and_silhouettes
-from visionllm.ops.polygons import mask_to_polygons, polygons_to_mask
 
 
 def instances_path(root: str | Path, split: str) -> Path:
@@ -73,24 +73,9 @@ def write_coco_set(
             _write_png(image_dir(root, split) / name, rendered.image)
             images.append({"id": image_id, "file_name": name, "width": scene.size, "height": scene.size})
             for k, obj in enumerate(scene.objects):
-                polygons = mask_to_polygons(rendered.visible[k])
-                if not polygons:
-                    continue
-                visible = rendered.visible[k]
-                rows, cols = np.flatnonzero(visible.any(axis=1)), np.flatnonzero(visible.any(axis=0))
-                x1, y1, x2, y2 = float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)
-                annotations.append(
-                    {
-                        "id": image_id * 100 + k + 1,
-                        "image_id": image_id,
-                        "category_id": category_id[obj.category],
-                        "segmentation": [p.reshape(-1).tolist() for p in polygons],
-                        "area": float(polygons_to_mask(polygons, scene.size, scene.size).sum()),
-                        "bbox": [x1, y1, x2 - x1, y2 - y1],
-                        "iscrowd": 0,
-                        "attributes": {"color": obj.color, "size": obj.size},
-                    }
-                )
+                ann = instance_annotation(image_id, k, obj, rendered.visible[k], category_id[obj.category])
+                if ann is not None:
+                    annotations.append(ann)
         _write_json(
             instances_path(root, split),
             {"info": {"description": "shapes in COCO format"}, "images": images, "annotations": annotations,

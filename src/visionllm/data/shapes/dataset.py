@@ -48,6 +48,7 @@ from visionllm.data.shapes.scene import (
     SKELETON,
     RenderedScene,
     Scene,
+    SceneObject,
     ShapesWorldConfig,
     render_scene,
     sample_scene_and_silhouettes,
@@ -200,22 +201,11 @@ def make_image(seed: int, split: str, index: int, config: ShapesWorldConfig) -> 
     semantic = np.zeros((size, size), dtype=np.uint8)
     for k, obj in enumerate(scene.objects):
         visible = rendered.visible[k]
-        polygons = mask_to_polygons(visible)
-        if not polygons:
+        ann = instance_annotation(image_id, k, obj, visible, CATEGORY_ID[obj.category])
+        if ann is None:
             continue
-        rows, cols = np.flatnonzero(visible.any(axis=1)), np.flatnonzero(visible.any(axis=0))
-        x1, y1, x2, y2 = float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)
-        ann = {
-            "id": image_id * 100 + k + 1,
-            "image_id": image_id,
-            "category_id": CATEGORY_ID[obj.category],
-            "segmentation": [p.reshape(-1).tolist() for p in polygons],
-            # COCO's area is that of the segmentation; a person's outline also covers gaps between limbs.
-            "area": float(polygons_to_mask(polygons, size, size).sum()),
-            "bbox": [x1, y1, x2 - x1, y2 - y1],
-            "iscrowd": 0,
-            "attributes": {"color": obj.color, "size": obj.size},
-        }
+        x1, y1, w, h = ann["bbox"]
+        x2, y2 = x1 + w, y1 + h
         objects.append(ann)
         semantic[visible] = CATEGORY_ID[obj.category]
         facts.append(lang.ObjectFacts(obj.category, obj.color, obj.size, (x1, y1, x2, y2)))
@@ -257,6 +247,29 @@ def make_image(seed: int, split: str, index: int, config: ShapesWorldConfig) -> 
     )
     record.edit = _edit(scene, objects, refs, config, split, text_rng)
     return record
+
+
+def instance_annotation(
+    image_id: int, index: int, obj: SceneObject, visible: np.ndarray, category_id: int
+) -> dict[str, Any] | None:
+    """The COCO instance annotation of a scene's object `index` from its visible pixels (None: none visible)."""
+    polygons = mask_to_polygons(visible)
+    if not polygons:
+        return None
+    size = visible.shape[0]
+    rows, cols = np.flatnonzero(visible.any(axis=1)), np.flatnonzero(visible.any(axis=0))
+    x1, y1, x2, y2 = float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)
+    return {
+        "id": image_id * 100 + index + 1,
+        "image_id": image_id,
+        "category_id": category_id,
+        "segmentation": [p.reshape(-1).tolist() for p in polygons],
+        # COCO's area is that of the segmentation; a person's outline also covers gaps between limbs.
+        "area": float(polygons_to_mask(polygons, size, size).sum()),
+        "bbox": [x1, y1, x2 - x1, y2 - y1],
+        "iscrowd": 0,
+        "attributes": {"color": obj.color, "size": obj.size},
+    }
 
 
 def _tip_keypoints(tips: np.ndarray, visible: np.ndarray) -> np.ndarray:

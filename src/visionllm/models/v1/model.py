@@ -249,19 +249,20 @@ class VisionLLM(nn.Module, TaskHelpers):
         """
         targets = labels[:, 1:]
         selected = targets != IGNORE
-        per_answer = self.config.decoder.text_loss_per_sample
-        rows = torch.arange(len(labels), device=labels.device)[:, None].expand_as(targets)
-        answer = (rows * (groups.shape[1] + 1) + groups[:, 1:] + 1)[selected]
-        _, answer, counts = torch.unique(answer, return_inverse=True, return_counts=True)
-        # answers (or tokens) over the global batch of a distributed run; every process asks, even one without
-        divisor = global_count(len(counts) if per_answer else int(selected.sum()), hidden.device)
+        tokens = int(selected.sum())
+        weight, count = torch.ones(tokens, device=hidden.device), tokens  # each labelled token's share, and of what
+        if self.config.decoder.text_loss_per_sample:
+            rows = torch.arange(len(labels), device=labels.device)[:, None].expand_as(targets)
+            answer = (rows * (groups.shape[1] + 1) + groups[:, 1:] + 1)[selected]
+            _, answer, counts = torch.unique(answer, return_inverse=True, return_counts=True)
+            weight, count = 1.0 / counts[answer].float(), len(counts)
+        # answers (or tokens) over the global batch of a distributed run: every process asks, even one without
+        divisor = global_count(count, hidden.device)
         if not selected.any():
             return hidden.new_zeros(())
         logits = self.decoder.vocab_logits(hidden[:, :-1][selected])
         losses = F.cross_entropy(logits.float(), targets[selected], reduction="none")
-        if not per_answer:
-            return losses.sum() / divisor
-        return (losses / counts[answer].float()).sum() / divisor
+        return (losses * weight).sum() / divisor
 
     def sequence_hidden(self, batch: Batch, image_tokens: Tensor, anchors: Sequence[Tensor | None]) -> Tensor:
         """The LLM's last hidden states (B, L, D) for a batch whose slot groups are anchored at `anchors`

@@ -1,0 +1,30 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+
+@pytest.fixture
+def write_preset():
+    """`_write_preset`: a micro training preset's file."""
+    return _write_preset
+
+
+def _write_preset(model: dict, tmp_path: Path, data_root: Path, name: str, **train_extra) -> Path:
+    """A micro training preset over a ShapesWorld folder: 6 steps of 2, logged every step, no evaluation
+    (`train_extra` overrides or adds `train:` keys)."""
+    section = {
+        "output_dir": str(tmp_path / name),
+        "data": {"root": str(data_root), "train": 6, "val": 4, "image_size": 64, "seed": 1},
+        "batch_size": 2,
+        "max_steps": 6,
+        "log_every": 1,
+        "save_every": 5,
+        "eval_every": 0,
+        "mixed_precision": "no",
+        "optim": {"warmup_steps": 2},
+        **train_extra,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"model": model, "train": section}))
+    return path
