@@ -1,7 +1,10 @@
+import os
 from pathlib import Path
 
 import pytest
 import yaml
+
+import visionllm.train.loop as loop
 
 
 @pytest.fixture
@@ -28,3 +31,21 @@ def _write_preset(model: dict, tmp_path: Path, data_root: Path, name: str, **tra
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({"model": model, "train": section}))
     return path
+
+
+@pytest.fixture
+def signal_at(monkeypatch):
+    """`signal_at(step, number)`: send this process `number` while step `step` is being logged (as if it arrived
+    mid-run); `monkeypatch.undo()` disarms it."""
+
+    def arm(step: int, number: int) -> None:
+        append = loop._append
+
+        def sending(path, record):
+            append(path, record)
+            if record.get("step") == step and "loss" in record:
+                os.kill(os.getpid(), number)
+
+        monkeypatch.setattr(loop, "_append", sending)
+
+    return arm

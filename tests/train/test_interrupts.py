@@ -2,7 +2,6 @@
 loss stops the run before it reaches the weights, or is skipped, as the config says."""
 
 import json
-import os
 import signal
 from pathlib import Path
 
@@ -31,26 +30,14 @@ def losses(run: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in records if "loss" in r}
 
 
-def signal_at(monkeypatch, step: int, number: int) -> None:
-    """Send this process `number` while step `step` is being logged (as if it arrived mid-run)."""
-    append = loop._append
-
-    def sending(path, record):
-        append(path, record)
-        if record.get("step") == step and "loss" in record:
-            os.kill(os.getpid(), number)
-
-    monkeypatch.setattr(loop, "_append", sending)
-
-
 @pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_saves_the_step_and_the_resumed_run_ends_where_an_uninterrupted_one_does(
-    preset, tmp_path, tiny_shapesworld, monkeypatch, number
+    preset, tmp_path, tiny_shapesworld, monkeypatch, signal_at, number
 ):
     whole = train(preset(tmp_path, tiny_shapesworld.root, "whole"))
     stopped = preset(tmp_path, tiny_shapesworld.root, "stopped")
     before = signal.getsignal(number)
-    signal_at(monkeypatch, 3, number)
+    signal_at(3, number)
     with pytest.raises(TrainingInterrupted) as caught:
         train(stopped)
     assert caught.value.step == 3 and caught.value.checkpoint.name == "step-3"
@@ -62,9 +49,9 @@ def test_a_signal_saves_the_step_and_the_resumed_run_ends_where_an_uninterrupted
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
-def test_the_cli_reports_the_signal_and_how_to_resume(preset, tmp_path, tiny_shapesworld, monkeypatch, capsys):
+def test_the_cli_reports_the_signal_and_how_to_resume(preset, tmp_path, tiny_shapesworld, signal_at, capsys):
     config = preset(tmp_path, tiny_shapesworld.root, "cli")
-    signal_at(monkeypatch, 2, signal.SIGTERM)
+    signal_at(2, signal.SIGTERM)
     assert main(["train", "--config", str(config)]) == 128 + signal.SIGTERM
     err = capsys.readouterr().err
     assert "stopped by SIGTERM after step 2" in err and "--resume" in err

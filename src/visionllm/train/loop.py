@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, DistributedType
 from tqdm.auto import tqdm
 
 from visionllm.config import ConfigError, build, load_yaml
@@ -41,6 +41,7 @@ from visionllm.data.shapes.scene import ShapesWorldConfig
 from visionllm.data.sources import AnnotationSet, DatasetConfig, SourceConfig
 from visionllm.eval.runner import evaluate_shapesworld
 from visionllm.models.loading import MODEL_CLASSES
+from visionllm.train.average import WeightAverage
 from visionllm.train.mix import MixConfig
 
 logger = logging.getLogger(__name__)
@@ -102,6 +103,12 @@ class TrainConfig:
         gradient_checkpointing: recompute activations in the backward pass (`_checkpoint_activations`).
         num_workers: processes that read and decode the images of coming batches while the model trains (0: the
             training process itself; on 2 cores that is fastest).
+        cache_query_states: a stage that trains image decoders alone (v2's stage 5) reads each drawing's query
+            states once, before the first step, and trains on those (`models.v2.cached_calls`): the frozen chat
+            model does not run at every step. The cache is a file of the run folder.
+        ema_decay: keep a weight average of the trained parameters (an exponential moving average with this decay
+            per step, as diffusion models are trained): `final/` holds the average, and each checkpoint the live
+            weights with the average beside them (`weight_average.safetensors`). None: no average.
     """
 
     output_dir: str = "runs/default"
@@ -129,6 +136,8 @@ class TrainConfig:
     grad_accumulation: int = 1
     gradient_checkpointing: bool = False
     num_workers: int = 0
+    cache_query_states: bool = False
+    ema_decay: float | None = None
 
     @property
     def frozen_groups(self) -> list[str]:
@@ -147,6 +156,8 @@ class TrainConfig:
             raise ConfigError(f"train.num_workers must be at least 0, not {self.num_workers}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ConfigError(f"train.max_minutes must be above 0, not {self.max_minutes}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ConfigError(f"train.ema_decay must be between 0 and 1 (e.g. 0.999), not {self.ema_decay}")
 
 
 def load_run_config(path: str | Path) -> tuple[Any, TrainConfig]:
@@ -400,7 +411,10 @@ def run_stage(
     if config.gradient_checkpointing:
         _checkpoint_activations(model)
 
-    dataset = model.training_stream(source, "train", config.mix, seed=config.seed, batch_size=config.batch_size)
+    if config.cache_query_states:
+        dataset = _cached_stream(model, model_config, config, source, accelerator)
+    else:
+        dataset = model.training_stream(source, "train", config.mix, seed=config.seed, batch_size=config.batch_size)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=config.batch_size // config.grad_accumulation,  # a micro-batch (of every process)
@@ -408,9 +422,18 @@ def run_stage(
         collate_fn=model.collate,
         num_workers=config.num_workers,
         persistent_workers=config.num_workers > 0,
+        # its own generator: the workers' base seed drawn from torch's would shift a resumed run's random draws
+        generator=torch.Generator().manual_seed(config.seed),
     )
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    average = None
+    if config.ema_decay is not None:
+        if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            raise ConfigError("train.ema_decay: a weight average of sharded weights is not supported; leave it out")
+        average = WeightAverage(accelerator.unwrap_model(model), config.ema_decay)
+        if start_step and not average.load(existing[-1]):
+            logger.info("%s has no weight average: the average starts from its weights", existing[-1])
     options = model_class.loss_options(config)
     log_path = output / "log.jsonl"
     step = start_step
@@ -443,6 +466,8 @@ def run_stage(
                     if finite:
                         optimizer.step()
                         skipped_in_a_row = 0
+                        if average is not None:
+                            average.update()
                     else:
                         skipped_in_a_row += 1
                         _nonfinite_step(
@@ -480,7 +505,15 @@ def run_stage(
                 weights = _gathered(accelerator, model)  # every process takes part when the weights are sharded
                 if main:
                     _save_state(
-                        output, unwrapped, optimizer, scheduler, step, config.keep_checkpoints, budget.spent_s, weights
+                        output,
+                        unwrapped,
+                        optimizer,
+                        scheduler,
+                        step,
+                        config.keep_checkpoints,
+                        budget.spent_s,
+                        weights,
+                        average,
                     )
                 accelerator.wait_for_everyone()
             if stopping:
@@ -500,10 +533,44 @@ def run_stage(
                 break
     final = output / "final"
     weights = _gathered(accelerator, model)
+    if average is not None:
+        weights = average.state_dict(weights or accelerator.unwrap_model(model).state_dict())
     if main:
         accelerator.unwrap_model(model).save_pretrained(final, state_dict=weights)
     accelerator.wait_for_everyone()
     return final
+
+
+def _cached_stream(
+    model: torch.nn.Module,
+    model_config: Any,
+    config: TrainConfig,
+    source: Path | AnnotationSet,
+    accelerator: Accelerator,
+) -> torch.utils.data.Dataset:
+    """`train.cache_query_states`' stream: the main process computes the cache (on the accelerator) and writes it
+    in the run folder; the others read it there."""
+    if not hasattr(model, "cached_call_stream"):
+        raise ConfigError(
+            f"train.cache_query_states: {model_config.model_type} has no image decoders to train on cached query "
+            "states; leave it out"
+        )
+    model.to(accelerator.device)
+
+    def stream() -> torch.utils.data.Dataset:
+        return model.cached_call_stream(
+            source,
+            "train",
+            config.mix,
+            config.frozen_groups,
+            Path(config.output_dir) / "query_states.safetensors",
+            seed=config.seed,
+            progress=accelerator.is_main_process,
+        )
+
+    dataset = stream() if accelerator.is_main_process else None
+    accelerator.wait_for_everyone()
+    return dataset if dataset is not None else stream()
 
 
 def _gathered(accelerator: Accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
@@ -689,6 +756,7 @@ def _save_state(
     keep: int,
     spent_s: float = 0.0,
     weights: dict[str, torch.Tensor] | None = None,
+    average: WeightAverage | None = None,
 ) -> None:
     """Write checkpoints/step-N atomically (a temporary folder renamed into place), keep the newest `keep`."""
     folder = output / "checkpoints"
@@ -696,6 +764,8 @@ def _save_state(
     tmp = folder / f".step-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, state_dict=weights)
+    if average is not None:
+        average.save(tmp)
     state = {
         "step": step,
         "optimizer": optimizer.state_dict(),

@@ -51,6 +51,7 @@ from visionllm.models.common.sequence import (
     pad_segments,
     slot_positions,
 )
+from visionllm.models.v2.cached_calls import CachedCall, CachedCallBatch
 from visionllm.models.v2.chat import Turn, build_chat
 from visionllm.models.v2.config import VisionLLMv2Config
 from visionllm.models.v2.heads import phrase_separation
@@ -399,11 +400,14 @@ class VisionLLMv2(nn.Module, TaskHelpers):
             embeds = embeds.index_put((at[:, 0], at[:, 1]), vectors.to(embeds.dtype))
         return self.link.fill(embeds, batch.input_ids)
 
-    def forward(self, batch: ChatBatch) -> dict[str, Tensor]:
+    def forward(self, batch: ChatBatch | CachedCallBatch) -> dict[str, Tensor]:
         """The losses of a batch of conversations: the text loss (cross-entropy of the answers' tokens, routing
         tokens included, queries and everything else left out, averaged over those tokens) plus the decoders'
         losses on the conversations with targets, weighted by `decoder_loss_weight`, plus the patch labels' loss
-        (weighted by `patch_labels.weight`) where the batch has them."""
+        (weighted by `patch_labels.weight`) where the batch has them. A batch of cached image calls
+        (`cached_calls`) has the image decoders' losses alone."""
+        if isinstance(batch, CachedCallBatch):
+            return self.cached_image_losses(batch)
         batch = batch.to(self.device)
         seen = self.vision(batch.pixel_values)
         hidden = self.hidden_states(batch, seen)
@@ -512,6 +516,20 @@ class VisionLLMv2(nn.Module, TaskHelpers):
             )
             losses[name] = decoder.loss(states, wanted, sources)
         return losses
+
+    def cached_image_losses(self, batch: CachedCallBatch) -> dict[str, Tensor]:
+        """The generation and editing decoders' losses on cached calls, weighted by `decoder_loss_weight`."""
+        batch = batch.to(self.device)
+        decoders = {Task.GENERATION: self.generation_decoder, Task.EDITING: self.editing_decoder}
+        losses = {}
+        for task, (states, targets, sources) in batch.calls.items():
+            decoder = decoders[task]
+            assert decoder is not None
+            dtype = next(decoder.parameters()).dtype  # the cache keeps bfloat16 states and float16 pixels
+            pixels = [t.to(dtype) if t is not None else None for t in (targets, sources)]
+            losses[task.value] = decoder.loss(states.to(dtype), *pixels)
+        total = self.config.decoder_loss_weight * sum(losses.values())
+        return {"loss": total, **{k: v.detach() for k, v in losses.items()}}
 
     def decoder_pixels(self, pixel_values: Tensor, decoder: ImageDecoder) -> Tensor:
         """The chat model's pixels as an image decoder reads them (`VisionLLMv2Processor.decoder_pixels`)."""
@@ -1148,8 +1166,44 @@ class VisionLLMv2(nn.Module, TaskHelpers):
 
         return ChatMixture(root, split, self.processor, mix, seed=seed, batch_size=batch_size)
 
-    def collate(self, examples: Sequence[ChatExample]) -> ChatBatch:
-        """One training batch from examples of `training_stream` (any mix of tasks)."""
+    def cached_call_stream(
+        self,
+        root: str | Path,
+        split: str,
+        mix: MixConfig,
+        frozen: Sequence[str],
+        cache: Path,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> torch.utils.data.Dataset:
+        """The image calls of a mix of image tasks with their query states read once (`cached_calls`), for a stage
+        that trains the image decoders alone; `cache` is the file that keeps them (read when it is there).
+
+        Raises:
+            ConfigError: the mix has other tasks, or a part that makes the query states is not in `frozen`.
+        """
+        from visionllm.models.v2.cached_calls import UPSTREAM, CachedCallStream
+        from visionllm.models.v2.data import IMAGE_TASKS, ChatMixture
+
+        others = sorted(name for name, weight in mix.tasks.items() if weight > 0 and Task(name) not in IMAGE_TASKS)
+        if others:
+            raise ConfigError(
+                f"train.cache_query_states trains the image decoders alone, but the mix has {others}: "
+                "leave them out of train.mix.tasks, or turn the cache off"
+            )
+        thawed = [name for name in UPSTREAM if name not in frozen]
+        if thawed:
+            raise ConfigError(
+                f"train.cache_query_states keeps the query states fixed, but {thawed} would train: add them to "
+                "train.freeze, or turn the cache off"
+            )
+        mixture = ChatMixture(root, split, self.processor, mix, seed=seed)
+        return CachedCallStream(mixture, self, cache, progress)
+
+    def collate(self, examples: Sequence[ChatExample | CachedCall]) -> ChatBatch | CachedCallBatch:
+        """One training batch from examples of `training_stream` (any mix of tasks) or `cached_call_stream`."""
+        if examples and isinstance(examples[0], CachedCall):
+            return CachedCallBatch.of(examples)
         return self.processor.collate(examples, self.link)
 
     @classmethod

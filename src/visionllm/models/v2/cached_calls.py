@@ -1,0 +1,177 @@
+"""Training the image decoders on query states read once (`train.cache_query_states`).
+
+A stage that trains the generation and editing decoders alone (stage 5: the chat model frozen) would run the frozen
+chat model at every step to get query states that do not change: for the tiny preset that pass costs twice the
+decoders' own. With the cache, the frozen chat model reads each drawing's conversation once, before the first step,
+and the stage trains on those states; a step then costs the decoders' passes alone.
+
+What differs from the live stream: each drawing has the states of one conversation (its request phrased by a
+template drawn from the stream's seed and the drawing), where the live stream phrases every example anew. The
+states are those of the model in evaluation mode, kept in bfloat16; target and source pixels in float16.
+
+The cache is a file of the run (`query_states.safetensors`): a resumed run reads it instead of computing it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from visionllm.formats.tasks import Task
+from visionllm.models.v2.perception import ROUTE
+
+if TYPE_CHECKING:
+    from visionllm.models.v2.data import ChatMixture
+    from visionllm.models.v2.model import VisionLLMv2
+
+logger = logging.getLogger(__name__)
+
+UPSTREAM = ("vision", "bridge", "regions", "llm", "link")
+"""The parts that make the query states: a stage on cached states keeps them all frozen."""
+
+READ_BATCH = 32
+"""Conversations per pass of the chat model while the cache is computed."""
+
+
+@dataclass
+class CachedCall:
+    """One routed image call of the cache: its task, its query states (Q, D), the image it should make (3, S, S)
+    and, for an edit, the image it edits (3, S, S); pixels in [-1, 1]."""
+
+    task: Task
+    states: Tensor
+    target: Tensor
+    source: Tensor | None = None
+
+
+@dataclass
+class CachedCallBatch:
+    """Cached calls grouped by task: task -> (states (B, Q, D), targets (B, 3, S, S), sources or None)."""
+
+    calls: dict[Task, tuple[Tensor, Tensor, Tensor | None]]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> CachedCallBatch:
+        return CachedCallBatch(
+            {
+                task: tuple(t.to(device, non_blocking=non_blocking) if t is not None else None for t in group)
+                for task, group in self.calls.items()
+            }
+        )
+
+    @classmethod
+    def of(cls, calls: Sequence[CachedCall]) -> CachedCallBatch:
+        grouped: dict[Task, list[CachedCall]] = {}
+        for call in calls:
+            grouped.setdefault(call.task, []).append(call)
+        return cls(
+            {
+                task: (
+                    torch.stack([c.states for c in group]),
+                    torch.stack([c.target for c in group]),
+                    torch.stack([c.source for c in group]) if group[0].source is not None else None,
+                )
+                for task, group in grouped.items()
+            }
+        )
+
+
+class CachedCallStream(torch.utils.data.Dataset):
+    """The image calls of a mixture's drawings with cached query states: example i is a function of (seed, i).
+
+    Args:
+        mixture: the stage's stream (its image tasks, weights, drawings and seed).
+        model: the model whose frozen chat model makes the states (evaluation mode while it reads).
+        path: the cache file: read when it exists and matches the mixture, else computed and written there.
+        progress: show a progress bar while the cache is computed.
+    """
+
+    def __init__(self, mixture: ChatMixture, model: VisionLLMv2, path: Path, progress: bool = True) -> None:
+        self.tasks, self.weights, self.seed = mixture.tasks, mixture.weights, mixture.seed
+        self.length = mixture.length
+        counts = {task: len(mixture.samples[task]) for task in self.tasks}
+        self.cache = _read(path, counts)
+        if self.cache is None:
+            self.cache = {task: _collect(mixture, model, task, progress) for task in self.tasks}
+            _write(path, self.cache)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> CachedCall:
+        rng = random.Random(self.seed * 1_000_003 + index)
+        task = rng.choices(self.tasks, self.weights)[0]
+        states, targets, sources = self.cache[task]
+        k = rng.randrange(len(states))
+        return CachedCall(task, states[k], targets[k], sources[k] if sources is not None else None)
+
+
+@torch.no_grad()
+def _collect(
+    mixture: ChatMixture, model: VisionLLMv2, task: Task, progress: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The query states, targets and sources of every drawing of a task, one conversation each."""
+    decoder = model.generation_decoder if task is Task.GENERATION else model.editing_decoder
+    assert decoder is not None
+    drawings = mixture.samples[task]
+    was_training = model.training
+    model.eval()
+    states, targets, sources = [], [], []
+    try:
+        for start in tqdm(
+            range(0, len(drawings), READ_BATCH), desc=f"query states ({task.value})", disable=not progress
+        ):
+            examples = [
+                mixture.example(task, drawing, random.Random(f"cache:{mixture.seed}:{task.value}:{k}"))
+                for k, drawing in enumerate(drawings[start : start + READ_BATCH], start)
+            ]
+            batch = model.collate(examples).to(model.device)
+            hidden = model.hidden_states(batch)
+            calls = [s for call, s in model.link.conditions(hidden, batch.input_ids) if call.route == ROUTE[task]]
+            assert len(calls) == len(examples), "one image call per conversation"
+            states.append(torch.stack(calls).to(torch.bfloat16).cpu())
+            targets.append(torch.stack([e.targets.image for e in examples]).half())
+            if decoder.editing:
+                sources.append(model.decoder_pixels(batch.pixel_values, decoder).half().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(states), torch.cat(targets), torch.cat(sources) if sources else None
+
+
+def _write(path: Path, cache: dict[Task, tuple[Tensor, Tensor, Tensor | None]]) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for task, (states, targets, sources) in cache.items():
+        tensors |= {f"{task.value}.states": states, f"{task.value}.targets": targets}
+        if sources is not None:
+            tensors[f"{task.value}.sources"] = sources
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    tmp.replace(path)
+
+
+def _read(path: Path, counts: dict[Task, int]) -> dict[Task, tuple[Tensor, Tensor, Tensor | None]] | None:
+    """The cache in `path` if it holds every task of `counts` with that many calls; None otherwise."""
+    if not path.exists():
+        return None
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    cache = {}
+    for task, count in counts.items():
+        states = tensors.get(f"{task.value}.states")
+        if states is None or len(states) != count:
+            logger.info("%s does not match this stage's drawings: computing the query states again", path)
+            return None
+        cache[task] = (states, tensors[f"{task.value}.targets"], tensors.get(f"{task.value}.sources"))
+    logger.info("query states read from %s", path)
+    return cache
