@@ -565,6 +565,7 @@ def _cached_stream(
             config.frozen_groups,
             Path(config.output_dir) / "query_states.safetensors",
             seed=config.seed,
+            batch_size=config.batch_size,
             progress=accelerator.is_main_process,
         )
 

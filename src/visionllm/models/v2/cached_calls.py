@@ -86,16 +86,22 @@ class CachedCallBatch:
 class CachedCallStream(torch.utils.data.Dataset):
     """The image calls of a mixture's drawings with cached query states: example i is a function of (seed, i).
 
+    Each batch holds each task in its share of the batch (the mix's weights), at the same positions.
+
     Args:
         mixture: the stage's stream (its image tasks, weights, drawings and seed).
         model: the model whose frozen chat model makes the states (evaluation mode while it reads).
         path: the cache file: read when it exists and matches the mixture, else computed and written there.
+        batch_size: the stage's batch (the global one); 1: each call's task is drawn by the weights.
         progress: show a progress bar while the cache is computed.
     """
 
-    def __init__(self, mixture: ChatMixture, model: VisionLLMv2, path: Path, progress: bool = True) -> None:
-        self.tasks, self.weights, self.seed = mixture.tasks, mixture.weights, mixture.seed
-        self.length = mixture.length
+    def __init__(
+        self, mixture: ChatMixture, model: VisionLLMv2, path: Path, batch_size: int = 1, progress: bool = True
+    ) -> None:
+        self.tasks, self.weights = mixture.tasks, mixture.weights
+        self.seed, self.length = mixture.seed, mixture.length
+        self.slots = _slots(mixture.weights, batch_size) if batch_size > 1 else None
         counts = {task: len(mixture.samples[task]) for task in self.tasks}
         self.cache = _read(path, counts)
         if self.cache is None:
@@ -107,10 +113,26 @@ class CachedCallStream(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> CachedCall:
         rng = random.Random(self.seed * 1_000_003 + index)
-        task = rng.choices(self.tasks, self.weights)[0]
+        if self.slots is None:  # no batch to share out: each call's task drawn by the weights
+            task = rng.choices(self.tasks, self.weights)[0]
+        else:
+            task = self.tasks[self.slots[index % len(self.slots)]]
         states, targets, sources = self.cache[task]
         k = rng.randrange(len(states))
         return CachedCall(task, states[k], targets[k], sources[k] if sources is not None else None)
+
+
+def _slots(weights: Sequence[float], batch_size: int) -> list[int]:
+    """Which task each position of a batch holds: shares of the batch as the weights say (largest remainders), the
+    same in every batch. A batch whose decoders see a different number of calls at each step runs their
+    convolutions at new shapes at each step, a third slower on CPU."""
+    total = sum(weights)
+    exact = [w / total * batch_size for w in weights]
+    counts = [int(e) for e in exact]
+    by_remainder = sorted(range(len(weights)), key=lambda t: exact[t] - counts[t], reverse=True)
+    for t in by_remainder[: batch_size - sum(counts)]:
+        counts[t] += 1
+    return [t for t, n in enumerate(counts) for _ in range(n)]
 
 
 @torch.no_grad()

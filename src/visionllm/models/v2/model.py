@@ -1174,6 +1174,7 @@ class VisionLLMv2(nn.Module, TaskHelpers):
         frozen: Sequence[str],
         cache: Path,
         seed: int = 0,
+        batch_size: int = 1,
         progress: bool = True,
     ) -> torch.utils.data.Dataset:
         """The image calls of a mix of image tasks with their query states read once (`cached_calls`), for a stage
@@ -1198,7 +1199,7 @@ class VisionLLMv2(nn.Module, TaskHelpers):
                 "train.freeze, or turn the cache off"
             )
         mixture = ChatMixture(root, split, self.processor, mix, seed=seed)
-        return CachedCallStream(mixture, self, cache, progress)
+        return CachedCallStream(mixture, self, cache, batch_size, progress)
 
     def collate(self, examples: Sequence[ChatExample | CachedCall]) -> ChatBatch | CachedCallBatch:
         """One training batch from examples of `training_stream` (any mix of tasks) or `cached_call_stream`."""
