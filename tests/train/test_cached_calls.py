@@ -80,6 +80,17 @@ def test_a_batch_of_cached_calls_has_the_image_decoders_losses_alone(micro_v2_mo
     assert losses["loss"].item() == pytest.approx(weight * sum(v.item() for v in wanted.values()), rel=1e-5)
 
 
+def test_every_batch_of_cached_calls_holds_each_task_in_its_share(micro_v2_model, tiny_shapesworld, tmp_path):
+    mix = MixConfig(tasks={"generation": 2.0, "editing": 1.0})
+    mixture = ChatMixture(tiny_shapesworld.root, "train", micro_v2_model.processor, mix, seed=0)
+    stream = CachedCallStream(mixture, micro_v2_model, tmp_path / "cache.safetensors", batch_size=7, progress=False)
+    batches = [[stream[b * 7 + j].task for j in range(7)] for b in range(4)]
+    assert all(batch == batches[0] for batch in batches)  # the same positions: the decoders' shapes stay
+    assert batches[0].count(Task.GENERATION) == 5 and batches[0].count(Task.EDITING) == 2  # 4.67 and 2.33
+    drawn = {stream[b * 7].states.sum().item() for b in range(4)}
+    assert len(drawn) > 1, "the drawings differ from batch to batch"
+
+
 def test_a_stage_on_cached_states_trains_the_image_decoders_and_writes_their_average(
     tmp_path, tiny_shapesworld, micro_v2, write_preset
 ):

@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from visionllm.config import ConfigError
@@ -392,12 +391,6 @@ class ImageDecoder(nn.Module):
         """
         if self.editing and sources is None:
             raise ValueError("an editing decoder's loss needs the source images")
-        if targets.device.type == "cpu":  # CPU's fused attention has a slow backward for these short sequences
-            with sdpa_kernel(SDPBackend.MATH):
-                return self._loss(states, targets, sources)
-        return self._loss(states, targets, sources)
-
-    def _loss(self, states: Tensor, targets: Tensor, sources: Tensor | None) -> Tensor:
         condition = self.condition(states)
         b = len(targets)
         with torch.no_grad():
