@@ -38,7 +38,7 @@ train-default: $(STAMP)
 # stage 2 (the perception decoders attached, every task; the object decoder starts from $(DEFAULT_MODEL)'s
 # detector), stage 3 (those decoders alone), stage 4 (the generation and editing decoders attached, with the LLM),
 # stage 5 (those decoders alone), each resumable from its last checkpoint; then writes it in fp16 to $(V2_MODEL).
-# About 1 h 50 min for stages 1-3 and 56 min for stages 4-5 (10 + 46) on 2 CPU cores (docs/v2.md).
+# About 1 h 50 min for stages 1-3 and 70 min for stages 4-5 (10 + about 60) on 2 CPU cores (docs/v2.md).
 train-v2: $(STAMP)
 	$(VENV)/bin/visionllm train --config configs/tiny_v2_stage1.yaml --resume
 	$(VENV)/bin/visionllm train --config configs/tiny_v2_stage2.yaml --resume

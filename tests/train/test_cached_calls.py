@@ -58,6 +58,21 @@ def test_a_second_stream_reads_the_cache_file_instead_of_computing_it(
     assert [first[i].states.sum().item() for i in range(8)] == [second[i].states.sum().item() for i in range(8)]
 
 
+def test_a_cache_made_by_other_weights_is_made_again(micro_v2_model, tiny_shapesworld, tmp_path, monkeypatch):
+    mix = MixConfig(tasks={"generation": 1.0})
+    path = tmp_path / "cache.safetensors"
+    mixture = ChatMixture(tiny_shapesworld.root, "train", micro_v2_model.processor, mix, seed=0)
+    CachedCallStream(mixture, micro_v2_model, path, progress=False)
+    other = VisionLLMv2(micro_v2_model.config)  # a different start checkpoint, the same drawings
+    made, collect = [], cached_calls._collect
+    monkeypatch.setattr(cached_calls, "_collect", lambda *a: made.append(a) or collect(*a))
+    CachedCallStream(mixture, other, path, progress=False)
+    assert made, "a cache of other weights was reused"
+    made.clear()
+    CachedCallStream(mixture, other, path, progress=False)
+    assert not made, "the cache of these weights was made again"
+
+
 def test_a_batch_of_cached_calls_has_the_image_decoders_losses_alone(micro_v2_model, tiny_shapesworld, tmp_path):
     mix = MixConfig(tasks={"generation": 1.0, "editing": 1.0})
     mixture = ChatMixture(tiny_shapesworld.root, "train", micro_v2_model.processor, mix, seed=0)
@@ -101,7 +116,8 @@ def test_a_stage_on_cached_states_trains_the_image_decoders_and_writes_their_ave
     final = train(preset)
     run = tmp_path / "stage5"
     assert (run / "query_states.safetensors").exists()
-    start = VisionLLMv2(VisionLLMv2.config_class.from_dict(micro_v2))  # for the shapes only
+    torch.manual_seed(0)  # the stage's seed: the weights it started from
+    start = VisionLLMv2(VisionLLMv2.config_class.from_dict(micro_v2)).state_dict()
     last = load_file(str(sorted((run / "checkpoints").iterdir())[-1] / "model.safetensors"))
     average = load_file(str(sorted((run / "checkpoints").iterdir())[-1] / AVERAGE_FILE))
     written = load_file(str(final / "model.safetensors"))
@@ -111,9 +127,10 @@ def test_a_stage_on_cached_states_trains_the_image_decoders_and_writes_their_ave
     for name in decoder[:5]:
         torch.testing.assert_close(written[name], average[name])  # final/ holds the average ...
     assert any(not torch.equal(written[n], last[n]) for n in decoder)  # ... not the live weights
-    for name in [n for n in written if n.startswith("llm.")][:5]:
+    for name in [n for n in written if n.startswith(("llm.", "vision.", "link."))]:
         torch.testing.assert_close(written[name], last[name])
-        assert written[name].shape == start.state_dict()[name].shape
+        assert torch.equal(written[name], start[name]), f"{name} is frozen"
+    assert any(not torch.equal(written[n], start[n]) for n in decoder), "the decoders trained"
 
 
 def test_a_resumed_run_with_an_average_ends_as_an_uninterrupted_one(

@@ -9,7 +9,8 @@ What differs from the live stream: each drawing has the states of one conversati
 template drawn from the stream's seed and the drawing), where the live stream phrases every example anew. The
 states are those of the model in evaluation mode, kept in bfloat16; target and source pixels in float16.
 
-The cache is a file of the run (`query_states.safetensors`): a resumed run reads it instead of computing it again.
+The cache is a file of the run (`query_states.safetensors`): a resumed run reads it instead of computing it again;
+a cache that other weights or another seed made (`_made_by`) is made again.
 """
 
 from __future__ import annotations
@@ -103,10 +104,11 @@ class CachedCallStream(torch.utils.data.Dataset):
         self.seed, self.length = mixture.seed, mixture.length
         self.slots = _slots(mixture.weights, batch_size) if batch_size > 1 else None
         counts = {task: len(mixture.samples[task]) for task in self.tasks}
-        self.cache = _read(path, counts)
+        made_by = _made_by(model, mixture.seed)
+        self.cache = _read(path, counts, made_by)
         if self.cache is None:
             self.cache = {task: _collect(mixture, model, task, progress) for task in self.tasks}
-            _write(path, self.cache)
+            _write(path, self.cache, made_by)
 
     def __len__(self) -> int:
         return self.length
@@ -120,6 +122,13 @@ class CachedCallStream(torch.utils.data.Dataset):
         states, targets, sources = self.cache[task]
         k = rng.randrange(len(states))
         return CachedCall(task, states[k], targets[k], sources[k] if sources is not None else None)
+
+
+def _made_by(model: VisionLLMv2, seed: int) -> str:
+    """What the states are a function of besides the drawings: the stream's seed (the requests' phrasing) and the
+    weights of the parts that make them (their sums, a fingerprint that a changed start checkpoint changes)."""
+    sums = [float(p.detach().double().sum()) for name in UPSTREAM for p in getattr(model, name).parameters()]
+    return f"seed={seed} upstream={sum(sums)!r}"
 
 
 def _slots(weights: Sequence[float], batch_size: int) -> list[int]:
@@ -143,7 +152,7 @@ def _collect(
     decoder = model.generation_decoder if task is Task.GENERATION else model.editing_decoder
     assert decoder is not None
     drawings = mixture.samples[task]
-    was_training = model.training
+    modes = [(module, module.training) for module in model.modules()]  # the loop's frozen batch norms stay in eval
     model.eval()
     states, targets, sources = [], [], []
     try:
@@ -163,11 +172,12 @@ def _collect(
             if decoder.editing:
                 sources.append(model.decoder_pixels(batch.pixel_values, decoder).half().cpu())
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
     return torch.cat(states), torch.cat(targets), torch.cat(sources) if sources else None
 
 
-def _write(path: Path, cache: dict[Task, tuple[Tensor, Tensor, Tensor | None]]) -> None:
+def _write(path: Path, cache: dict[Task, tuple[Tensor, Tensor, Tensor | None]], made_by: str) -> None:
     from safetensors.torch import save_file
 
     tensors = {}
@@ -177,16 +187,22 @@ def _write(path: Path, cache: dict[Task, tuple[Tensor, Tensor, Tensor | None]]) 
             tensors[f"{task.value}.sources"] = sources
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"made_by": made_by})
     tmp.replace(path)
 
 
-def _read(path: Path, counts: dict[Task, int]) -> dict[Task, tuple[Tensor, Tensor, Tensor | None]] | None:
-    """The cache in `path` if it holds every task of `counts` with that many calls; None otherwise."""
+def _read(path: Path, counts: dict[Task, int], made_by: str) -> dict[Task, tuple[Tensor, Tensor, Tensor | None]] | None:
+    """The cache in `path` if the same weights and seed made it (`_made_by`) and it holds every task of `counts`
+    with that many calls; None otherwise."""
     if not path.exists():
         return None
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
+    with safe_open(str(path), "pt") as opened:
+        if (opened.metadata() or {}).get("made_by") != made_by:
+            logger.info("%s was made by other weights or another seed: computing the query states again", path)
+            return None
     tensors = load_file(str(path))
     cache = {}
     for task, count in counts.items():

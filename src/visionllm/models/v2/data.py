@@ -179,7 +179,8 @@ class ChatMixture(torch.utils.data.Dataset):
                 raise ValueError(f"{source.name} has no {task.value} samples")
             self.samples[task] = loaded
         self.scenes: dict[str, list[ObjectAnnotation]] | None = None
-        if processor.config.patch_labels is not None:  # every image's objects, for its patch labels
+        if processor.config.patch_labels is not None and set(self.tasks) - set(IMAGE_TASKS):
+            # every image's objects, for the patch labels of the other tasks (the image tasks have none)
             self.scenes = {str(s.image_path): s.objects for s in loaded_as(Task.DETECTION)}
         self.questions: dict[object, list[Sample]] = {}
         for s in self.samples.get(Task.VQA, []):

@@ -51,7 +51,7 @@ from visionllm.models.common.sequence import (
     pad_segments,
     slot_positions,
 )
-from visionllm.models.v2.cached_calls import CachedCall, CachedCallBatch
+from visionllm.models.v2.cached_calls import UPSTREAM, CachedCall, CachedCallBatch, CachedCallStream
 from visionllm.models.v2.chat import Turn, build_chat
 from visionllm.models.v2.config import VisionLLMv2Config
 from visionllm.models.v2.heads import phrase_separation
@@ -1183,8 +1183,7 @@ class VisionLLMv2(nn.Module, TaskHelpers):
         Raises:
             ConfigError: the mix has other tasks, or a part that makes the query states is not in `frozen`.
         """
-        from visionllm.models.v2.cached_calls import UPSTREAM, CachedCallStream
-        from visionllm.models.v2.data import IMAGE_TASKS, ChatMixture
+        from visionllm.models.v2.data import IMAGE_TASKS, ChatMixture  # the stream reads the model's processor
 
         others = sorted(name for name, weight in mix.tasks.items() if weight > 0 and Task(name) not in IMAGE_TASKS)
         if others:
